@@ -1,0 +1,19 @@
+"""nrinv: fast, exact diffusion inversion (guided Newton-Raphson and friends) for diffusers pipelines.
+
+    import nrinv
+    pipe = nrinv.load_pipeline("builtin:shapes")
+    result = nrinv.invert(pipe, "photo.png", "a large red star on the left, blue striped background")
+    image = nrinv.reconstruct(pipe, result).image
+"""
+__version__ = "0.1.0"
+
+from .adapters import Adapter, adapter_for, load_pipeline  # noqa: E402
+from .inversion import DEFAULT_METHOD, InversionResult, invert, reconstruct, sample  # noqa: E402
+from .schedulers import SUPPORTED_SCHEDULERS, affine_schedule  # noqa: E402
+from .solvers import SOLVERS, Problem, SolveResult, Status, make_options  # noqa: E402
+
+__all__ = [
+    "__version__", "Adapter", "adapter_for", "load_pipeline", "DEFAULT_METHOD", "InversionResult", "invert",
+    "reconstruct", "sample", "SUPPORTED_SCHEDULERS", "affine_schedule", "SOLVERS", "Problem", "SolveResult",
+    "Status", "make_options",
+]

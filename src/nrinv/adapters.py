@@ -1,0 +1,429 @@
+"""Adapters: a diffusers pipeline turned into one denoiser callable plus encode / decode / embed.
+
+The solvers and the inversion loop never see a UNet: they call ``adapter.denoise(z, t, cond)``
+which reproduces exactly what the stock pipeline computes inside its sampling loop for the
+model output at latent ``z`` (already multiplied by ``scale_model_input``), including both
+classifier-free-guidance branches in one batched call.  Outputs are float32 whatever dtype the
+network runs in.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Adapter", "Conditioning", "adapter_for", "load_pipeline", "SUPPORTED_PIPELINES", "BUILTIN_PREFIX"]
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass
+class Conditioning:
+    """Prompt conditioning of one denoiser call; tensors have batch 1 and are expanded per call."""
+
+    guidance_scale: float
+    cfg: bool
+    cond: dict[str, Tensor]
+    uncond: dict[str, Tensor] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)  # not batched (e.g. Flux position ids)
+    prompt: str = ""
+    negative_prompt: Optional[str] = None
+
+    def lerp(self, other: "Conditioning", weight: float) -> "Conditioning":
+        """Linear interpolation of the embeddings (used by interpolation between two prompts)."""
+        mix = lambda a, b: {k: torch.lerp(a[k], b[k], weight) if torch.is_floating_point(a[k]) else a[k] for k in a}
+        return Conditioning(self.guidance_scale, self.cfg, mix(self.cond, other.cond),
+                            mix(self.uncond, other.uncond) if self.uncond else {}, self.shared,
+                            f"lerp({self.prompt!r}, {other.prompt!r}, {weight:.3f})", self.negative_prompt)
+
+
+def _expand(t: Tensor, batch: int) -> Tensor:
+    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
+
+
+class Adapter:
+    """Base adapter; subclasses fill in the family-specific pieces."""
+
+    family = "base"
+    #: whether ``pipe(latents=...)`` multiplies the given latents by ``init_noise_sigma``
+    scales_initial_latents = True
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+
+    # -- model --------------------------------------------------------------------------------
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    def default_settings(self) -> dict:
+        """Steps and guidance a user of this pipeline expects; the built-in model attaches its own."""
+        custom = getattr(self.pipe, "_nrinv_defaults", None)
+        if custom:
+            return dict(custom)
+        return {"num_inference_steps": 50, "guidance_scale": 1.0}
+
+    def default_size(self) -> tuple[int, int]:
+        size = self.network.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return size * self.vae_scale_factor, size * self.vae_scale_factor
+
+    def check_size(self, height: int, width: int) -> None:
+        mult = self.size_multiple
+        if height % mult or width % mult:
+            raise ValueError(
+                f"image size {width}x{height} is not a multiple of {mult} for this model; "
+                f"resize it (e.g. to {width // mult * mult}x{height // mult * mult})"
+            )
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor
+
+    def latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+        f = self.vae_scale_factor
+        return (batch, self.network.config.in_channels, height // f, width // f)
+
+    # -- scheduler ----------------------------------------------------------------------------
+    def prepare_scheduler(self, num_inference_steps: int, height: int, width: int) -> Any:
+        """A copy of the pipeline's scheduler with ``set_timesteps`` called as the pipeline calls it."""
+        sched = copy.deepcopy(self.pipe.scheduler)
+        sched.set_timesteps(num_inference_steps, device=self.device)
+        return sched
+
+    def step_kwargs(self) -> dict:
+        accepts = set(inspect.signature(self.pipe.scheduler.step).parameters)
+        return {"eta": 0.0} if "eta" in accepts else {}
+
+    def to_pipeline_latents(self, z_T: Tensor, init_noise_sigma: float) -> Tensor:
+        """The ``latents=`` argument that makes the stock pipeline start from ``z_T``."""
+        return z_T / init_noise_sigma if self.scales_initial_latents else z_T
+
+    # -- VAE ----------------------------------------------------------------------------------
+    def _vae_scale(self, latent: Tensor) -> Tensor:
+        return latent * self.pipe.vae.config.scaling_factor
+
+    def _vae_unscale(self, z: Tensor) -> Tensor:
+        return z / self.pipe.vae.config.scaling_factor
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32 (posterior mode, deterministic)."""
+        vae = self.pipe.vae
+        x = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1)
+        latent = vae.encode(x).latent_dist.mode()
+        return self._vae_scale(latent.float())
+
+    def decode(self, z: Tensor, size: tuple[int, int]) -> Tensor:
+        """Scaled latents -> images (B, 3, H, W) in [0, 1], float32."""
+        vae = self.pipe.vae
+        x = vae.decode(self._vae_unscale(z.float()).to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    # -- conditioning and the denoiser ----------------------------------------------------------
+    def conditioning(self, prompt: str, negative_prompt: Optional[str], guidance_scale: float,
+                     size: tuple[int, int]) -> Conditioning:
+        """Prompt embeddings for images of ``size = (height, width)``."""
+        raise NotImplementedError
+
+    def _forward(self, x: Tensor, t: Tensor, kw: dict[str, Tensor], shared: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def denoise(self, z: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """The guided model output at (already input-scaled) latent ``z``, float32."""
+        batch = z.shape[0]
+        x = z.to(self.dtype)
+        if cond.cfg:
+            kw = {k: torch.cat([_expand(cond.uncond[k], batch), _expand(cond.cond[k], batch)]) for k in cond.cond}
+            out = self._forward(torch.cat([x, x]), t, kw, cond.shared).float()
+            uncond, text = out.chunk(2)
+            return uncond + cond.guidance_scale * (text - uncond)
+        kw = {k: _expand(v, batch) for k, v in cond.cond.items()}
+        return self._forward(x, t, kw, cond.shared).float()
+
+
+class StableDiffusionAdapter(Adapter):
+    """StableDiffusionPipeline (1.x / 2.x, eps or v prediction) and the built-in shapes model."""
+
+    family = "sd"
+
+    def _guidance_embedding(self, guidance_scale: float) -> Optional[Tensor]:
+        dim = self.network.config.time_cond_proj_dim
+        if dim is None:
+            return None
+        w = torch.tensor(guidance_scale - 1).repeat(1)
+        return self.pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=self.device, dtype=self.dtype)
+
+    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+        cfg = guidance_scale > 1 and self.network.config.time_cond_proj_dim is None
+        pos, neg = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt)
+        cond, uncond = {"encoder_hidden_states": pos}, ({"encoder_hidden_states": neg} if cfg else {})
+        emb = self._guidance_embedding(guidance_scale)
+        if emb is not None:
+            cond["timestep_cond"] = emb
+        return Conditioning(guidance_scale, cfg, cond, uncond, prompt=prompt, negative_prompt=negative_prompt)
+
+    def _forward(self, x, t, kw, shared):
+        return self.network(x, t, return_dict=False, **kw)[0]
+
+
+class LatentConsistencyAdapter(StableDiffusionAdapter):
+    """LatentConsistencyModelPipeline: guidance enters through the w-embedding only, no negative prompt."""
+
+    family = "lcm"
+
+    def default_settings(self):
+        return {"num_inference_steps": 4, "guidance_scale": 8.5}
+
+    def prepare_scheduler(self, num_inference_steps, height, width):
+        sched = copy.deepcopy(self.pipe.scheduler)
+        sched.set_timesteps(num_inference_steps, device=self.device, original_inference_steps=None)
+        return sched
+
+    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+        if negative_prompt:
+            raise ValueError("LatentConsistencyModelPipeline does not support negative prompts")
+        pos, _ = self.pipe.encode_prompt(prompt, self.device, 1, False, None)
+        w = torch.tensor(guidance_scale - 1).repeat(1)
+        emb = self.pipe.get_guidance_scale_embedding(w, embedding_dim=self.network.config.time_cond_proj_dim)
+        cond = {"encoder_hidden_states": pos, "timestep_cond": emb.to(device=self.device, dtype=self.dtype)}
+        return Conditioning(guidance_scale, False, cond, prompt=prompt)
+
+
+class StableDiffusionXLAdapter(StableDiffusionAdapter):
+    """StableDiffusionXLPipeline, including SDXL-Turbo (Euler-ancestral, trailing spacing, guidance 0)."""
+
+    family = "sdxl"
+
+    def default_settings(self):
+        custom = getattr(self.pipe, "_nrinv_defaults", None)
+        if custom:
+            return dict(custom)
+        spacing = getattr(self.pipe.scheduler.config, "timestep_spacing", "")
+        if type(self.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler" and spacing == "trailing":
+            return {"num_inference_steps": 4, "guidance_scale": 0.0}  # SDXL-Turbo
+        return {"num_inference_steps": 50, "guidance_scale": 1.0}
+
+    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+        cfg = guidance_scale > 1 and self.network.config.time_cond_proj_dim is None
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt,
+        )
+        proj_dim = (int(pooled.shape[-1]) if self.pipe.text_encoder_2 is None
+                    else self.pipe.text_encoder_2.config.projection_dim)
+        h, w = size
+        time_ids = self.pipe._get_add_time_ids((h, w), (0, 0), (h, w), dtype=pos.dtype,
+                                               text_encoder_projection_dim=proj_dim).to(self.device)
+        cond = {"encoder_hidden_states": pos, "text_embeds": pooled, "time_ids": time_ids}
+        uncond = {"encoder_hidden_states": neg, "text_embeds": neg_pooled, "time_ids": time_ids} if cfg else {}
+        emb = self._guidance_embedding(guidance_scale)
+        if emb is not None:
+            cond["timestep_cond"] = emb
+            if cfg:
+                uncond["timestep_cond"] = emb
+        return Conditioning(guidance_scale, cfg, cond, uncond, prompt=prompt, negative_prompt=negative_prompt)
+
+    def _forward(self, x, t, kw, shared):
+        kw = dict(kw)
+        added = {"text_embeds": kw.pop("text_embeds"), "time_ids": kw.pop("time_ids")}
+        return self.network(x, t, added_cond_kwargs=added, return_dict=False, **kw)[0]
+
+
+class StableDiffusion3Adapter(Adapter):
+    """StableDiffusion3Pipeline (flow matching, MMDiT)."""
+
+    family = "sd3"
+    scales_initial_latents = False
+
+    @property
+    def network(self):
+        return self.pipe.transformer
+
+    def default_settings(self):
+        return getattr(self.pipe, "_nrinv_defaults", None) or {"num_inference_steps": 28, "guidance_scale": 1.0}
+
+    def latent_shape(self, height, width, batch=1):
+        f = self.vae_scale_factor
+        return (batch, self.network.config.in_channels, height // f, width // f)
+
+    @property
+    def size_multiple(self):
+        return self.vae_scale_factor * self.network.config.patch_size
+
+    def _vae_scale(self, latent):
+        cfg = self.pipe.vae.config
+        return (latent - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+
+    def _vae_unscale(self, z):
+        cfg = self.pipe.vae.config
+        return z / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+
+    def prepare_scheduler(self, num_inference_steps, height, width):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        sched = copy.deepcopy(self.pipe.scheduler)
+        kwargs = {}
+        if sched.config.get("use_dynamic_shifting", None):
+            p = self.network.config.patch_size
+            f = self.vae_scale_factor
+            seq = (height // f // p) * (width // f // p)
+            kwargs["mu"] = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
+                                           sched.config.get("max_image_seq_len", 4096),
+                                           sched.config.get("base_shift", 0.5), sched.config.get("max_shift", 1.16))
+        sched.set_timesteps(num_inference_steps, device=self.device, **kwargs)
+        return sched
+
+    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+        cfg = guidance_scale > 1
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, negative_prompt=negative_prompt,
+            max_sequence_length=getattr(self.pipe, "_nrinv_max_sequence_length", 256),
+        )
+        cond = {"encoder_hidden_states": pos, "pooled_projections": pooled}
+        uncond = {"encoder_hidden_states": neg, "pooled_projections": neg_pooled} if cfg else {}
+        return Conditioning(guidance_scale, cfg, cond, uncond, prompt=prompt, negative_prompt=negative_prompt)
+
+    def _forward(self, x, t, kw, shared):
+        return self.network(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **kw)[0]
+
+
+class FluxAdapter(StableDiffusion3Adapter):
+    """FluxPipeline: packed 2x2 latents, shifted sigmas, distilled guidance embedding (no true CFG)."""
+
+    family = "flux"
+
+    def default_settings(self):
+        custom = getattr(self.pipe, "_nrinv_defaults", None)
+        if custom:
+            return dict(custom)
+        if self.network.config.guidance_embeds:
+            return {"num_inference_steps": 28, "guidance_scale": 3.5}  # Flux-dev style
+        return {"num_inference_steps": 4, "guidance_scale": 0.0}  # Flux-schnell style
+
+    @property
+    def size_multiple(self):
+        return self.vae_scale_factor * 2
+
+    def latent_shape(self, height, width, batch=1):
+        f = self.vae_scale_factor
+        h, w = 2 * (height // (f * 2)), 2 * (width // (f * 2))
+        return (batch, (h // 2) * (w // 2), (self.network.config.in_channels // 4) * 4)
+
+    def _grid(self, height: int, width: int) -> tuple[int, int]:
+        f = self.vae_scale_factor
+        return 2 * (height // (f * 2)), 2 * (width // (f * 2))
+
+    def encode(self, images):
+        z = super().encode(images)  # (B, C, h, w), shifted and scaled
+        b, c, h, w = z.shape
+        return self.pipe._pack_latents(z, b, c, h, w)
+
+    def decode(self, z, size):
+        unpacked = self.pipe._unpack_latents(z.float(), size[0], size[1], self.vae_scale_factor)
+        return super().decode(unpacked, size)
+
+    def prepare_scheduler(self, num_inference_steps, height, width):
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        sched = copy.deepcopy(self.pipe.scheduler)
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        if getattr(sched.config, "use_flow_sigmas", False):
+            sigmas = None
+        seq = self.latent_shape(height, width)[1]
+        mu = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
+                             sched.config.get("max_image_seq_len", 4096),
+                             sched.config.get("base_shift", 0.5), sched.config.get("max_shift", 1.15))
+        if sigmas is None:
+            sched.set_timesteps(num_inference_steps, device=self.device, mu=mu)
+        else:
+            sched.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
+        return sched
+
+    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+        if negative_prompt:
+            raise ValueError("the Flux adapter supports distilled guidance only; negative prompts are not used")
+        pos, pooled, text_ids = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
+            max_sequence_length=getattr(self.pipe, "_nrinv_max_sequence_length", 512),
+        )
+        h, w = self._grid(*size)
+        shared = {
+            "txt_ids": text_ids,
+            "img_ids": self.pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, pos.dtype),
+        }
+        cond = {"encoder_hidden_states": pos, "pooled_projections": pooled}
+        if self.network.config.guidance_embeds:
+            cond["guidance"] = torch.full([1], guidance_scale, device=self.device, dtype=torch.float32)
+        return Conditioning(guidance_scale, False, cond, {}, shared, prompt=prompt)
+
+    def _forward(self, x, t, kw, shared):
+        timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
+        return self.network(hidden_states=x, timestep=timestep, return_dict=False, **kw, **shared)[0]
+
+
+SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {
+    "StableDiffusionPipeline": StableDiffusionAdapter,
+    "StableDiffusionImg2ImgPipeline": StableDiffusionAdapter,
+    "StableDiffusionXLPipeline": StableDiffusionXLAdapter,
+    "StableDiffusionXLImg2ImgPipeline": StableDiffusionXLAdapter,
+    "LatentConsistencyModelPipeline": LatentConsistencyAdapter,
+    "StableDiffusion3Pipeline": StableDiffusion3Adapter,
+    "FluxPipeline": FluxAdapter,
+}
+
+
+def adapter_for(pipe: Any) -> Adapter:
+    """The adapter of a diffusers pipeline (an Adapter is returned unchanged)."""
+    if isinstance(pipe, Adapter) or hasattr(pipe, "denoise") and hasattr(pipe, "prepare_scheduler"):
+        return pipe
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in SUPPORTED_PIPELINES:
+            return SUPPORTED_PIPELINES[cls.__name__](pipe)
+    raise ValueError(
+        f"pipeline {type(pipe).__name__} is not supported; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
+    )
+
+
+def load_pipeline(model: str, *, torch_dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
+    """Load a pipeline by Hugging Face id, local folder, or ``builtin:shapes``; safetensors only."""
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        if name != "shapes":
+            raise ValueError(f"unknown built-in model {name!r}; the built-in model is 'builtin:shapes'")
+        from . import shapes
+
+        return shapes.load_pipeline(torch_dtype=torch_dtype, device=device)
+    from diffusers import DiffusionPipeline
+
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or os.sep in model and model.count("/") > 1
+    if looks_local and not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path) if looks_local else model,
+                                                 torch_dtype=torch_dtype, use_safetensors=True)
+    except OSError as exc:
+        raise OSError(f"could not load pipeline {model!r}: {exc}".splitlines()[0]) from exc
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,152 @@
+"""An analytic diffusion model whose exact inverse is known: Gaussian data.
+
+Data ``x ~ N(0, Sigma)`` over the flattened latent (``Sigma = Q diag(s) Q^T``).  A noisy latent is
+``z = alpha x + sigma_n eps``; with ``P = alpha^2 Sigma + sigma_n^2 I`` the exact posterior means are
+``E[eps | z] = sigma_n P^-1 z`` and ``E[x | z] = alpha Sigma P^-1 z``, so every parameterisation is a
+linear map ``m(z) = M_t z``:
+
+* epsilon: ``M = sigma_n P^-1``
+* v (``v = alpha eps - sigma_n x``): ``M = alpha sigma_n (I - Sigma) P^-1``
+* flow velocity (``z = (1 - s) x + s eps``, ``v = eps - x``): ``M = (s I - (1 - s) Sigma) P^-1``
+
+One affine sampler step then reads ``z_next = (A I + B s_in M_t) z + C``, whose exact inverse is a
+linear solve.  Used by the tests and benchmarks as ground truth for every solver and scheduler.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .schedulers import SUPPORTED_SCHEDULERS, AffineStep
+
+
+class GaussianOracle:
+    """``oracle(z, t) -> m`` for a diffusers scheduler's timesteps, plus the exact step inverse."""
+
+    def __init__(self, scheduler: Any, latent_shape: tuple[int, ...], *, seed: int = 0,
+                 spectrum: tuple[float, float] = (0.5, 2.0)):
+        self.family = SUPPORTED_SCHEDULERS[type(scheduler).__name__]
+        self.prediction_type = getattr(scheduler.config, "prediction_type", "epsilon") or "epsilon"
+        if self.family == "flow":
+            self.prediction_type = "flow"
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        if self.family != "flow":
+            ac = scheduler.alphas_cumprod.double().numpy()
+            self._train_sigmas = np.sqrt((1 - ac) / ac)
+        self.latent_shape = tuple(latent_shape)
+        dim = int(np.prod(self.latent_shape[1:]))
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+        lo, hi = spectrum
+        s = lo + (hi - lo) * torch.rand(dim, generator=g, dtype=torch.float64)
+        self.cov = (q * s) @ q.T
+        self.dim = dim
+        self.nfe = 0
+        self._cache: dict[float, Tensor] = {}
+
+    def coefficients(self, t: Tensor | float) -> tuple[float, float]:
+        """(alpha, sigma_n) of the model input at scheduler timestep t."""
+        t = float(t)
+        if self.family == "flow":
+            s = t / self.num_train_timesteps
+            return 1.0 - s, s
+        # Euler schedulers interpolate sigma between integer timesteps; match them.
+        sig = float(np.interp(t, np.arange(len(self._train_sigmas)), self._train_sigmas))
+        alpha = 1.0 / np.sqrt(1.0 + sig * sig)
+        return alpha, sig * alpha
+
+    def matrix(self, t: Tensor | float) -> Tensor:
+        key = float(t)
+        if key not in self._cache:
+            self._cache[key] = self._matrix(key)
+        return self._cache[key]
+
+    def _matrix(self, t: float) -> Tensor:
+        alpha, sn = self.coefficients(t)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        p_inv = torch.linalg.inv(alpha * alpha * self.cov + sn * sn * eye)
+        if self.prediction_type == "epsilon":
+            return sn * p_inv
+        if self.prediction_type == "v_prediction":
+            return alpha * sn * (eye - self.cov) @ p_inv
+        if self.prediction_type == "flow":
+            return (sn * eye - alpha * self.cov) @ p_inv
+        raise ValueError(f"unsupported prediction type {self.prediction_type}")
+
+    def __call__(self, z: Tensor, t: Tensor | float) -> Tensor:
+        self.nfe += 1
+        m = self.matrix(t).to(z.dtype)  # float64 solve, applied in the latent's dtype
+        return (z.flatten(1) @ m.T).reshape(z.shape)
+
+    def sample_step(self, step: AffineStep, z: Tensor) -> Tensor:
+        return step.apply(z, self(step.input_scale * z, step.timestep))
+
+    def exact_inverse(self, step: AffineStep, z_next: Tensor) -> Tensor:
+        """The z with ``sample_step(step, z) == z_next``, by a float64 linear solve."""
+        op = step.A * torch.eye(self.dim, dtype=torch.float64) + step.B * step.input_scale * self.matrix(step.timestep)
+        rhs = z_next.double() - (0 if step.C is None else step.C.double())
+        sol = torch.linalg.solve(op, rhs.flatten(1).T).T
+        return sol.reshape(z_next.shape).to(z_next.dtype)
+
+
+class OracleAdapter:
+    """The Gaussian oracle dressed as an adapter, so ``nrinv.invert`` runs its full loop on it.
+
+    Latents are the model's own space (``encode``/``decode`` are the identity on (B, C, h, w)).
+    """
+
+    family = "oracle"
+    scales_initial_latents = True
+
+    def __init__(self, scheduler: Any, latent_shape: tuple[int, ...], *, num_inference_steps: int = 4,
+                 seed: int = 0):
+        import copy
+
+        self.scheduler = copy.deepcopy(scheduler)
+        self.shape = tuple(latent_shape)
+        self.steps = num_inference_steps
+        self.oracle = GaussianOracle(scheduler, latent_shape, seed=seed)
+        self.pipe = self
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+
+    def default_settings(self) -> dict:
+        return {"num_inference_steps": self.steps, "guidance_scale": 1.0}
+
+    def default_size(self) -> tuple[int, int]:
+        return self.shape[-2], self.shape[-1]
+
+    def check_size(self, height: int, width: int) -> None:
+        if (height, width) != self.default_size():
+            raise ValueError(f"the oracle's latents are {self.default_size()}")
+
+    def latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+        return (batch,) + self.shape[1:]
+
+    def prepare_scheduler(self, num_inference_steps: int, height: int, width: int) -> Any:
+        import copy
+
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(num_inference_steps)
+        return sched
+
+    def step_kwargs(self) -> dict:
+        return {}
+
+    def to_pipeline_latents(self, z: Tensor, init_noise_sigma: float) -> Tensor:
+        return z / init_noise_sigma
+
+    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+        return None
+
+    def denoise(self, z: Tensor, t: Tensor, cond: Any) -> Tensor:
+        return self.oracle(z.float(), t)
+
+    def encode(self, images: Tensor) -> Tensor:
+        return images.float()
+
+    def decode(self, z: Tensor, size: tuple[int, int]) -> Tensor:
+        return z.float()

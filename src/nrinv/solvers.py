@@ -1,0 +1,545 @@
+"""Root finders for one implicit inversion step, in one registry with one signature.
+
+Notation (written once; see ``shared/GNRI.md``):
+
+* one deterministic sampler step is affine once its noise is fixed:
+  ``z_next = A z + B m(z) + C`` with ``m`` the (guided) network output at the unknown ``z``;
+* inverting it means solving the implicit equation ``z = f(z)`` with
+  ``f(z) = (z_next - B m(z) - C) / A``; one evaluation of ``f`` is one network call (NFE);
+* the residual is ``r(z) = z - f(z)``; the inverse is its root;
+* GNRI's guidance term keeps ``z`` near the mean of the forward noising step:
+  ``G(z) = ||z - mu||_2 / beta`` (DDIM: ``mu = sqrt(a_t / a_{t-1}) z_next``, ``beta = 1 - a_t / a_{t-1}``;
+  Euler / flow: ``mu = z_next``, ``beta = 1``).
+
+Every solver is ``solver(problem: Problem, options) -> SolveResult``.  Dimension 0 is the batch:
+norms, objectives and convergence tests are per sample, so a batch of images gives the same
+answer as the images one at a time.  Arithmetic is float32 (the dtype of ``problem.z0``).
+Non-finite values are detected at every evaluation and reported as ``Status.NONFINITE`` together
+with the best finite iterate; they are never returned as success.
+
+Residual norms are root-mean-square over a sample's elements, ``||r||_2 / sqrt(D)``; a solve has
+converged when ``rms(r(z)) <= atol + rtol * rms(z)`` for every sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .options import Options
+
+__all__ = [
+    "Status", "Problem", "SolveResult", "SolverOptions", "RenoiseOptions", "GNRIOptions",
+    "AndersonOptions", "NewtonKrylovOptions", "SolverSpec", "SOLVERS", "get_solver", "make_options",
+]
+
+
+class Status(str, enum.Enum):
+    CONVERGED = "converged"
+    MAX_ITERATIONS = "max_iterations"
+    DIVERGED = "diverged"
+    NONFINITE = "nonfinite"
+
+    @property
+    def ok(self) -> bool:
+        return self in (Status.CONVERGED, Status.MAX_ITERATIONS)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One implicit step: find ``z`` with ``z = fn(z)``, starting from ``z0``."""
+
+    fn: Callable[[Tensor], Tensor]
+    z0: Tensor
+    guidance_mean: Optional[Tensor] = None
+    guidance_beta: float = 1.0
+
+
+@dataclass
+class SolveResult:
+    z: Tensor
+    status: Status
+    iterations: int
+    nfe: int
+    residual_norms: list[float] = field(default_factory=list)
+    grad_evals: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status.value,
+            "iterations": self.iterations,
+            "nfe": self.nfe,
+            "grad_evals": self.grad_evals,
+            "residual_norms": [float(x) for x in self.residual_norms],
+        }
+
+
+# --------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class SolverOptions(Options):
+    """Options shared by every solver.
+
+    ``max_iterations`` counts outer iterations (one evaluation of ``f`` each, plus the
+    Jacobian-vector products of ``newton_krylov``); the solve stops early once converged.
+    """
+
+    max_iterations: int = 2
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    divergence_factor: float = 1e3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
+        if self.rtol < 0 or self.atol < 0:
+            raise ValueError("rtol and atol must be >= 0")
+        if self.divergence_factor <= 1:
+            raise ValueError("divergence_factor must be > 1")
+
+
+@dataclass(frozen=True)
+class DDIMOptions(SolverOptions):
+    max_iterations: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_iterations != 1:
+            raise ValueError("ddim inversion is a single evaluation; use fixed_point for more iterations")
+
+
+@dataclass(frozen=True)
+class RenoiseOptions(SolverOptions):
+    """ReNoise (Garibi et al. 2024): fixed point, returning the average of the last ``average_last`` f(z)."""
+
+    average_last: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.average_last < 1:
+            raise ValueError("average_last must be >= 1")
+
+
+@dataclass(frozen=True)
+class GNRIOptions(SolverOptions):
+    """GNRI (Samuel et al. 2025): ``lam`` weights the guidance term G, ``eta`` regularises the Newton division."""
+
+    lam: float = 0.1
+    eta: float = 1e-4
+    #: our safeguard (not in the paper): an iterate whose objective F grew is replaced by the
+    #: midpoint back toward the previous one; costs no extra NFE.  False = the published update.
+    backtrack: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lam < 0 or self.eta < 0:
+            raise ValueError("lam and eta must be >= 0")
+
+
+@dataclass(frozen=True)
+class AndersonOptions(SolverOptions):
+    """Anderson acceleration (type II) of the fixed-point map with ``history`` past iterates."""
+
+    history: int = 5
+    mixing: float = 1.0
+    regularization: float = 1e-10
+    restart_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.history < 1:
+            raise ValueError("history must be >= 1")
+        if not 0 < self.mixing <= 1:
+            raise ValueError("mixing must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class NewtonKrylovOptions(SolverOptions):
+    """Newton on r(z) = 0, each linear solve (I - J_f) dz = -r by GMRES with ``krylov_dim`` products.
+
+    ``jvp="fd"`` takes J_f v by a forward difference (one extra NFE each); ``"autograd"`` by
+    forward-mode differentiation through the network (``torch.func.jvp``).
+    """
+
+    krylov_dim: int = 2
+    jvp: str = "fd"
+    fd_eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.krylov_dim < 1:
+            raise ValueError("krylov_dim must be >= 1")
+        if self.jvp not in ("fd", "autograd"):
+            raise ValueError(f"jvp must be 'fd' or 'autograd', got {self.jvp!r}")
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _bview(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.flatten(1).pow(2).mean(1).sqrt()
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a.flatten(1).double() * b.flatten(1).double()).sum(1)
+
+
+class _NonFinite(Exception):
+    pass
+
+
+class _Tracker:
+    """Bookkeeping shared by the solvers: NFE, residual history, best iterate, stopping tests."""
+
+    def __init__(self, problem: Problem, options: SolverOptions):
+        self.problem = problem
+        self.options = options
+        self.nfe = 0
+        self.grad_evals = 0
+        self.iterations = 0
+        self.norms: list[float] = []
+        self.first: Optional[Tensor] = None
+        self.best_z: Tensor = problem.z0
+        self.best_rms: Optional[Tensor] = None
+
+    def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """f(z), r(z) and rms(r) per sample; raises on NaN/Inf."""
+        fz = self.problem.fn(z)
+        self.nfe += 1
+        return (fz,) + self.record(z, fz)
+
+    def record(self, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+        if not torch.isfinite(fz).all():
+            raise _NonFinite
+        self.iterations += 1
+        r = z - fz
+        rms = _rms(r.detach())
+        self.norms.append(float(rms.max()))
+        if self.first is None:
+            self.first = rms
+        return r, rms
+
+    def offer(self, candidate: Tensor, rms: Tensor) -> None:
+        """Keep, per sample, the candidate with the smallest residual."""
+        candidate = candidate.detach()
+        if self.best_rms is None:
+            self.best_z, self.best_rms = candidate, rms
+            return
+        better = rms < self.best_rms
+        self.best_z = torch.where(_bview(better, candidate), candidate, self.best_z)
+        self.best_rms = torch.where(better, rms, self.best_rms)
+
+    def converged(self, rms: Tensor, z: Tensor) -> bool:
+        o = self.options
+        return bool((rms <= o.atol + o.rtol * _rms(z.detach())).all())
+
+    def diverged(self, rms: Tensor) -> bool:
+        assert self.first is not None
+        return bool((rms > self.options.divergence_factor * self.first.clamp_min(1e-30)).any())
+
+    def result(self, status: Status, z: Optional[Tensor] = None) -> SolveResult:
+        return SolveResult(
+            z=(self.best_z if z is None else z).detach(),
+            status=status,
+            iterations=self.iterations,
+            nfe=self.nfe,
+            residual_norms=self.norms,
+            grad_evals=self.grad_evals,
+        )
+
+
+def _guarded(body: Callable[[Problem, SolverOptions, _Tracker], SolveResult]):
+    """Run a solver body; a NaN/Inf anywhere becomes Status.NONFINITE with the best finite iterate."""
+
+    def solver(problem: Problem, options: SolverOptions) -> SolveResult:
+        tracker = _Tracker(problem, options)
+        try:
+            return body(problem, options, tracker)
+        except _NonFinite:
+            return tracker.result(Status.NONFINITE)
+
+    solver.__name__ = body.__name__
+    solver.__doc__ = body.__doc__
+    return solver
+
+
+def _stop(tracker: _Tracker, rms: Tensor, z: Tensor) -> Optional[Status]:
+    if tracker.converged(rms, z):
+        return Status.CONVERGED
+    if tracker.diverged(rms):
+        return Status.DIVERGED
+    return None
+
+
+# ----------------------------------------------------------------------------------- solvers
+@_guarded
+def ddim(problem: Problem, options: SolverOptions, t: _Tracker) -> SolveResult:
+    """DDIM inversion: ``z = f(z0)``, the model evaluated at the known latent (1 NFE, biased)."""
+    fz, _, rms = t.evaluate(problem.z0)
+    t.offer(fz, rms)
+    return t.result(Status.CONVERGED if t.converged(rms, problem.z0) else Status.MAX_ITERATIONS, fz)
+
+
+@_guarded
+def fixed_point(problem: Problem, options: SolverOptions, t: _Tracker) -> SolveResult:
+    """Fixed-point iteration ``z <- f(z)`` (AIDI / ReNoise family); returns the best ``f(z^k)``."""
+    z = problem.z0
+    for _ in range(options.max_iterations):
+        fz, _, rms = t.evaluate(z)
+        t.offer(fz, rms)
+        status = _stop(t, rms, z)
+        if status is not None:
+            return t.result(status)
+        z = fz
+    return t.result(Status.MAX_ITERATIONS)
+
+
+@_guarded
+def renoise(problem: Problem, options: RenoiseOptions, t: _Tracker) -> SolveResult:
+    """ReNoise: fixed point whose answer averages the last ``average_last`` evaluations of f.
+
+    f is affine in the model output, so averaging f(z^k) equals averaging the model outputs
+    (Garibi et al. 2024, Sec. 3).
+    """
+    z = problem.z0
+    recent: list[Tensor] = []
+    status = Status.MAX_ITERATIONS
+    for _ in range(options.max_iterations):
+        fz, _, rms = t.evaluate(z)
+        t.offer(fz, rms)
+        recent = (recent + [fz.detach()])[-options.average_last:]
+        stop = _stop(t, rms, z)
+        if stop is Status.DIVERGED:
+            return t.result(stop)
+        if stop is Status.CONVERGED:
+            status = stop
+            break
+        z = fz
+    return t.result(status, torch.stack(recent).mean(0))
+
+
+def _guidance(problem: Problem, z: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """lam * G(z) per sample and its gradient; zero when the problem has no guidance mean."""
+    if problem.guidance_mean is None or lam == 0:
+        return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device), torch.zeros_like(z)
+    d = z - problem.guidance_mean
+    norm = d.flatten(1).norm(dim=1)
+    value = lam * norm / problem.guidance_beta
+    grad = lam * d / (_bview(norm.clamp_min(1e-12), d) * problem.guidance_beta)
+    return value, grad
+
+
+@_guarded
+def gnri(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResult:
+    """Guided Newton-Raphson inversion in the published no-backprop form (Samuel et al. 2025, Eq. 9-11).
+
+    Scalar objective ``F(z) = ||r(z)||_1 + lam G(z)``; Newton-Raphson on a scalar function of a
+    vector, elementwise ``z <- z - (F / D) / (dF/dz + eta)``, with the Jacobian of f treated as 0 so
+    ``d||r||_1/dz = sign(r)``.  Returns the ``f(z^k)`` whose iterate had the lowest residual.
+    """
+    z = problem.z0
+    numel = z[0].numel()
+    previous: Optional[tuple[Tensor, Tensor, Tensor]] = None  # (z, objective, step) of the last accepted iterate
+    for _ in range(options.max_iterations):
+        fz, r, rms = t.evaluate(z)
+        t.offer(fz, rms)
+        status = _stop(t, rms, z)
+        if status is not None:
+            return t.result(status)
+        g_value, g_grad = _guidance(problem, z, options.lam)
+        objective = r.abs().flatten(1).sum(1) + g_value
+        if options.backtrack and previous is not None:
+            worse = objective > previous[1]
+            if bool(worse.any()):
+                half = _bview(worse, z)
+                step = torch.where(half, 0.5 * previous[2], previous[2])
+                z = torch.where(half, previous[0] - step, z)
+                previous = (previous[0], torch.where(worse, previous[1], objective), step)
+                if bool(worse.all()):
+                    continue
+        slope = torch.sign(r) + g_grad
+        # Elementwise Newton division F / (D dF/dz), regularised as slope / (slope^2 + eta): equal to
+        # 1 / slope where |slope| >> sqrt(eta), bounded where the guidance gradient cancels sign(r).
+        step = _bview(objective / numel, z) * slope / (slope * slope + options.eta)
+        # sign(r) = 0 means that element already solves its equation: leave it in place.
+        step = torch.where(r == 0, torch.zeros_like(step), step)
+        previous = (z, objective, step)
+        z = z - step
+    return t.result(Status.MAX_ITERATIONS)
+
+
+@_guarded
+def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResult:
+    """GNRI's objective with its exact gradient, back-propagated through the network.
+
+    Newton-Raphson for the scalar equation F(z) = 0 along its gradient (the minimum-norm Newton
+    step) ``z <- z - F / (||grad F||^2 + eta) * grad F``.  With the Jacobian of f set to 0,
+    ``grad F = sign(r)`` and this is exactly the published elementwise update of ``gnri``.
+    """
+    z = problem.z0.detach()
+    for _ in range(options.max_iterations):
+        with torch.enable_grad():
+            zr = z.detach().requires_grad_(True)
+            fz = problem.fn(zr)
+            t.nfe += 1
+            r = zr - fz
+            g_value, _ = _guidance(problem, zr, options.lam)
+            objective = r.abs().flatten(1).sum(1) + g_value
+            (grad,) = torch.autograd.grad(objective.sum(), zr)
+        t.grad_evals += 1
+        fz = fz.detach()
+        _, rms = t.record(z, fz)
+        t.offer(fz, rms)
+        status = _stop(t, rms, z)
+        if status is not None:
+            return t.result(status)
+        if not torch.isfinite(grad).all():
+            raise _NonFinite
+        denom = grad.flatten(1).pow(2).sum(1) + options.eta
+        z = z - _bview(objective.detach() / denom, z) * grad
+    return t.result(Status.MAX_ITERATIONS)
+
+
+@_guarded
+def anderson(problem: Problem, options: AndersonOptions, t: _Tracker) -> SolveResult:
+    """Anderson acceleration of ``z <- f(z)`` (Walker & Ni 2011, type II), per sample.
+
+    ``g_k = f(z_k) - z_k``; gamma minimises ``||g_k - dG gamma||`` over the last ``history``
+    differences; ``z_{k+1} = z_k + beta g_k - (dZ + beta dG) gamma``.  The history restarts when the
+    residual jumps by ``restart_factor``.
+    """
+    z = problem.z0
+    beta = options.mixing
+    d_z: list[Tensor] = []
+    d_g: list[Tensor] = []
+    prev: Optional[tuple[Tensor, Tensor, Tensor]] = None
+    for _ in range(options.max_iterations):
+        fz, r, rms = t.evaluate(z)
+        t.offer(fz, rms)
+        status = _stop(t, rms, z)
+        if status is not None:
+            return t.result(status)
+        g = -r
+        if prev is not None:
+            pz, pg, prms = prev
+            if bool((rms > options.restart_factor * prms).any()):
+                d_z, d_g = [], []
+            else:
+                d_z = (d_z + [(z - pz).flatten(1).double()])[-options.history:]
+                d_g = (d_g + [(g - pg).flatten(1).double()])[-options.history:]
+        prev = (z, g, rms)
+        if not d_g:
+            z = z + beta * g
+            continue
+        dg = torch.stack(d_g, dim=2)  # (B, D, m)
+        dz = torch.stack(d_z, dim=2)
+        gram = dg.transpose(1, 2) @ dg
+        scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+        gram = gram + options.regularization * scale[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype)
+        gamma = torch.linalg.solve(gram, dg.transpose(1, 2) @ g.flatten(1).double()[:, :, None])
+        correction = ((dz + beta * dg) @ gamma).squeeze(2).to(z.dtype).reshape(z.shape)
+        z = z + beta * g - correction
+    return t.result(Status.MAX_ITERATIONS)
+
+
+def _jvp(problem: Problem, options: NewtonKrylovOptions, z: Tensor, fz: Tensor, v: Tensor) -> Tensor:
+    """J_f(z) v, by forward difference or forward-mode autodiff."""
+    if options.jvp == "autograd":
+        with torch.enable_grad():
+            _, out = torch.func.jvp(problem.fn, (z,), (v,))
+        return out.detach()
+    h = options.fd_eps * _bview(_rms(z).clamp_min(1.0) / _rms(v).clamp_min(1e-30), z)
+    return (problem.fn(z + h * v) - fz) / h
+
+
+@_guarded
+def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -> SolveResult:
+    """Jacobian-free Newton-Krylov on ``r(z) = z - f(z) = 0`` (Knoll & Keyes 2004).
+
+    Each Newton step solves ``(I - J_f) dz = -r`` by GMRES(``krylov_dim``) from ``dz = 0``, per sample,
+    using only products ``J_f v``.  The returned iterate is the last Newton update when the linear
+    model predicts a smaller residual than any evaluated ``f(z^k)``.
+    """
+    z = problem.z0.detach()
+    k_dim = options.krylov_dim
+    last_estimate: Optional[tuple[Tensor, Tensor]] = None
+    for _ in range(options.max_iterations):
+        fz, r, rms = t.evaluate(z)
+        fz = fz.detach()
+        t.offer(fz, rms)
+        status = _stop(t, rms, z)
+        if status is not None:
+            return t.result(status)
+        # GMRES on A dz = b, A v = v - J_f v, b = -r.
+        b = -r.detach()
+        beta0 = _rms(b) * (b[0].numel() ** 0.5)
+        basis = [b / _bview(beta0.clamp_min(1e-30).to(b.dtype), b)]
+        hess = torch.zeros(z.shape[0], k_dim + 1, k_dim, dtype=torch.float64)
+        for j in range(k_dim):
+            jv = _jvp(problem, options, z, fz, basis[j])
+            if options.jvp == "fd":
+                t.nfe += 1
+            else:
+                t.grad_evals += 1
+            if not torch.isfinite(jv).all():
+                raise _NonFinite
+            w = basis[j] - jv
+            for i in range(j + 1):
+                h_ij = _dot(w, basis[i])
+                hess[:, i, j] = h_ij
+                w = w - _bview(h_ij.to(w.dtype), w) * basis[i]
+            h_next = w.flatten(1).double().norm(dim=1)
+            hess[:, j + 1, j] = h_next
+            basis.append(w / _bview(h_next.clamp_min(1e-30).to(w.dtype), w))
+        rhs = torch.zeros(z.shape[0], k_dim + 1, 1, dtype=torch.float64)
+        rhs[:, 0, 0] = beta0.double()
+        y = torch.linalg.lstsq(hess, rhs).solution  # (B, k, 1)
+        dz = sum(_bview(y[:, j, 0].to(z.dtype), z) * basis[j] for j in range(k_dim))
+        predicted = (rhs - hess @ y).flatten(1).norm(dim=1) / (b[0].numel() ** 0.5)
+        z = z + dz
+        last_estimate = (z, predicted.to(rms.dtype))
+    assert last_estimate is not None
+    t.offer(*last_estimate)
+    return t.result(Status.MAX_ITERATIONS)
+
+
+# ----------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class SolverSpec:
+    fn: Callable[[Problem, SolverOptions], SolveResult]
+    options: type
+    needs_grad: bool = False
+    summary: str = ""
+
+
+SOLVERS: dict[str, SolverSpec] = {
+    "ddim": SolverSpec(ddim, DDIMOptions, summary="DDIM inversion, model at the known latent (1 NFE)"),
+    "fixed_point": SolverSpec(fixed_point, SolverOptions, summary="fixed-point iteration z <- f(z)"),
+    "renoise": SolverSpec(renoise, RenoiseOptions, summary="ReNoise: fixed point with averaged outputs"),
+    "gnri": SolverSpec(gnri, GNRIOptions, summary="guided Newton-Raphson, published no-backprop form"),
+    "gnri_grad": SolverSpec(gnri_grad, GNRIOptions, needs_grad=True, summary="GNRI objective, exact gradient"),
+    "anderson": SolverSpec(anderson, AndersonOptions, summary="Anderson-accelerated fixed point"),
+    "newton_krylov": SolverSpec(newton_krylov, NewtonKrylovOptions, summary="Newton-GMRES with Jacobian-vector products"),
+}
+
+
+def get_solver(name: str) -> SolverSpec:
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(SOLVERS)}") from None
+
+
+def make_options(name: str, options=None, **overrides) -> SolverOptions:
+    """Options for solver ``name`` from a dict / Options instance plus keyword overrides."""
+    spec = get_solver(name)
+    if isinstance(options, SolverOptions):
+        options = options.to_dict()
+    return spec.options.from_dict(options or {}, **overrides)

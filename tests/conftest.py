@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The tiny test models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+# spin-waiting makes small ops ~30x slower.
+torch.set_num_threads(int(os.environ.get("NRINV_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def astronaut32():
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.astronaut()).resize((32, 32), Image.LANCZOS)
+
+
+_PIPES = {}
+
+
+@pytest.fixture
+def tiny():
+    """tiny(kind, smooth=0.2) -> cached tiny pipeline (see nrinv.testing)."""
+    from nrinv.testing import tiny_pipeline
+
+    def get(kind, smooth=0.2):
+        key = (kind, smooth)
+        if key not in _PIPES:
+            _PIPES[key] = tiny_pipeline(kind, smooth=smooth)
+        return _PIPES[key]
+
+    return get

@@ -1,0 +1,120 @@
+"""Invert with nrinv, regenerate with the *stock* diffusers pipeline, compare latents.
+
+Each tiny pipeline (random weights, smoothed; see nrinv.testing) encodes a real photo; we invert
+its latent, then call the stock pipeline with ``latents=`` the inverted noise (and the same
+``generator`` seed for the stochastic samplers), ``output_type="latent"``, same steps and guidance.
+Measured relative errors (CPU) are in the README; thresholds below leave ~3x margin.
+"""
+import pytest
+import torch
+
+import nrinv
+
+CASES = {
+    # kind: (steps, guidance)
+    "sd": (10, 1.0),        # DDIM, epsilon
+    "sd_v": (10, 1.0),      # DDIM, v-prediction
+    "sdxl": (4, 0.0),       # Euler-ancestral, trailing: SDXL-Turbo settings
+    "lcm": (4, 8.5),        # LCM multistep with w-embedding
+    "sd3": (8, 1.0),        # flow matching
+    "flux": (4, 0.0),       # flow matching, packed latents, shifted sigmas
+}
+PROMPT = "a photo of a cat"
+
+
+def _stock(pipe, kind, latents, steps, guidance, seed):
+    extra = {"max_sequence_length": 16} if kind in ("sd3", "flux") else {}
+    return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, latents=latents, height=32, width=32,
+                generator=torch.Generator().manual_seed(seed), output_type="latent", **extra).images
+
+
+def _error(pipe, kind, image, method, iterations=None, seed=3, guidance=None):
+    steps, default_guidance = CASES[kind]
+    guidance = default_guidance if guidance is None else guidance
+    res = nrinv.invert(pipe, image, PROMPT, method=method, num_inference_steps=steps, guidance_scale=guidance,
+                       seed=seed, max_iterations=iterations, progress=False)
+    assert res.ok, res.status
+    assert res.latent.dtype == torch.float32
+    regenerated = _stock(pipe, kind, res.pipeline_latents, steps, guidance, seed)
+    ours = nrinv.reconstruct(pipe, res, decode=False).latent
+    target = res.encoded
+    stock_err = float((regenerated - target).norm() / target.norm())
+    ours_err = float((ours - target).norm() / target.norm())
+    # our affine replay of the sampler is the stock sampler
+    assert abs(stock_err - ours_err) <= 1e-3 * max(stock_err, 1e-3) + 1e-5
+    return stock_err, res
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_stock_pipeline_regenerates_inverted_latent(tiny, astronaut32, kind):
+    pipe = tiny(kind)
+    ddim, _ = _error(pipe, kind, astronaut32, "ddim")
+    newton, res = _error(pipe, kind, astronaut32, "newton_krylov", 3)
+    anderson, _ = _error(pipe, kind, astronaut32, "anderson", 6)
+    gnri, _ = _error(pipe, kind, astronaut32, "gnri", 4)
+    assert ddim > 1e-3  # the naive inversion is measurably wrong on every pipeline
+    assert newton <= 0.02 * ddim
+    assert anderson <= 0.1 * ddim
+    if kind in ("sdxl", "lcm"):
+        # Published-form GNRI barely moves on these large-step samplers (measured ~0.9x DDIM).
+        assert gnri < ddim
+    else:
+        assert gnri <= 0.5 * ddim
+    assert res.nfe == sum(s.nfe for s in res.steps) and len(res.steps) == CASES[kind][0]
+
+
+@pytest.mark.parametrize("guidance", [3.0, 7.5])
+def test_classifier_free_guidance_inverts_exactly(tiny, astronaut32, guidance):
+    pipe = tiny("sd")
+    ddim, _ = _error(pipe, "sd", astronaut32, "ddim", guidance=guidance)
+    newton, res = _error(pipe, "sd", astronaut32, "newton_krylov", 4, guidance=guidance)
+    assert res.setup.cond.cfg  # both branches, one batched call
+    assert newton <= 0.01 * ddim
+
+
+def test_stochastic_sampler_needs_the_same_seed(tiny, astronaut32):
+    pipe = tiny("sdxl")
+    err, res = _error(pipe, "sdxl", astronaut32, "newton_krylov", 3, seed=5)
+    wrong_seed = _stock(pipe, "sdxl", res.pipeline_latents, 4, 0.0, seed=6)
+    assert float((wrong_seed - res.encoded).norm() / res.encoded.norm()) > 20 * err
+
+
+def test_low_precision_network_float32_solver(tiny, astronaut32):
+    pipe = tiny("sd")
+    pipe.to(torch.bfloat16)
+    try:
+        res = nrinv.invert(pipe, astronaut32, PROMPT, method="newton_krylov", num_inference_steps=10,
+                           max_iterations=3, progress=False)
+        assert res.ok and res.latent.dtype == torch.float32 and torch.isfinite(res.latent).all()
+        rec = nrinv.reconstruct(pipe, res, decode=False).latent
+        err = float((rec - res.encoded).norm() / res.encoded.norm())
+        assert err < 0.05  # bf16 network noise (~1e-2 per call) bounds what any solver can reach
+    finally:
+        pipe.to(torch.float32)
+
+
+def test_reconstruct_decodes_an_image(tiny, astronaut32):
+    pipe = tiny("sd")
+    res = nrinv.invert(pipe, astronaut32, PROMPT, method="anderson", num_inference_steps=10, max_iterations=6,
+                       progress=False)
+    rec = nrinv.reconstruct(pipe, res)
+    assert rec.image.shape == (1, 3, 32, 32)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(res.encoded / pipe.vae.config.scaling_factor).sample
+    ceiling = ((decoded + 1) / 2).clamp(0, 1)
+    assert float((rec.image - ceiling).abs().max()) < 0.02
+
+
+def test_unsupported_pipeline_and_scheduler_errors(tiny):
+    with pytest.raises(ValueError, match="not supported; supported pipelines"):
+        nrinv.adapter_for(object())
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = tiny("sd")
+    original = pipe.scheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
+    try:
+        with pytest.raises(ValueError, match="supported schedulers"):
+            nrinv.invert(pipe, latent=torch.zeros(1, 4, 16, 16), prompt="x", size=(32, 32), progress=False)
+    finally:
+        pipe.scheduler = original
