@@ -18,7 +18,7 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
-def _parse_option(items: Sequence[str]) -> dict[str, Any]:
+def parse_option(items: Sequence[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -37,14 +37,16 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def _check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool) -> None:
+    """Refuse to overwrite without --force, before any work is done."""
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite")
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name")
 
 
-def _load(model: str, dtype: str, device: str):
+def load_model(model: str, dtype: str, device: str):
+    """Load a pipeline for a subcommand; load errors become UsageError (exit 2)."""
     from .adapters import load_pipeline
 
     try:
@@ -58,7 +60,7 @@ def _solver_options(args) -> tuple[str, dict]:
 
     try:
         get_solver(args.method)
-        overrides = _parse_option(args.option)
+        overrides = parse_option(args.option)
         if args.iterations is not None:
             overrides["max_iterations"] = args.iterations
         make_options(args.method, overrides)  # validate now, before any work
@@ -81,8 +83,8 @@ def cmd_invert(args) -> int:
     image_path = Path(args.image)
     out = Path(args.output) if args.output else image_path.with_suffix(".latent.safetensors")
     sidecar = out.with_suffix(".json")
-    _check_output(out, args.force)
-    _check_output(sidecar, args.force)
+    check_output(out, args.force)
+    check_output(sidecar, args.force)
     notes: list[str] = []
     try:
         image = load_image(image_path, max_pixels=args.max_pixels, notes=notes, size=args.resize)
@@ -91,7 +93,7 @@ def cmd_invert(args) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
-    pipe = _load(args.model, args.dtype, args.device)
+    pipe = load_model(args.model, args.dtype, args.device)
     try:
         result = invert(pipe, image, args.prompt, method=method, options=options,
                         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
@@ -119,7 +121,7 @@ def cmd_reconstruct(args) -> int:
     from .inversion import InversionResult, prepare, sample
 
     out = Path(args.output)
-    _check_output(out, args.force)
+    check_output(out, args.force)
     try:
         tensors, meta = load_latent(args.latent)
     except InputError as exc:
@@ -129,7 +131,7 @@ def cmd_reconstruct(args) -> int:
         s = stats["settings"]
     except (KeyError, json.JSONDecodeError):
         raise UsageError(f"{args.latent} has no nrinv settings; was it written by `nrinv invert`?") from None
-    pipe = _load(args.model or stats.get("model", DEFAULT_MODEL), args.dtype, args.device)
+    pipe = load_model(args.model or stats.get("model", DEFAULT_MODEL), args.dtype, args.device)
     try:
         setup = prepare(pipe, s["prompt"], size=(s["height"], s["width"]), num_inference_steps=s["num_inference_steps"],
                         guidance_scale=s["guidance_scale"], seed=s["seed"], negative_prompt=s.get("negative_prompt"))
@@ -157,7 +159,8 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: Optional[str] = DEFAULT_MODEL) -> None:
+def add_model_args(p: argparse.ArgumentParser, default: Optional[str] = DEFAULT_MODEL) -> None:
+    """--model, --dtype, --device, --quiet, --force: shared by every subcommand that loads a model."""
     p.add_argument("--model", default=default,
                    help="Hugging Face id, local diffusers folder, or builtin:shapes (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="network dtype (the solver is always float32)")
@@ -195,18 +198,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the image first")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
     p.add_argument("-o", "--output", default=None, help="latent file (.safetensors); a .json sidecar is written beside")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("reconstruct", help="regenerate the image from an inverted latent")
     p.add_argument("latent")
     p.add_argument("-o", "--output", required=True, help="output PNG")
-    _add_model_args(p, default=None)
+    add_model_args(p, default=None)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("methods", help="list the inversion methods and their options")
     p.set_defaults(func=cmd_methods)
+
+    # Feature modules own their subcommands: each has register(subparsers) adding parsers whose
+    # ``func(args) -> int`` may raise UsageError (exit 2).
+    import importlib
+
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
     return parser
+
+
+SUBCOMMAND_MODULES = ("nrinv.cli_edit", "nrinv.cli_bench", "nrinv.cli_demo", "nrinv.cli_app")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
