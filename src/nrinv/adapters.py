@@ -412,7 +412,10 @@ def load_pipeline(model: str, *, torch_dtype: torch.dtype = torch.float32, devic
             raise ValueError(f"unknown built-in model {name!r}; the built-in model is 'builtin:shapes'")
         from . import shapes
 
-        return shapes.load_pipeline(torch_dtype=torch_dtype, device=device)
+        pipe = shapes.load_pipeline(torch_dtype=torch_dtype, device=device)
+        # inversion defaults: the model's 20 DDIM steps; guidance 1 (generation uses shapes.DEFAULT_GUIDANCE)
+        pipe._nrinv_defaults = {"num_inference_steps": shapes.DEFAULT_STEPS, "guidance_scale": 1.0}
+        return pipe
     from diffusers import DiffusionPipeline
 
     path = Path(model).expanduser()
