@@ -13,7 +13,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,18 @@ class Conditioning:
     shared: dict[str, Any] = field(default_factory=dict)  # not batched (e.g. Flux position ids)
     prompt: str = ""
     negative_prompt: Optional[str] = None
+
+    @staticmethod
+    def cat(items: Sequence["Conditioning"]) -> "Conditioning":
+        """One conditioning for a batch: sample i uses ``items[i]`` (same guidance and CFG)."""
+        first = items[0]
+        if any(c.cfg != first.cfg or c.guidance_scale != first.guidance_scale for c in items):
+            raise ValueError("a batch needs one guidance scale")
+        if len(items) == 1:
+            return first
+        join = lambda key: {k: torch.cat([getattr(c, key)[k] for c in items]) for k in getattr(first, key)}
+        return Conditioning(first.guidance_scale, first.cfg, join("cond"), join("uncond"), first.shared,
+                            prompt=" | ".join(c.prompt for c in items), negative_prompt=first.negative_prompt)
 
     def lerp(self, other: "Conditioning", weight: float) -> "Conditioning":
         """Linear interpolation of the embeddings (used by interpolation between two prompts)."""

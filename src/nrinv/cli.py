@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMAND_MODULES = ("nrinv.cli_edit", "nrinv.cli_bench", "nrinv.cli_demo", "nrinv.cli_app")
+SUBCOMMAND_MODULES = ("nrinv.cli_edit", "nrinv.cli_bench", "nrinv.cli_batch", "nrinv.cli_demo", "nrinv.cli_app")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -22,7 +22,8 @@ from .imageio import ImageLike, InputError, load_image, to_tensor
 from .schedulers import AffineStep, Schedule, affine_schedule
 from .solvers import Problem, SolveResult, Status, get_solver, make_options
 
-__all__ = ["InversionResult", "Reconstruction", "invert", "reconstruct", "sample", "prepare", "DEFAULT_METHOD"]
+__all__ = ["InversionResult", "Reconstruction", "invert", "invert_batch", "reconstruct", "sample", "prepare",
+           "DEFAULT_METHOD"]
 
 DEFAULT_METHOD = "gnri"
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
@@ -127,58 +128,10 @@ def _as_image_tensor(image: ImageLike, size: Optional[tuple[int, int]], max_pixe
     return to_tensor(load_image(image, **kwargs))
 
 
-def invert(
-    pipe: Any,
-    image: Optional[ImageLike] = None,
-    prompt: str = "",
-    *,
-    latent: Optional[Tensor] = None,
-    method: str = DEFAULT_METHOD,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    seed: int = 0,
-    negative_prompt: Optional[str] = None,
-    options: Any = None,
-    max_iterations: Optional[int] = None,
-    size: Optional[tuple[int, int]] = None,
-    max_pixels: Optional[int] = None,
-    progress: bool = True,
-) -> InversionResult:
-    """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``image``.
-
-    Give either ``image`` (path, PIL, array or (3, H, W) tensor in [0, 1]) or an already encoded
-    ``latent`` (scaled, in the pipeline's latent layout, with ``size`` the image size).  ``method``
-    names a solver of ``nrinv.SOLVERS``; ``options`` (dict or options dataclass) and
-    ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise that
-    ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.
-    """
+def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any,
+                 progress: bool) -> tuple[list[SolveResult], list[Tensor], float]:
+    """Solve the implicit equations from the last sampler step to the first."""
     spec = get_solver(method)
-    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
-    solver_options = make_options(method, options, **overrides)
-    adapter = adapter_for(pipe)
-    notes: list[str] = []
-
-    t0 = time.perf_counter()
-    if latent is None:
-        if image is None:
-            raise InputError("pass an image or a latent to invert")
-        pixels = _as_image_tensor(image, size, max_pixels, notes)
-        size = (pixels.shape[-2], pixels.shape[-1])
-        adapter.check_size(*size)
-        with torch.no_grad():
-            encoded = adapter.encode(pixels)
-    else:
-        encoded = latent.detach().float()
-        if size is None:
-            size = adapter.default_size()
-    encode_time = time.perf_counter() - t0
-
-    setup = prepare(pipe, prompt, size=size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
-    expected = setup.adapter.latent_shape(*size, batch=encoded.shape[0])
-    if tuple(encoded.shape) != tuple(expected):
-        raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
-
     steps = setup.schedule.steps
     trajectory: list[Tensor] = [encoded]
     results: list[SolveResult] = []
@@ -209,6 +162,62 @@ def invert(
     if len(results) < len(steps):  # stopped early on NaN/Inf: pad with the failure for the remaining steps
         results = [results[0]] * (len(steps) - len(results)) + results
         trajectory = [trajectory[0]] * (len(steps) + 1 - len(trajectory)) + trajectory
+    return results, trajectory, wall
+
+
+def invert(
+    pipe: Any,
+    image: Optional[ImageLike] = None,
+    prompt: str = "",
+    *,
+    latent: Optional[Tensor] = None,
+    method: str = DEFAULT_METHOD,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    seed: int = 0,
+    negative_prompt: Optional[str] = None,
+    options: Any = None,
+    max_iterations: Optional[int] = None,
+    size: Optional[tuple[int, int]] = None,
+    max_pixels: Optional[int] = None,
+    progress: bool = True,
+) -> InversionResult:
+    """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``image``.
+
+    Give either ``image`` (path, PIL, array or (3, H, W) tensor in [0, 1]) or an already encoded
+    ``latent`` (scaled, in the pipeline's latent layout, with ``size`` the image size).  ``method``
+    names a solver of ``nrinv.SOLVERS``; ``options`` (dict or options dataclass) and
+    ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise that
+    ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.
+    """
+    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
+    solver_options = make_options(method, options, **overrides)
+    adapter = adapter_for(pipe)
+    notes: list[str] = []
+
+    t0 = time.perf_counter()
+    if latent is None:
+        if image is None:
+            raise InputError("pass an image or a latent to invert")
+        pixels = _as_image_tensor(image, size, max_pixels, notes)
+        size = (pixels.shape[-2], pixels.shape[-1])
+        adapter.check_size(*size)
+        with torch.no_grad():
+            encoded = adapter.encode(pixels)
+    else:
+        encoded = latent.detach().float()
+        if size is None:
+            size = adapter.default_size()
+    encode_time = time.perf_counter() - t0
+
+    setup = prepare(pipe, prompt, size=size, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+    expected = setup.adapter.latent_shape(*size, batch=encoded.shape[0])
+    if tuple(encoded.shape) != tuple(expected):
+        raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
+
+    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress)
+    z = trajectory[0]
 
     settings = {
         "method": method,
@@ -254,3 +263,72 @@ def reconstruct(pipe: Any, result: InversionResult, *, decode: bool = True, prog
         with torch.no_grad():
             image = setup.adapter.decode(z, setup.size)
     return Reconstruction(latent=z, image=image)
+
+
+def invert_batch(
+    pipe: Any,
+    images: Sequence[ImageLike],
+    prompts: Sequence[str] | str,
+    *,
+    method: str = DEFAULT_METHOD,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    seed: int = 0,
+    negative_prompt: Optional[str] = None,
+    options: Any = None,
+    max_iterations: Optional[int] = None,
+    size: Optional[tuple[int, int]] = None,
+    max_pixels: Optional[int] = None,
+    progress: bool = True,
+) -> list[InversionResult]:
+    """Invert several same-size images with one network call per evaluation (batch dimension).
+
+    Solvers treat samples independently (per-sample norms and stopping), so every image gets the
+    answer it gets alone, up to float rounding.  Stochastic samplers use the same recorded noise
+    (``seed``) for every image, as one-at-a-time inversion with that seed does.  The per-step
+    solver stats are those of the batch (residual norms: the worst sample).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts] * len(images)
+    if len(prompts) != len(images) or not images:
+        raise InputError(f"got {len(images)} images and {len(prompts)} prompts")
+    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
+    solver_options = make_options(method, options, **overrides)
+    adapter = adapter_for(pipe)
+    notes: list[list[str]] = [[] for _ in images]
+    t0 = time.perf_counter()
+    pixels = [_as_image_tensor(img, size, max_pixels, n) for img, n in zip(images, notes)]
+    sizes = {tuple(p.shape[-2:]) for p in pixels}
+    if len(sizes) != 1:
+        raise InputError(f"a batch needs images of one size, got {sorted(sizes)}; pass size=(h, w) to resize")
+    size = sizes.pop()
+    adapter.check_size(*size)
+    with torch.no_grad():
+        encoded = adapter.encode(torch.cat(pixels))
+    encode_time = time.perf_counter() - t0
+
+    setup = prepare(pipe, prompts[0], size=size, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+    with torch.no_grad():
+        conds = [setup.cond] + [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size)
+                                for p in prompts[1:]]
+    setup.cond = Conditioning.cat(conds)
+    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress)
+
+    out = []
+    for i, prompt in enumerate(prompts):
+        single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale, seed)
+        latent = trajectory[0][i:i + 1]
+        settings = {
+            "method": method, "options": solver_options.to_dict(), "prompt": prompt,
+            "negative_prompt": negative_prompt, "num_inference_steps": setup.num_inference_steps,
+            "guidance_scale": setup.guidance_scale, "seed": seed, "height": size[0], "width": size[1],
+            "scheduler": setup.schedule.scheduler_name, "pipeline": type(adapter.pipe).__name__,
+            "dtype": str(adapter.dtype).replace("torch.", ""), "notes": notes[i], "batch_size": len(prompts),
+        }
+        out.append(InversionResult(
+            latent=latent, pipeline_latents=adapter.to_pipeline_latents(latent, setup.schedule.init_noise_sigma),
+            encoded=encoded[i:i + 1], trajectory=[z[i:i + 1] for z in trajectory], steps=results,
+            noises=setup.schedule.noises, nfe=sum(r.nfe for r in results), wall_time=wall / len(prompts),
+            encode_time=encode_time / len(prompts), settings=settings, setup=single))
+    return out
