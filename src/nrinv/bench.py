@@ -183,6 +183,29 @@ def forward_time(pipe: Any, prompt: str, size: tuple[int, int], steps: int, guid
     return statistics.median(times)
 
 
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"gnri"`` or a labelled variant ``"gnri[lam=0.01,eta=0.001]"`` -> (solver name, options)."""
+    spec = spec.strip()
+    if "[" not in spec:
+        get_solver(spec)
+        return spec, {}
+    if not spec.endswith("]"):
+        raise ValueError(f"bad method spec {spec!r}; write e.g. gnri[lam=0.01]")
+    name, body = spec[:-1].split("[", 1)
+    get_solver(name)
+    options: dict[str, Any] = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value.strip()
+    from .solvers import make_options
+
+    make_options(name, options)  # reject unknown keys now
+    return name, options
+
+
 def _row_key(row: dict) -> tuple:
     return (row["image"], row["method"], int(row["iterations"]), int(row["steps"]), float(row["guidance"]))
 
@@ -239,8 +262,7 @@ def run_bench(
     plots: bool = True,
 ) -> list[dict]:
     """Run (or resume) the benchmark into ``out``; returns all rows."""
-    for m in methods:
-        get_solver(m)
+    parsed = {m: parse_method(m) for m in methods}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = adapter_for(pipe)
@@ -256,7 +278,8 @@ def run_bench(
 
     t_forward = forward_time(pipe, images[0].prompt, size, steps, guidance)
     ceilings: dict[str, float] = {}
-    jobs = [(img, m, it) for img in images for m in methods for it in ((1,) if m == "ddim" else iterations)]
+    jobs = [(img, m, it) for img in images for m in methods
+            for it in ((1,) if parsed[m][0] == "ddim" else iterations)]
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for img, method, its in bar:
         key = (img.name, method, its, steps, guidance)
@@ -268,9 +291,10 @@ def run_bench(
             with torch.no_grad():
                 ceiling = adapter.decode(adapter.encode(pixels), size)
             ceilings[img.name] = psnr(_hwc(pixels), _hwc(ceiling))
-        options = dict((method_options or {}).get(method, {}))
-        kwargs = dict(method=method, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                      options=options, max_iterations=None if method == "ddim" else its, progress=False)
+        solver, options = parsed[method]
+        options = {**(method_options or {}).get(solver, {}), **options}
+        kwargs = dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                      options=options, max_iterations=None if solver == "ddim" else its, progress=False)
         timed = img is images[0]
         if timed:
             invert(pipe, img.image, img.prompt, **kwargs)  # warm-up

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,10 +14,12 @@ def cmd_bench(args) -> int:
     from .imageio import InputError
     from .solvers import get_solver
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from .bench import parse_method
+
+    methods = [m.strip() for m in re.split(r",(?![^\[]*\])", args.methods) if m.strip()]
     try:
         for m in methods:
-            get_solver(m)
+            parse_method(m)
         iterations = [int(x) for x in args.iterations.split(",")]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -47,7 +50,8 @@ def register(sub) -> None:
     from .cli import _size
 
     p = sub.add_parser("bench", help="benchmark inversion methods: quality vs NFE, time and memory")
-    p.add_argument("--methods", default="ddim,fixed_point,renoise,gnri,gnri_grad,anderson,newton_krylov")
+    p.add_argument("--methods", default="ddim,fixed_point,renoise,gnri,gnri_grad,anderson,newton_krylov",
+                   help="comma-separated; a labelled variant takes options: gnri[lam=0.01]")
     p.add_argument("--iterations", default="1,2,3,5", help="comma-separated iteration budgets per step")
     p.add_argument("--images", default="shapes", help="shapes | skimage | folder with captions.csv/jsonl")
     p.add_argument("--n-images", type=int, default=4)
