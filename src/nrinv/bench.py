@@ -36,7 +36,7 @@ __all__ = ["BenchImage", "load_image_set", "run_bench", "psnr", "ssim", "COLUMNS
 
 COLUMNS = ["image", "method", "iterations", "steps", "guidance", "nfe", "grad_evals", "psnr", "ssim",
            "latent_error", "vae_ceiling_psnr", "wall_s", "forward_s", "overhead", "peak_mem_mb", "status",
-           "timed"]
+           "step_statuses", "timed"]
 
 
 @dataclass
@@ -206,6 +206,14 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def step_status_counts(steps) -> str:
+    """Per-step solver statuses as counts, e.g. ``converged:12 max_iterations:8``."""
+    counts: dict[str, int] = {}
+    for st in steps:
+        counts[st.status.value] = counts.get(st.status.value, 0) + 1
+    return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+
+
 def _row_key(row: dict) -> tuple:
     return (row["image"], row["method"], int(row["iterations"]), int(row["steps"]), float(row["guidance"]))
 
@@ -319,7 +327,8 @@ def run_bench(
             "latent_error": f"{float((rec - result.encoded).norm() / result.encoded.norm()):.3e}",
             "vae_ceiling_psnr": round(ceilings[img.name], 3), "wall_s": round(wall, 4),
             "forward_s": round(t_forward, 5), "overhead": round(wall / max(result.nfe * t_forward, 1e-12), 3),
-            "peak_mem_mb": round(mem.peak_mb, 1), "status": result.status.value, "timed": int(timed),
+            "peak_mem_mb": round(mem.peak_mb, 1), "status": result.status.value,
+            "step_statuses": step_status_counts(result.steps), "timed": int(timed),
         }
         rows.append(row)
         residuals[f"{img.name}|{method}|{its}"] = [s.residual_norms for s in result.steps]
