@@ -165,6 +165,27 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
     return results, trajectory, wall
 
 
+def _settings(setup: Setup, method: str, solver_options: Any, prompt: str, negative_prompt: Optional[str],
+              notes: list[str]) -> dict[str, Any]:
+    """The JSON-ready record of what an inversion did (sidecars, benchmarks)."""
+    adapter = setup.adapter
+    return {
+        "method": method,
+        "options": solver_options.to_dict(),
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "num_inference_steps": setup.num_inference_steps,
+        "guidance_scale": setup.guidance_scale,
+        "seed": setup.seed,
+        "height": setup.size[0],
+        "width": setup.size[1],
+        "scheduler": setup.schedule.scheduler_name,
+        "pipeline": type(adapter.pipe).__name__,
+        "dtype": str(adapter.dtype).replace("torch.", ""),
+        "notes": notes,
+    }
+
+
 def invert(
     pipe: Any,
     image: Optional[ImageLike] = None,
@@ -219,21 +240,7 @@ def invert(
     results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress)
     z = trajectory[0]
 
-    settings = {
-        "method": method,
-        "options": solver_options.to_dict(),
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "num_inference_steps": setup.num_inference_steps,
-        "guidance_scale": setup.guidance_scale,
-        "seed": seed,
-        "height": size[0],
-        "width": size[1],
-        "scheduler": setup.schedule.scheduler_name,
-        "pipeline": type(adapter.pipe).__name__,
-        "dtype": str(adapter.dtype).replace("torch.", ""),
-        "notes": notes,
-    }
+    settings = _settings(setup, method, solver_options, prompt, negative_prompt, notes)
     return InversionResult(
         latent=z,
         pipeline_latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
@@ -319,13 +326,8 @@ def invert_batch(
     for i, prompt in enumerate(prompts):
         single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale, seed)
         latent = trajectory[0][i:i + 1]
-        settings = {
-            "method": method, "options": solver_options.to_dict(), "prompt": prompt,
-            "negative_prompt": negative_prompt, "num_inference_steps": setup.num_inference_steps,
-            "guidance_scale": setup.guidance_scale, "seed": seed, "height": size[0], "width": size[1],
-            "scheduler": setup.schedule.scheduler_name, "pipeline": type(adapter.pipe).__name__,
-            "dtype": str(adapter.dtype).replace("torch.", ""), "notes": notes[i], "batch_size": len(prompts),
-        }
+        settings = dict(_settings(setup, method, solver_options, prompt, negative_prompt, notes[i]),
+                        batch_size=len(prompts))
         out.append(InversionResult(
             latent=latent, pipeline_latents=adapter.to_pipeline_latents(latent, setup.schedule.init_noise_sigma),
             encoded=encoded[i:i + 1], trajectory=[z[i:i + 1] for z in trajectory], steps=results,
