@@ -452,7 +452,10 @@ def anderson(problem: Problem, options: AndersonOptions, t: _Tracker) -> SolveRe
 def _jvp(problem: Problem, options: NewtonKrylovOptions, z: Tensor, fz: Tensor, v: Tensor) -> Tensor:
     """J_f(z) v, by forward difference or forward-mode autodiff."""
     if options.jvp == "autograd":
-        with torch.enable_grad():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # forward-mode AD is implemented for the math attention kernel only (not flash / mem-efficient)
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             _, out = torch.func.jvp(problem.fn, (z,), (v,))
         return out.detach()
     h = options.fd_eps * _bview(_rms(z).clamp_min(1.0) / _rms(v).clamp_min(1e-30), z)
