@@ -184,7 +184,10 @@ def forward_time(pipe: Any, prompt: str, size: tuple[int, int], steps: int, guid
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
-    """``"gnri"`` or a labelled variant ``"gnri[lam=0.01,eta=0.001]"`` -> (solver name, options)."""
+    """``"gnri"`` or a labelled variant ``"gnri[lam=0.01,eta=0.001]"`` -> (solver name, options).
+
+    ``warm_start=true`` in the brackets switches on the inversion loop's warm start.
+    """
     spec = spec.strip()
     if "[" not in spec:
         get_solver(spec)
@@ -202,7 +205,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
             options[key.strip()] = value.strip()
     from .solvers import make_options
 
-    make_options(name, options)  # reject unknown keys now
+    make_options(name, {k: v for k, v in options.items() if k != "warm_start"})  # reject unknown keys now
     return name, options
 
 
@@ -301,8 +304,10 @@ def run_bench(
             ceilings[img.name] = psnr(_hwc(pixels), _hwc(ceiling))
         solver, options = parsed[method]
         options = {**(method_options or {}).get(solver, {}), **options}
+        warm = bool(options.pop("warm_start", False))  # an inversion-loop option, not a solver option
         kwargs = dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                      options=options, max_iterations=None if solver == "ddim" else its, progress=False)
+                      options=options, max_iterations=None if solver == "ddim" else its, warm_start=warm,
+                      progress=False)
         timed = img is images[0]
         if timed:
             invert(pipe, img.image, img.prompt, **kwargs)  # warm-up

@@ -129,9 +129,15 @@ def _as_image_tensor(image: ImageLike, size: Optional[tuple[int, int]], max_pixe
 
 
 def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any,
-                 progress: bool) -> tuple[list[SolveResult], list[Tensor], float]:
-    """Solve the implicit equations from the last sampler step to the first."""
+                 progress: bool, warm_start: bool = False) -> tuple[list[SolveResult], list[Tensor], float]:
+    """Solve the implicit equations from the last sampler step to the first.
+
+    ``warm_start``: start each step's solver not from the known latent but from the DDIM-style guess
+    made with the model output implied by the step solved just before (free: it is
+    ``(z_next - A z - C) / B`` at that step's answer), so the first iteration is already a corrector.
+    """
     spec = get_solver(method)
+    implied: Optional[Tensor] = None
     steps = setup.schedule.steps
     trajectory: list[Tensor] = [encoded]
     results: list[SolveResult] = []
@@ -146,12 +152,17 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
         def fixed_point_map(zz: Tensor, step=step, z_next=z_next, model=model) -> Tensor:
             return step.fixed_point_map(z_next, model(zz))
 
-        problem = Problem(fn=fixed_point_map, z0=z_next, guidance_mean=step.guidance_mean_scale * z_next,
+        start = z_next
+        if warm_start and implied is not None and method != "ddim":
+            start = step.fixed_point_map(z_next, implied)
+        problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
                           guidance_beta=step.guidance_beta)
         with grad_ctx():
             res = spec.fn(problem, solver_options)
         results.append(res)
         z = res.z.detach()
+        if warm_start and step.B != 0:
+            implied = (z_next - step.A * z - (0 if step.C is None else step.C)) / step.B
         trajectory.append(z)
         bar.set_postfix(status=res.status.value, nfe=res.nfe)
         if res.status is Status.NONFINITE:
@@ -201,6 +212,7 @@ def invert(
     max_iterations: Optional[int] = None,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
+    warm_start: bool = False,
     progress: bool = True,
 ) -> InversionResult:
     """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``image``.
@@ -209,7 +221,8 @@ def invert(
     ``latent`` (scaled, in the pipeline's latent layout, with ``size`` the image size).  ``method``
     names a solver of ``nrinv.SOLVERS``; ``options`` (dict or options dataclass) and
     ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise that
-    ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.
+    ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.  ``warm_start`` starts each
+    step from the model output implied by the previous step (no extra network call; not for ``ddim``).
     """
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
     solver_options = make_options(method, options, **overrides)
@@ -237,7 +250,7 @@ def invert(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
-    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress)
+    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress, warm_start)
     z = trajectory[0]
 
     settings = _settings(setup, method, solver_options, prompt, negative_prompt, notes)
@@ -286,6 +299,7 @@ def invert_batch(
     max_iterations: Optional[int] = None,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
+    warm_start: bool = False,
     progress: bool = True,
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (batch dimension).
@@ -320,7 +334,7 @@ def invert_batch(
         conds = [setup.cond] + [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size)
                                 for p in prompts[1:]]
     setup.cond = Conditioning.cat(conds)
-    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress)
+    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress, warm_start)
 
     out = []
     for i, prompt in enumerate(prompts):
