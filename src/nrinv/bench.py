@@ -272,7 +272,10 @@ def run_bench(
     progress: bool = True,
     plots: bool = True,
 ) -> list[dict]:
-    """Run (or resume) the benchmark into ``out``; returns all rows."""
+    """Run (or resume) the benchmark into ``out``; returns all rows.
+
+    ``repeats=0`` skips the warm-up and repeated timing (wall times are then single runs).
+    """
     parsed = {m: parse_method(m) for m in methods}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +311,7 @@ def run_bench(
         kwargs = dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                       options=options, max_iterations=None if solver == "ddim" else its, warm_start=warm,
                       progress=False)
-        timed = img is images[0]
+        timed = img is images[0] and repeats > 0
         if timed:
             invert(pipe, img.image, img.prompt, **kwargs)  # warm-up
             walls = []
