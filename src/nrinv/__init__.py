@@ -8,12 +8,16 @@
 __version__ = "0.1.0"
 
 from .adapters import Adapter, adapter_for, load_pipeline  # noqa: E402
-from .inversion import DEFAULT_METHOD, InversionResult, invert, reconstruct, sample  # noqa: E402
+from .editing import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, interpolate,  # noqa: E402
+                      seed_from_images, slerp)
+from .inversion import (DEFAULT_ITERATIONS, DEFAULT_METHOD, InversionResult, invert, invert_batch,  # noqa: E402
+                        reconstruct, sample)
 from .schedulers import SUPPORTED_SCHEDULERS, affine_schedule  # noqa: E402
 from .solvers import SOLVERS, Problem, SolveResult, Status, make_options  # noqa: E402
 
 __all__ = [
-    "__version__", "Adapter", "adapter_for", "load_pipeline", "DEFAULT_METHOD", "InversionResult", "invert",
-    "reconstruct", "sample", "SUPPORTED_SCHEDULERS", "affine_schedule", "SOLVERS", "Problem", "SolveResult",
-    "Status", "make_options",
+    "__version__", "Adapter", "adapter_for", "load_pipeline", "DEFAULT_METHOD", "DEFAULT_ITERATIONS", "InversionResult", "invert",
+    "invert_batch", "reconstruct", "sample", "SUPPORTED_SCHEDULERS", "affine_schedule", "SOLVERS", "Problem", "SolveResult",
+    "Status", "make_options", "edit", "interpolate", "seed_from_images", "adjust_encoding", "slerp", "EditResult",
+    "InterpolationResult", "SeedResult",
 ]

@@ -1,0 +1,304 @@
+"""`nrinv edit`, `nrinv interpolate`, `nrinv seed`: the editing subcommands (see ``nrinv.editing``).
+
+Every output is written atomically with a JSON sidecar beside it (same name, ``.json``); all outputs
+are checked before any work, and existing ones need ``--force``.  Bad input exits with status 2 and
+one line, writing nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import __version__
+from .cli import UsageError, _size, add_model_args, check_output, load_model, parse_option
+
+
+def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
+    from .imageio import DEFAULT_MAX_PIXELS
+    from .inversion import DEFAULT_METHOD
+
+    p.add_argument("--method", default=DEFAULT_METHOD, help="inversion solver (see `nrinv methods`; default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=None, help="solver iterations per step")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="solver option, repeatable")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help=guidance_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
+    add_model_args(p)
+
+
+def _solver(args) -> tuple[str, dict]:
+    from .solvers import get_solver, make_options
+
+    try:
+        get_solver(args.method)
+        overrides = parse_option(args.option)
+        if args.iterations is not None:
+            if args.iterations < 1:
+                raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+            overrides["max_iterations"] = args.iterations
+        make_options(args.method, overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    return args.method, overrides
+
+
+def _validate(fn, *values) -> Any:
+    from .imageio import InputError
+
+    try:
+        return fn(*values)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _load_images(paths: Sequence[str], max_pixels: int, size: Optional[tuple[int, int]] = None):
+    """Open every input before any work (unreadable / oversized -> UsageError); print conversion notes."""
+    from .imageio import InputError, load_image
+
+    images = []
+    for path in paths:
+        notes: list[str] = []
+        try:
+            images.append(load_image(path, max_pixels=max_pixels, notes=notes, size=size))
+        except InputError as exc:
+            raise UsageError(str(exc)) from None
+        for note in notes:
+            print(f"note: {path}: {note}", file=sys.stderr)
+    return images
+
+
+def _run(fn, **kwargs):
+    """Call an editing function, turning input errors into UsageError (exit 2)."""
+    from .imageio import InputError
+
+    try:
+        return fn(**kwargs)
+    except (InputError, ValueError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+
+
+def _sidecar(png: Path) -> Path:
+    return png.with_suffix(".json")
+
+
+def _check_outputs(paths: Sequence[Path], force: bool) -> None:
+    for path in paths:
+        check_output(path, force)
+
+
+def _base_record(args, stats: dict) -> dict:
+    stats = dict(stats)
+    stats["model"] = args.model
+    stats["version"] = __version__
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------- edit
+def edit_output_paths(output: Path, n_targets: int) -> list[Path]:
+    """``out.png`` for one target; ``out-0.png, out-1.png, ...`` for several."""
+    if n_targets == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(n_targets)]
+
+
+def cmd_edit(args) -> int:
+    from . import editing
+    from .imageio import save_json, save_png
+
+    _validate(editing._check_prompt, args.source, "source prompt")
+    for target in args.target:
+        _validate(editing._check_prompt, target, "target prompt")
+    if args.strength is not None:
+        _validate(editing._check_strength, args.strength)
+    _validate(editing._check_steps, args.steps)
+    _validate(editing._check_adjust, args.encode_adjust)
+    method, options = _solver(args)
+    image_path = Path(args.image)
+    output = Path(args.output) if args.output else image_path.with_name(image_path.stem + ".edit.png")
+    pngs = edit_output_paths(output, len(args.target))
+    _check_outputs([p for png in pngs for p in (png, _sidecar(png))], args.force)
+    (image,) = _load_images([args.image], args.max_pixels, args.resize)
+
+    pipe = load_model(args.model, args.dtype, args.device)
+    result = _run(editing.edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
+                  strength=args.strength, guidance_scale=args.guidance, method=method, seed=args.seed,
+                  num_inference_steps=args.steps, inversion_guidance=args.inversion_guidance, options=options,
+                  negative_prompt=args.negative_prompt, encode_adjust=args.encode_adjust,
+                  max_pixels=args.max_pixels, progress=not args.quiet)
+    for i, png in enumerate(pngs):
+        record = _base_record(args, result.stats(i))
+        record["input"] = str(image_path)
+        record["output"] = str(png)
+        save_png(result.images[i], png, force=args.force)
+        save_json(record, _sidecar(png), force=args.force)
+        if not args.quiet:
+            print(f"wrote {png} ({result.target_prompts[i]!r})")
+    if not result.inversion.ok:
+        print(f"warning: inversion ended with status {result.inversion.status.value}; see {_sidecar(pngs[0])}",
+              file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------- interpolate
+def _strip(frames) -> Any:
+    from PIL import Image
+
+    from .imageio import to_pil
+
+    pils = [to_pil(f) for f in frames]
+    w, h = pils[0].size
+    strip = Image.new("RGB", (w * len(pils), h))
+    for i, im in enumerate(pils):
+        strip.paste(im, (i * w, 0))
+    return strip, pils
+
+
+def _grid(frames, ncol: int):
+    from PIL import Image
+
+    from .imageio import to_pil
+
+    pils = [to_pil(f) for f in frames]
+    w, h = pils[0].size
+    nrow = -(-len(pils) // ncol)
+    grid = Image.new("RGB", (w * min(ncol, len(pils)), h * nrow))
+    for i, im in enumerate(pils):
+        grid.paste(im, ((i % ncol) * w, (i // ncol) * h))
+    return grid
+
+
+def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
+    from .imageio import atomic_write
+
+    def write(tmp):
+        # there and back again, so the loop has no jump
+        seq = pils + pils[-2:0:-1]
+        seq[0].save(tmp, format="GIF", save_all=True, append_images=seq[1:], duration=duration_ms, loop=0)
+
+    atomic_write(path, write, force=force)
+
+
+def cmd_interpolate(args) -> int:
+    from . import editing
+    from .imageio import save_json, save_png
+
+    _validate(editing._check_prompt, args.prompt, "prompt")
+    if args.prompt_b is not None:
+        _validate(editing._check_prompt, args.prompt_b, "prompt for image B")
+    _validate(editing._check_count, args.n, "n")
+    _validate(editing._check_steps, args.steps)
+    _validate(editing._check_adjust, args.encode_adjust)
+    method, options = _solver(args)
+    out = Path(args.output)
+    outputs = [out, _sidecar(out)] + ([Path(args.gif)] if args.gif else [])
+    _check_outputs(outputs, args.force)
+    image_a, image_b = _load_images([args.image_a, args.image_b], args.max_pixels)
+    if image_a.size != image_b.size and not args.resize:
+        raise UsageError(f"the images have different sizes ({image_a.width}x{image_a.height} and "
+                         f"{image_b.width}x{image_b.height}); resize one to match, or pass --resize to resize "
+                         "the second to the first")
+
+    pipe = load_model(args.model, args.dtype, args.device)
+    prompts = [args.prompt] if args.prompt_b is None else [args.prompt, args.prompt_b]
+    result = _run(editing.interpolate, pipe=pipe, image_a=image_a, image_b=image_b, prompts=prompts, n=args.n,
+                  method=method, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  options=options, encode_adjust=args.encode_adjust, resize=args.resize,
+                  max_pixels=args.max_pixels, progress=not args.quiet)
+    strip, pils = _strip(result.frames)
+    record = _base_record(args, result.stats())
+    record.update(inputs=[str(args.image_a), str(args.image_b)], output=str(out), gif=args.gif)
+    save_png(strip, out, force=args.force)
+    if args.gif:
+        _save_gif(pils, Path(args.gif), args.force, args.gif_ms)
+    save_json(record, _sidecar(out), force=args.force)
+    if not args.quiet:
+        print(f"wrote {out}" + (f" and {args.gif}" if args.gif else "") + f" ({len(pils)} frames)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- seed
+def cmd_seed(args) -> int:
+    from . import editing
+    from .imageio import save_json, save_png
+
+    _validate(editing._check_prompt, args.prompt, "prompt")
+    _validate(editing._check_count, args.n, "n")
+    _validate(editing._check_steps, args.steps)
+    _validate(editing._check_spread, args.spread)
+    _validate(editing._check_count, args.columns, "--columns")
+    method, options = _solver(args)
+    out = Path(args.output)
+    _check_outputs([out, _sidecar(out)], args.force)
+    images = _load_images(args.images, args.max_pixels, args.resize)
+    size = args.resize or (images[0].height, images[0].width)
+
+    pipe = load_model(args.model, args.dtype, args.device)
+    result = _run(editing.seed_from_images, pipe=pipe, images=images, prompt=args.prompt, n_samples=args.n,
+                  spread=args.spread, seed=args.seed, method=method, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, inversion_guidance=args.inversion_guidance, options=options,
+                  size=size, max_pixels=args.max_pixels, progress=not args.quiet)
+    grid = _grid(result.images, args.columns)
+    record = _base_record(args, result.stats())
+    record.update(inputs=[str(p) for p in args.images], output=str(out))
+    save_png(grid, out, force=args.force)
+    save_json(record, _sidecar(out), force=args.force)
+    if not args.quiet:
+        print(f"wrote {out} ({len(result.images)} samples)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ register
+def register(sub) -> None:
+    from .editing import DEFAULT_SEED_SPREAD
+
+    p = sub.add_parser("edit", help="edit an image by changing its prompt",
+                       description="Invert IMAGE with the source prompt, regenerate with each target prompt. "
+                                   "One target writes OUTPUT; several write OUTPUT-0.png, OUTPUT-1.png, ... "
+                                   "Each PNG gets a .json sidecar.")
+    p.add_argument("image")
+    p.add_argument("--source", required=True, help="text describing the image")
+    p.add_argument("--target", action="append", required=True, help="text describing the edit; repeatable")
+    p.add_argument("--strength", type=float, default=None,
+                   help="fraction of the schedule re-run with the target, in (0, 1] (default: the model's)")
+    p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion (default: the model's)")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--encode-adjust", type=float, default=None, metavar="S",
+                   help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
+    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the image first")
+    p.add_argument("-o", "--output", default=None, help="output PNG (default: IMAGE.edit.png)")
+    _common(p, guidance_help="guidance of the target regeneration (default: the model's edit default)")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("interpolate", help="interpolate between two images through their noise latents",
+                       description="Invert A and B, slerp the noises, lerp the prompts, regenerate N frames; "
+                                   "writes a horizontal strip PNG (+ .json sidecar) and optionally a GIF.")
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--prompt", required=True, help="text describing image A (and B unless --prompt-b)")
+    p.add_argument("--prompt-b", default=None, help="text describing image B")
+    p.add_argument("-n", type=int, default=5, help="number of frames, endpoints included (default: %(default)s)")
+    p.add_argument("--resize", action="store_true", help="resize B to A's size when they differ")
+    p.add_argument("--encode-adjust", type=float, default=None, metavar="S", help="encoding adjustment (default: off)")
+    p.add_argument("--gif", default=None, help="also write an animated GIF")
+    p.add_argument("--gif-ms", type=int, default=200, help="GIF frame duration in ms")
+    p.add_argument("-o", "--output", required=True, help="strip PNG")
+    _common(p, guidance_help="guidance of inversion and regeneration (default: the model's)")
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("seed", help="generate a rare concept from a few example images",
+                       description="Invert the examples, take the normalised centroid of their noises and "
+                                   "generate from it and from perturbations around it; writes a grid PNG.")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--prompt", required=True, help="text describing the concept")
+    p.add_argument("-n", type=int, default=4, help="number of samples (default: %(default)s)")
+    p.add_argument("--spread", type=float, default=DEFAULT_SEED_SPREAD,
+                   help="slerp weight toward fresh noise, in [0, 1] (default: %(default)s)")
+    p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion")
+    p.add_argument("--columns", type=int, default=4, help="grid columns")
+    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the examples first")
+    p.add_argument("-o", "--output", required=True, help="grid PNG")
+    _common(p, guidance_help="guidance of the generation (default: the model's edit default)")
+    p.set_defaults(func=cmd_seed)
