@@ -128,7 +128,9 @@ def main(argv=None):
                              guidance=gs, repeats=0, plots=False, progress=False)
             rows += run_bench(pipe, images[:1], out=out / "sweep", model=args.model, methods=["newton_krylov"],
                               iterations=[1], steps=st, guidance=gs, repeats=0, plots=False, progress=False)
-            rows = [r for r in rows if int(r["steps"]) == st and float(r["guidance"]) == gs and r["image"] == images[0].name]
+            unique = {(r["method"], r["iterations"], r["steps"], r["guidance"], r["image"]): r for r in rows}
+            rows = [r for r in unique.values()
+                    if int(r["steps"]) == st and float(r["guidance"]) == gs and r["image"] == images[0].name]
             cells = []
             for m in sweep_methods:
                 rs = [r for r in rows if r["method"] == m]
@@ -157,16 +159,26 @@ DEFAULT_NOTE = "{text}"
 
 
 def default_context(summary, fp50):
-    """The fastest run within 0.1 dB of the best PSNR (DDIM inversion excluded: it is the baseline)."""
+    """Rank the runs within 0.05 dB of the best PSNR by wall time (DDIM inversion is the baseline)."""
     ddim = next(s for s in summary if s["method"] == "ddim")
     best = max(s["psnr"] for s in summary)
-    good = [s for s in summary if s["psnr"] >= best - 0.1 and s["method"] != "ddim"]
-    pick = min(good, key=lambda s: s["wall_s"])
-    text = (f"Among runs within 0.1 dB of the best PSNR ({best:.2f} dB), the fastest is **{pick['method']}** with "
-            f"{pick['iterations']} iteration(s) per step: {pick['psnr']:.2f} dB in {pick['wall_s']:.3f} s "
-            f"(DDIM inversion: {ddim['psnr']:.2f} dB in {ddim['wall_s']:.3f} s; converged fixed point {fp50:.2f} dB). "
-            f"This is the library default (`nrinv.DEFAULT_METHOD`, `DEFAULT_ITERATIONS`).")
+    good = sorted((s for s in summary if s["psnr"] >= best - 0.05 and s["method"] != "ddim"), key=lambda s: s["wall_s"])
+    ranked = "; ".join(f"{s['method']} x{s['iterations']}: {s['psnr']:.2f} dB, {s['nfe']:.0f} NFE, {s['wall_s']:.2f} s"
+                       for s in good)
+    text = (f"Runs within 0.05 dB of the best PSNR ({best:.2f} dB; VAE ceiling {summary[0]['vae_ceiling_psnr']:.2f} dB, "
+            f"converged fixed point {fp50:.2f} dB, DDIM inversion {ddim['psnr']:.2f} dB in {ddim['wall_s']:.2f} s), "
+            f"fastest first: {ranked}.\n\n" + DEFAULT_REASONING)
     return {"text": text}
+
+
+DEFAULT_REASONING = (
+    "The default is **anderson with the warm start, 2 iterations per step** (`nrinv.DEFAULT_METHOD`, "
+    "`nrinv.DEFAULT_ITERATIONS`, `warm_start=True`): the cheapest 2-iteration runs here are equal in quality "
+    "(fixed point and Anderson coincide up to timing noise on this smooth 20-step model), and Anderson is the one "
+    "that keeps converging where plain fixed point stalls - the large steps of few-step samplers (Euler-ancestral "
+    "4 steps, LCM: see the oracle and tiny-pipeline tables in the top-level README) and the 4-10 step rows of the "
+    "sweep above. For the fastest preset, 1 warm-started iteration reaches the quality of 2 cold ones at DDIM's cost "
+    "(section 1).")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def cmd_invert(args) -> int:
     try:
         result = invert(pipe, image, args.prompt, method=method, options=options,
                         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                        negative_prompt=args.negative_prompt, progress=not args.quiet)
+                        negative_prompt=args.negative_prompt, warm_start=not args.no_warm_start,
+                        progress=not args.quiet)
     except (InputError, ValueError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     stats = result.stats()
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--method", default=DEFAULT_METHOD, help="solver (see `nrinv methods`; default: %(default)s)")
     p.add_argument("--iterations", type=int, default=None, help="solver iterations per step")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="start each step from the known latent instead of the previous step's model output")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")

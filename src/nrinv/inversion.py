@@ -23,9 +23,11 @@ from .schedulers import AffineStep, Schedule, affine_schedule
 from .solvers import Problem, SolveResult, Status, get_solver, make_options
 
 __all__ = ["InversionResult", "Reconstruction", "invert", "invert_batch", "reconstruct", "sample", "prepare",
-           "DEFAULT_METHOD"]
+           "DEFAULT_METHOD", "DEFAULT_ITERATIONS"]
 
-DEFAULT_METHOD = "gnri"
+# Chosen by measurement on the built-in model (benchmarks/README.md, section 5).
+DEFAULT_METHOD = "anderson"
+DEFAULT_ITERATIONS = 2
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
 
 
@@ -176,6 +178,15 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
     return results, trajectory, wall
 
 
+def _solver_options(method: str, options: Any, max_iterations: Optional[int]) -> Any:
+    """Options of ``method``; the default method runs DEFAULT_ITERATIONS unless told otherwise."""
+    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
+    given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
+    if method == DEFAULT_METHOD and "max_iterations" not in given and not overrides:
+        overrides["max_iterations"] = DEFAULT_ITERATIONS
+    return make_options(method, options, **overrides)
+
+
 def _settings(setup: Setup, method: str, solver_options: Any, prompt: str, negative_prompt: Optional[str],
               notes: list[str]) -> dict[str, Any]:
     """The JSON-ready record of what an inversion did (sidecars, benchmarks)."""
@@ -212,7 +223,7 @@ def invert(
     max_iterations: Optional[int] = None,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
-    warm_start: bool = False,
+    warm_start: bool = True,
     progress: bool = True,
 ) -> InversionResult:
     """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``image``.
@@ -224,8 +235,7 @@ def invert(
     ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.  ``warm_start`` starts each
     step from the model output implied by the previous step (no extra network call; not for ``ddim``).
     """
-    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
-    solver_options = make_options(method, options, **overrides)
+    solver_options = _solver_options(method, options, max_iterations)
     adapter = adapter_for(pipe)
     notes: list[str] = []
 
@@ -299,7 +309,7 @@ def invert_batch(
     max_iterations: Optional[int] = None,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
-    warm_start: bool = False,
+    warm_start: bool = True,
     progress: bool = True,
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (batch dimension).
@@ -313,8 +323,7 @@ def invert_batch(
         prompts = [prompts] * len(images)
     if len(prompts) != len(images) or not images:
         raise InputError(f"got {len(images)} images and {len(prompts)} prompts")
-    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
-    solver_options = make_options(method, options, **overrides)
+    solver_options = _solver_options(method, options, max_iterations)
     adapter = adapter_for(pipe)
     notes: list[list[str]] = [[] for _ in images]
     t0 = time.perf_counter()
