@@ -1,0 +1,104 @@
+"""Quality gates of the shapes model, measured with the judge.
+
+    python -m nrinv.shapes.evaluate [--model DIR] [--n 200] [--guidance 4] [--threads N] [--write]
+
+Generates ``n`` held-out captions with the stock ``StableDiffusionPipeline`` (DDIM, 20 steps) and
+reports per-attribute judged accuracy, plus the VAE held-out PSNR and the judge's own accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .judge import judge_accuracy, judge_batch, score
+from .world import render, sample_scene
+
+EVAL_SEED0 = 91_000_000  # held-out captions (not in the training pool)
+VAE_VAL_SEED0 = 90_000_000
+
+
+def generate_images(pipe, captions, steps=20, guidance=4.0, seed=0, batch=100):
+    import torch
+
+    out = []
+    for i in range(0, len(captions), batch):
+        g = torch.Generator().manual_seed(seed + i)
+        r = pipe(list(captions[i : i + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                 output_type="np")
+        out.append(np.clip(np.round(r.images * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def vae_heldout_psnr(vae, n=200, seed0=VAE_VAL_SEED0):
+    import torch
+
+    imgs = np.stack([render(sample_scene(seed0 + i), seed0 + i) for i in range(n)])
+    with torch.no_grad():
+        x = torch.from_numpy(imgs).float().permute(0, 3, 1, 2) / 127.5 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    mse = ((rec - imgs.astype(np.float64)) ** 2).reshape(n, -1).mean(1)
+    return float(np.mean(10 * np.log10(255**2 / np.maximum(mse, 1e-10))))
+
+
+def evaluate_model(model_dir=None, n=200, guidances=None, steps=20, seed=0, log=print, write=None,
+                   grid_dir=None):
+    from . import DEFAULT_GUIDANCE, MODEL_DIR, load_pipeline
+
+    t0 = time.time()
+    model_dir = Path(model_dir) if model_dir else MODEL_DIR
+    pipe = load_pipeline(model_dir=model_dir)
+    guidances = list(guidances) if guidances else [DEFAULT_GUIDANCE]
+    scenes = [sample_scene(EVAL_SEED0 + i) for i in range(n)]
+    caps = [s.caption() for s in scenes]
+    truths = [s.as_dict() for s in scenes]
+    res = {"n_captions": n, "steps": steps, "scheduler": "DDIM", "caption_seed0": EVAL_SEED0, "by_guidance": {}}
+    for g in guidances:
+        imgs = generate_images(pipe, caps, steps=steps, guidance=g, seed=seed)
+        acc = score(judge_batch(imgs), truths)
+        res["by_guidance"][str(g)] = acc
+        log(f"guidance {g}: " + ", ".join(f"{k}={v:.3f}" for k, v in acc.items()) + f" ({time.time() - t0:.0f}s)")
+        if grid_dir is not None:
+            from .train import save_grid
+
+            save_grid(imgs[:64], Path(grid_dir) / f"eval_g{g}.png")
+    res["default_guidance"] = DEFAULT_GUIDANCE
+    if str(DEFAULT_GUIDANCE) in res["by_guidance"]:
+        res["gate_at_default_guidance"] = res["by_guidance"][str(DEFAULT_GUIDANCE)]
+    res["vae_heldout_psnr_db"] = vae_heldout_psnr(pipe.vae)
+    res["judge_accuracy_fresh_renders"] = judge_accuracy(1000)
+    res["model_folder_mb"] = round(sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20, 2)
+    log(f"vae psnr {res['vae_heldout_psnr_db']:.2f} dB; judge {res['judge_accuracy_fresh_renders']}")
+    if write:
+        Path(write).write_text(json.dumps(res, indent=2))
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--guidance", type=float, nargs="*", default=None)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--write", action="store_true", help="write metrics.json into the model folder")
+    p.add_argument("--grid-dir", default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    from . import MODEL_DIR
+
+    mdir = Path(a.model) if a.model else MODEL_DIR
+    res = evaluate_model(mdir, a.n, a.guidance, a.steps, write=(mdir / "metrics.json") if a.write else None,
+                         grid_dir=a.grid_dir)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

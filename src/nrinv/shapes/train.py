@@ -1,0 +1,395 @@
+"""Train the built-in "shapes" text-to-image model (VAE, then text encoder + UNet on cached latents).
+
+    python -m nrinv.shapes.train [--seed 0] [--out runs/shapes_seed0] [--threads N]
+                                 [--vae-steps 1000] [--unet-steps 3000] [--install]
+
+Writes, under ``--out``: ``train.log``, sample grids ``vae_recon_*.png`` / ``samples_*.png`` and the
+diffusers folder ``model/`` (loadable with ``StableDiffusionPipeline.from_pretrained``).  With
+``--install`` the model components are copied into the package (``nrinv/shapes/model``), keeping
+the judge weights that live there.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import components as C
+from .world import render, sample_scene
+
+PACKAGE_MODEL_DIR = Path(__file__).resolve().parent / "model"
+# scene/render seed ranges (disjoint): training pool / VAE validation / generation evaluation
+TRAIN_SEED0 = 0
+VAE_VAL_SEED0 = 90_000_000
+EVAL_SEED0 = 91_000_000
+
+GRID_CAPTION_SEED0 = 92_000_000
+
+
+def _log_fn(path: Path):
+    f = open(path, "a", buffering=1)
+
+    def log(*msg):
+        s = " ".join(str(m) for m in msg)
+        print(s, flush=True)
+        f.write(time.strftime("%H:%M:%S ") + s + "\n")
+
+    return log
+
+
+def _to_tensor(images):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def _to_uint8(x):
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
+    return x.numpy()
+
+
+def save_grid(images: np.ndarray, path: Path, ncol: int = 8, scale: int = 2):
+    from PIL import Image
+
+    n = len(images)
+    nrow = math.ceil(n / ncol)
+    h, w = images.shape[1:3]
+    grid = np.full((nrow * (h + 2), ncol * (w + 2), 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncol)
+        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean per-image PSNR (dB) between uint8 image batches."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def render_pool(n: int, seed0: int, desc="render"):
+    from tqdm import tqdm
+
+    scenes = [sample_scene(seed0 + i) for i in range(n)]
+    imgs = np.stack([render(s, seed0 + i) for i, s in enumerate(tqdm(scenes, desc=desc, mininterval=5))])
+    return scenes, imgs
+
+
+# ------------------------------------------------------------------------------------------ VAE
+def train_vae(imgs, steps, batch, crop, lr, gen, log, run_dir, val_imgs):
+    import torch
+    from tqdm import tqdm
+
+    vae = C.make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    warm = max(1, min(100, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    n = len(imgs)
+    X = torch.from_numpy(imgs)
+    vae.train()
+    pbar = tqdm(range(steps), desc="vae", mininterval=5)
+    t0 = time.time()
+    for step in pbar:
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        x = X[idx]
+        if crop < 64:
+            oy, ox = torch.randint(0, 64 - crop + 1, (2,), generator=gen).tolist()
+            x = x[:, oy : oy + crop, ox : ox + crop]
+        x = x.float().permute(0, 3, 1, 2) / 127.5 - 1.0
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            pbar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 250 == 0 or step == steps - 1:
+            vae.eval()
+            p = vae_psnr(vae, val_imgs[:64])
+            vae.train()
+            log(f"vae step {step} loss {loss.item():.4f} val_psnr {p:.2f} dB ({time.time() - t0:.0f}s)")
+    vae.eval()
+    return vae
+
+
+def vae_reconstruct(vae, imgs, batch=64, use_mean=True):
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(imgs), batch):
+            x = _to_tensor(imgs[i : i + batch])
+            post = vae.encode(x).latent_dist
+            outs.append(_to_uint8(vae.decode(post.mean).sample))
+    return np.concatenate(outs)
+
+
+def vae_psnr(vae, imgs) -> float:
+    return psnr(vae_reconstruct(vae, imgs), imgs)
+
+
+def encode_pool(vae, imgs, batch=128):
+    import torch
+    from tqdm import tqdm
+
+    lat = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(imgs), batch), desc="encode", mininterval=5):
+            lat.append(vae.encode(_to_tensor(imgs[i : i + batch])).latent_dist.mean)
+    return torch.cat(lat)
+
+
+# ----------------------------------------------------------------------------------------- UNet
+def tokenize(tokenizer, captions):
+    return tokenizer(
+        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def generate(unet, text_encoder, tokenizer, vae, scheduler_config, captions, steps=20, guidance=4.0, seed=0):
+    """Minimal DDIM sampler equivalent to StableDiffusionPipeline (used for periodic grids)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler.from_config(scheduler_config)
+    sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        cond = text_encoder(tokenize(tokenizer, captions))[0]
+        unc = text_encoder(tokenize(tokenizer, [""] * len(captions)))[0]
+        ctx = torch.cat([unc, cond])
+        lat = torch.randn((len(captions), 4, 16, 16), generator=g) * sch.init_noise_sigma
+        for t in sch.timesteps:
+            eps = unet(torch.cat([lat, lat]), t, ctx).sample
+            eu, ec = eps.chunk(2)
+            eps = eu + guidance * (ec - eu)
+            lat = sch.step(eps, t, lat).prev_sample
+        img = vae.decode(lat / vae.config.scaling_factor).sample
+    return _to_uint8(img)
+
+
+def train_unet(latents, captions, tokenizer, vae, steps, batch, lr, gen, log, run_dir, grid_every,
+               time_limit_min=None, ema_decay=0.999, drop_prob=0.1, min_snr=5.0, init=None):
+    import torch
+    from tqdm import tqdm
+
+    if init is not None:  # resume: (unet, text_encoder) to continue from
+        unet, text_encoder = init
+        unet.train().requires_grad_(True)
+        text_encoder.train().requires_grad_(True)
+    else:
+        unet = C.make_unet()
+        text_encoder = C.make_text_encoder(tokenizer)
+    scheduler = C.make_scheduler()
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    ema_te = copy.deepcopy(text_encoder).requires_grad_(False)
+    params = [
+        {"params": unet.parameters(), "lr": lr},
+        {"params": text_encoder.parameters(), "lr": lr * 0.5},
+    ]
+    opt = torch.optim.AdamW(params, weight_decay=1e-2)
+    warm = max(1, min(200, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    ids_all = tokenize(tokenizer, captions)
+    ids_empty = tokenize(tokenizer, [""])[0]
+    ac = scheduler.alphas_cumprod
+    snr = ac / (1 - ac)
+    w_all = torch.clamp(snr, max=min_snr) / snr if min_snr else torch.ones_like(snr)
+    n = len(latents)
+    grid_caps = [sample_scene(GRID_CAPTION_SEED0 + i) for i in range(32)]
+    unet.train()
+    text_encoder.train()
+    pbar = tqdm(range(steps), desc="unet", mininterval=5)
+    t0 = time.time()
+    done = 0
+    for step in pbar:
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        x0 = latents[idx]
+        ids = ids_all[idx].clone()
+        drop = torch.rand(batch, generator=gen) < drop_prob
+        ids[drop] = ids_empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        a = ac[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        ctx = text_encoder(ids)[0]
+        pred = unet(xt, t, ctx).sample
+        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (loss * w_all[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        opt.step()
+        sched.step()
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for m, e in ((unet, ema_unet), (text_encoder, ema_te)):
+                for p, pe in zip(m.parameters(), e.parameters()):
+                    pe.lerp_(p, 1 - d)
+        done = step + 1
+        if step % 20 == 0:
+            pbar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 100 == 0:
+            log(f"unet step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        last = step == steps - 1
+        over = time_limit_min is not None and (time.time() - t0) > time_limit_min * 60
+        if (grid_every and step > 0 and step % grid_every == 0) or last or over:
+            _grid(ema_unet, ema_te, tokenizer, vae, scheduler, grid_caps, run_dir / f"samples_{step:06d}.png", log)
+        if over:
+            log(f"time limit reached after {done} unet steps")
+            break
+    return ema_unet.eval(), ema_te.eval(), scheduler, done
+
+
+def _grid(unet, te, tokenizer, vae, scheduler, scenes, path, log):
+    unet.eval()
+    te.eval()
+    imgs = generate(unet, te, tokenizer, vae, scheduler.config, [s.caption() for s in scenes], steps=20,
+                    guidance=4.0, seed=0)
+    save_grid(imgs, path)
+    try:
+        from .judge import judge_batch, score
+
+        acc = score(judge_batch(imgs), [s.as_dict() for s in scenes])
+        log(f"  grid {path.name}: judged acc " + ", ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+    except Exception as e:  # judge weights missing: just save the grid
+        log(f"  grid {path.name} (no judge: {e})")
+
+
+# ----------------------------------------------------------------------------------------- main
+def save_model(out: Path, vae, text_encoder, tokenizer, unet, scheduler):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return pipe
+
+
+def install(model_dir: Path, dest: Path = PACKAGE_MODEL_DIR):
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
+        if (dest / name).exists():
+            shutil.rmtree(dest / name)
+        shutil.copytree(model_dir / name, dest / name)
+    for f in ("model_index.json", "train_info.json"):
+        if (model_dir / f).exists():
+            shutil.copy2(model_dir / f, dest / f)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default runs/shapes_seed{seed})")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--pool", type=int, default=20000, help="rendered training images")
+    p.add_argument("--latent-pool", type=int, default=12000, help="images (of the pool) encoded for the UNet")
+    p.add_argument("--vae-steps", type=int, default=1100)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-crop", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--unet-steps", type=int, default=3300)
+    p.add_argument("--unet-batch", type=int, default=48)
+    p.add_argument("--unet-lr", type=float, default=8e-4)
+    p.add_argument("--unet-time-limit-min", type=float, default=None,
+                   help="stop the UNet phase early after this many minutes (EMA weights are used)")
+    p.add_argument("--grid-every", type=int, default=500)
+    p.add_argument("--eval", type=int, default=200, help="held-out captions for the final gate (0: skip)")
+    p.add_argument("--guidance", type=float, nargs="*", default=None, help="guidance scales to evaluate")
+    p.add_argument("--resume-from", default=None,
+                   help="model folder of an earlier run: keep its VAE, continue training its UNet/text encoder")
+    p.add_argument("--install", action="store_true", help="copy the model into the package folder")
+    a = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    out = Path(a.out or f"runs/shapes_seed{a.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = _log_fn(out / "train.log")
+    log(f"args: {vars(a)}  threads={torch.get_num_threads()}")
+    T0 = time.time()
+
+    scenes, imgs = render_pool(a.pool, TRAIN_SEED0 + a.seed * 1_000_000)
+    _, val_imgs = render_pool(256, VAE_VAL_SEED0, desc="render val")
+    log(f"rendered {len(imgs)} training images ({time.time() - T0:.0f}s)")
+
+    init = None
+    if a.resume_from:  # continue the UNet/text-encoder phase of an earlier run (VAE kept)
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        rd = Path(a.resume_from)
+        vae = AutoencoderKL.from_pretrained(str(rd / "vae")).eval()
+        init = (UNet2DConditionModel.from_pretrained(str(rd / "unet")),
+                CLIPTextModel.from_pretrained(str(rd / "text_encoder")))
+        log(f"resuming UNet/text encoder from {rd}")
+    else:
+        vae = train_vae(imgs, a.vae_steps, a.vae_batch, a.vae_crop, a.vae_lr, gen, log, out, val_imgs)
+    vp = vae_psnr(vae, val_imgs)
+    save_grid(np.concatenate([val_imgs[:16], vae_reconstruct(vae, val_imgs[:16])]), out / "vae_recon.png")
+    log(f"VAE held-out PSNR {vp:.2f} dB ({time.time() - T0:.0f}s)")
+
+    scenes, imgs = scenes[: a.latent_pool], imgs[: a.latent_pool]
+    lat = encode_pool(vae, imgs)
+    if a.resume_from:
+        std = 1.0 / vae.config.scaling_factor
+    else:
+        std = lat.std().item()
+        vae.register_to_config(scaling_factor=1.0 / std)
+    lat = lat / std
+    log(f"latents {tuple(lat.shape)} std {std:.4f} -> scaling_factor {1 / std:.4f} ({time.time() - T0:.0f}s)")
+
+    mdir = out / "model"
+    C.build_tokenizer_files(out / "_tokenizer")
+    tokenizer = C.load_tokenizer(out / "_tokenizer")
+    unet, te, scheduler, done = train_unet(
+        lat, [s.caption() for s in scenes], tokenizer, vae, a.unet_steps, a.unet_batch, a.unet_lr, gen, log, out,
+        a.grid_every, a.unet_time_limit_min, init=init,
+    )
+    log(f"unet done: {done} steps ({time.time() - T0:.0f}s)")
+    save_model(mdir, vae, te, tokenizer, unet, scheduler)
+    info = {
+        "seed": a.seed, "args": vars(a), "unet_steps_done": done, "vae_psnr_heldout_db": vp,
+        "train_wall_s": time.time() - T0, "threads": torch.get_num_threads(),
+    }
+    (mdir / "train_info.json").write_text(json.dumps(info, indent=2))
+    log(f"saved model to {mdir} ({time.time() - T0:.0f}s)")
+    if a.install:
+        install(mdir)
+        log(f"installed into {PACKAGE_MODEL_DIR}")
+    if a.eval:
+        from .evaluate import evaluate_model
+
+        res = evaluate_model(mdir, n=a.eval, guidances=a.guidance, log=log, write=mdir / "metrics.json",
+                             grid_dir=out)
+        if a.install:
+            shutil.copy2(mdir / "metrics.json", PACKAGE_MODEL_DIR / "metrics.json")
+        log(json.dumps(res, indent=1))
+    log(f"total wall time {time.time() - T0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
