@@ -128,7 +128,8 @@ def main(argv=None):
                              guidance=gs, repeats=0, plots=False, progress=False)
             rows += run_bench(pipe, images[:1], out=out / "sweep", model=args.model, methods=["newton_krylov"],
                               iterations=[1], steps=st, guidance=gs, repeats=0, plots=False, progress=False)
-            unique = {(r["method"], r["iterations"], r["steps"], r["guidance"], r["image"]): r for r in rows}
+            unique = {(r["method"], int(r["iterations"]), int(r["steps"]), float(r["guidance"]), r["image"]): r
+                      for r in rows}
             rows = [r for r in unique.values()
                     if int(r["steps"]) == st and float(r["guidance"]) == gs and r["image"] == images[0].name]
             cells = []
@@ -141,6 +142,14 @@ def main(argv=None):
 
     # 5. default
     md += ["## 5. The default method", "", DEFAULT_NOTE.format(**default_context(summary, fp50)), ""]
+    # 6. overhead measured alone (no other job on the machine), one image, median of 5
+    over = run_bench(pipe, images[:1], out=out / "overhead", model=args.model,
+                     methods=["ddim", "fixed_point", "renoise", "gnri", "gnri_grad", "anderson", "newton_krylov"],
+                     iterations=[2], steps=steps0, guidance=guidance0, repeats=5, plots=False)
+    md += ["## 6. Implementation overhead, measured alone", "",
+           "One image, 2 iterations per step (ddim 1), median of 5 timed inversions after a warm-up, and the time of one "
+           "network call (median of 20) measured in the same run: overhead = wall / (NFE x forward).", "",
+           markdown_table(summarize(over)), ""]
     Path(args.readme).write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
@@ -172,13 +181,16 @@ def default_context(summary, fp50):
 
 
 DEFAULT_REASONING = (
-    "The default is **anderson with the warm start, 2 iterations per step** (`nrinv.DEFAULT_METHOD`, "
-    "`nrinv.DEFAULT_ITERATIONS`, `warm_start=True`): the cheapest 2-iteration runs here are equal in quality "
+    "The default is **anderson, 2 iterations per step, with the warm start when no classifier-free guidance is "
+    "used** (`nrinv.DEFAULT_METHOD`, `nrinv.DEFAULT_ITERATIONS`, `warm_start=None`): the cheapest 2-iteration runs here are equal in quality "
     "(fixed point and Anderson coincide up to timing noise on this smooth 20-step model), and Anderson is the one "
     "that keeps converging where plain fixed point stalls - the large steps of few-step samplers (Euler-ancestral "
     "4 steps, LCM: see the oracle and tiny-pipeline tables in the top-level README) and the 4-10 step rows of the "
-    "sweep above. For the fastest preset, 1 warm-started iteration reaches the quality of 2 cold ones at DDIM's cost "
-    "(section 1).")
+    "sweep above. The warm start helps at guidance 1 (every row of section 1 and the guidance-1 rows of the sweep) "
+    "but can hurt with guidance 3-7.5 at 2-10 steps (sweep), hence automatic. For the fastest preset, 1 "
+    "warm-started iteration reaches the quality of 2 cold ones at DDIM's cost (section 1). The overhead column of "
+    "section 1 is not meaningful for this run (the single-call time was measured while another job loaded the "
+    "CPU); see section 6 for a quiet measurement.")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def cmd_invert(args) -> int:
     try:
         result = invert(pipe, image, args.prompt, method=method, options=options,
                         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                        negative_prompt=args.negative_prompt, warm_start=not args.no_warm_start,
+                        negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
                         progress=not args.quiet)
     except (InputError, ValueError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None

@@ -178,6 +178,13 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
     return results, trajectory, wall
 
 
+def _auto_warm(warm_start: Optional[bool], setup: Setup) -> bool:
+    """``None`` = on without classifier-free guidance, off with it: measured on the built-in model,
+    the warm start helps at guidance 1 and can hurt at guidance 3-7.5 with few steps
+    (benchmarks/README.md, section 4)."""
+    return (not getattr(setup.cond, "cfg", False)) if warm_start is None else bool(warm_start)
+
+
 def _solver_options(method: str, options: Any, max_iterations: Optional[int]) -> Any:
     """Options of ``method``; the default method runs DEFAULT_ITERATIONS unless told otherwise."""
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
@@ -223,7 +230,7 @@ def invert(
     max_iterations: Optional[int] = None,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
-    warm_start: bool = True,
+    warm_start: Optional[bool] = None,
     progress: bool = True,
 ) -> InversionResult:
     """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``image``.
@@ -233,7 +240,8 @@ def invert(
     names a solver of ``nrinv.SOLVERS``; ``options`` (dict or options dataclass) and
     ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise that
     ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.  ``warm_start`` starts each
-    step from the model output implied by the previous step (no extra network call; not for ``ddim``).
+    step from the model output implied by the previous step (no extra network call; not for ``ddim``);
+    ``None`` turns it on exactly when no classifier-free guidance is used.
     """
     solver_options = _solver_options(method, options, max_iterations)
     adapter = adapter_for(pipe)
@@ -260,7 +268,8 @@ def invert(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
-    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress, warm_start)
+    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress,
+                                              _auto_warm(warm_start, setup))
     z = trajectory[0]
 
     settings = _settings(setup, method, solver_options, prompt, negative_prompt, notes)
@@ -309,7 +318,7 @@ def invert_batch(
     max_iterations: Optional[int] = None,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
-    warm_start: bool = True,
+    warm_start: Optional[bool] = None,
     progress: bool = True,
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (batch dimension).
@@ -343,7 +352,8 @@ def invert_batch(
         conds = [setup.cond] + [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size)
                                 for p in prompts[1:]]
     setup.cond = Conditioning.cat(conds)
-    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress, warm_start)
+    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress,
+                                              _auto_warm(warm_start, setup))
 
     out = []
     for i, prompt in enumerate(prompts):
