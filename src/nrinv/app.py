@@ -84,9 +84,9 @@ class EditorApp:
                 rec = reconstruct(pipe, result).image
         except (InputError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None
-        from .editing import psnr
+        from .metrics import image_psnr
 
-        quality = psnr(rec, to_tensor(img))
+        quality = image_psnr(rec, to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
         state = {"model": model, "result": result, "source": img}

@@ -30,6 +30,7 @@ from . import __version__
 from .adapters import adapter_for
 from .imageio import InputError, load_image, save_json, to_tensor
 from .inversion import invert, prepare, sample
+from .metrics import as_numpy, psnr, ssim
 from .solvers import get_solver
 
 __all__ = ["BenchImage", "load_image_set", "run_bench", "psnr", "ssim", "COLUMNS"]
@@ -46,20 +47,8 @@ class BenchImage:
     prompt: str
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import peak_signal_noise_ratio
-
-    return float(peak_signal_noise_ratio(a, b, data_range=1.0))
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
-
-
 def _hwc(t: torch.Tensor) -> np.ndarray:
-    return t[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy().astype(np.float64)
+    return as_numpy(t[0])
 
 
 SKIMAGE_PHOTOS = {

@@ -16,12 +16,7 @@ from PIL import Image, ImageDraw
 
 from . import __version__
 from .imageio import save_json, save_png, to_pil, to_tensor
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    from .bench import _hwc, psnr
-
-    return psnr(_hwc(a), _hwc(b))
+from .metrics import image_psnr
 
 
 def _uint8(t: torch.Tensor) -> np.ndarray:
@@ -93,8 +88,8 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
         "settings": inversion.settings,
         "source_caption": scene.caption(),
         "reconstruction": {
-            "psnr_db": round(_psnr(image, recon), 2),
-            "vae_ceiling_psnr_db": round(_psnr(image, ceiling), 2),
+            "psnr_db": round(image_psnr(image, recon), 2),
+            "vae_ceiling_psnr_db": round(image_psnr(image, ceiling), 2),
             "inversion_time_s": round(inversion.wall_time, 3),
             "nfe": inversion.nfe,
             "status": inversion.status.value,
@@ -103,7 +98,7 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
         "input_judge": agreement(verdicts[0], scene),
         "edits": [
             {"target_caption": t.caption(), "changed": attr,
-             "psnr_to_rendered_target_db": round(_psnr(rendered, edited), 2),
+             "psnr_to_rendered_target_db": round(image_psnr(rendered, edited), 2),
              "judge": agreement(v, t)}
             for t, attr, edited, rendered, v in zip(targets, ("color", "shape"), result.images, rendered_targets,
                                                    verdicts[2:])

@@ -28,6 +28,7 @@ from . import __version__
 from .adapters import Adapter, adapter_for
 from .imageio import DEFAULT_MAX_PIXELS, ImageLike, InputError, load_image, to_tensor
 from .inversion import DEFAULT_METHOD, InversionResult, Setup, invert, prepare, sample
+from .metrics import image_psnr as psnr
 
 __all__ = [
     "EditResult", "InterpolationResult", "SeedResult", "edit", "interpolate", "seed_from_images",
@@ -97,12 +98,6 @@ def _as_list(prompts: Prompts, what: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def psnr(a: Tensor, b: Tensor) -> float:
-    """Pixel PSNR in dB of two images in [0, 1] (any matching shapes)."""
-    mse = float(((a.detach().float().cpu() - b.detach().float().cpu()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
     """Spherical interpolation of the directions of ``a`` and ``b``, with the norm interpolated linearly.
 
