@@ -2,13 +2,10 @@
 
 For each item of ``nrinv.shapes.editset.edit_set(n)`` (a source scene, a caption changing one
 attribute, the exactly rendered target image) and each method, invert the source with its caption
-and regenerate with the target caption (``nrinv.edit``'s math, via ``editing.regenerate``), then:
-
-* target: the judge reads the changed attribute as the target value;
-* preserved: the judge reads position, size and background (kind and colour) as in the target,
-  the changed attribute excepted; ``all_kept`` adds shape and colour;
-* PSNR (dB) of the edited image against the exactly rendered target image;
-* recon: PSNR of the source reconstruction (strength 1, source prompt) against the source image.
+and regenerate with the target caption (``nrinv.edit``'s math, via ``editing.regenerate``), then
+score it as ``nrinv.shapes.editeval`` does (target attribute, preserved attributes, PSNR to the
+target; the same scores ``nrinv bench --edits N`` writes), plus ``recon``: PSNR of the source
+reconstruction (strength 1, source prompt) against the source image.
 
 Before that, a sweep over strength x guidance on ``--sweep-n`` other items (edit set seed + 1) with
 the default method picks the edit defaults (the best PSNR among settings meeting target >= 90% and preserved
@@ -35,48 +32,15 @@ import torch  # noqa: E402
 import nrinv  # noqa: E402
 from nrinv import editing  # noqa: E402
 from nrinv.inversion import DEFAULT_METHOD  # noqa: E402
-
-KEPT = ("position", "size", "background", "background_color")
-ALL = ("shape", "color", "size", "position", "background", "background_color")
-
+from nrinv.metrics import psnr  # noqa: E402
+from nrinv.shapes.editeval import judge_confident, score_edit  # noqa: E402
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img[0].detach().float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def judge_confident(images: list[np.ndarray]) -> list[tuple[dict, float]]:
-    """Judge reads plus the lowest softmax confidence over the attributes."""
-    from nrinv.shapes.judge import ATTRIBUTE_VALUES, ATTRIBUTES, _load_model, _to_tensor
-
-    with torch.no_grad():
-        logits = _load_model()(_to_tensor(np.stack(images)))
-    out = []
-    for j in range(len(images)):
-        read, conf = {}, 1.0
-        for a in ATTRIBUTES:
-            p = torch.softmax(logits[a][j], 0)
-            read[a] = ATTRIBUTE_VALUES[a][int(p.argmax())]
-            conf = min(conf, float(p.max()))
-        out.append((read, conf))
-    return out
-
-
 def pixel_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return editing.psnr(torch.from_numpy(a.astype(np.float32) / 255), torch.from_numpy(b.astype(np.float32) / 255))
-
-
-def score_edit(img: np.ndarray, item: dict, read: dict) -> dict:
-    tgt = item["target"].as_dict()
-    changed = item["changed"]
-    kept = [a for a in KEPT if a != changed]
-    others = [a for a in ALL if a != changed]
-    return {
-        "target": float(read[changed] == tgt[changed]),
-        "preserved": float(all(read[a] == tgt[a] for a in kept)),
-        "all_kept": float(all(read[a] == tgt[a] for a in others)),
-        **{f"kept_{a}": float(read[a] == tgt[a]) for a in KEPT if a != changed},
-        "psnr": pixel_psnr(img, item["target_image"]),
-    }
+    return psnr(a.astype(np.float64) / 255, b.astype(np.float64) / 255)
 
 
 def mean_rows(rows: list[dict]) -> dict:
@@ -221,7 +185,7 @@ def main(argv=None) -> int:
         m = mean_rows(rows)
         m["recon_psnr"] = float(np.mean(recon))
         m["by_attribute"] = {a: mean_rows([r for r, it in zip(rows, items) if it["changed"] == a])["target"]
-                             for a in ("color", "shape", "background")}
+                             for a in ("color", "shape", "background") if any(it["changed"] == a for it in items)}
         report["per_method"][method] = m
         log(f"{method}: target {m['target']:.2f} preserved {m['preserved']:.2f} psnr {m['psnr']:.2f} "
             f"recon {m['recon_psnr']:.2f} nfe {m['nfe']:.0f} time {m['time_s']:.2f}s")

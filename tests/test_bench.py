@@ -64,3 +64,138 @@ def test_bench_cli_rejects_bad_methods(capsys):
 
     assert main(["bench", "--methods", "ddim,magic", "--quiet"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ LPIPS / CLIP from local weights
+def test_lpips_from_local_weights_is_a_weighted_feature_distance(tmp_path):
+    import numpy as np
+
+    from nrinv.perceptual import LPIPS
+    from nrinv.testing import tiny_lpips_folder
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((64, 64, 3)) for _ in range(2))
+    lp = LPIPS.from_folder(tiny_lpips_folder(tmp_path / "w1", seed=3))
+    d_ab, d_ba = lp.distance(a, b), lp.distance(b, a)
+    assert lp.distance(a, a) == 0.0
+    assert d_ab > 1e-3 and abs(d_ab - d_ba) < 1e-6 * d_ab
+    # the heads weight squared differences of unit-normalised features linearly: with every weight
+    # 1, each layer contributes mean_hw ||f^(a) - f^(b)||^2 in [0, 4], so the sum lies in (0, 20],
+    # and weights 2 give exactly twice the distance of weights 1
+    one = LPIPS.from_folder(tiny_lpips_folder(tmp_path / "one", seed=3, lin_value=1.0)).distance(a, b)
+    two = LPIPS.from_folder(tiny_lpips_folder(tmp_path / "two", seed=3, lin_value=2.0)).distance(a, b)
+    assert 0 < one <= 20 and abs(two - 2 * one) < 1e-5 * one
+    # closer images are closer: a small perturbation of a is nearer to a than an unrelated image
+    near = np.clip(a + 0.02 * rng.standard_normal(a.shape), 0, 1)
+    assert lp.distance(a, near) < d_ab
+
+
+def test_lpips_missing_or_wrong_weights_say_what_to_provide(tmp_path):
+    import torch
+
+    from nrinv.perceptual import LPIPS, MetricWeightsMissing
+
+    with pytest.raises(MetricWeightsMissing, match="not a folder"):
+        LPIPS.from_folder(tmp_path / "absent")
+    (tmp_path / "w").mkdir()
+    torch.save({"lin0.model.1.weight": torch.ones(1, 64, 1, 1)}, tmp_path / "w" / "alex.pth")
+    with pytest.raises(MetricWeightsMissing, match="lacks the AlexNet backbone.*alexnet-owt"):
+        LPIPS.from_folder(tmp_path / "w")
+    torch.save({"features.0.weight": torch.ones(2, 2)}, tmp_path / "w" / "alexnet.pth")
+    with pytest.raises(MetricWeightsMissing, match="do not fit"):
+        LPIPS.from_folder(tmp_path / "w")
+
+
+def test_clip_score_matches_the_models_own_logits(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from nrinv.perceptual import CLIPScore
+    from nrinv.testing import tiny_clip_folder
+
+    folder = tiny_clip_folder(tmp_path / "clip")
+    scorer = CLIPScore.from_folder(folder)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(3)]
+    prompts = ["a red circle", "blue", "a large green star on the left"]
+    got = scorer(images, prompts)
+    # CLIPModel's forward: logits_per_image = exp(logit_scale) * cos(image, text), all pairs
+    inputs = scorer.processor(text=prompts, images=[Image.fromarray(i) for i in images], return_tensors="pt",
+                              padding=True)
+    with torch.no_grad():
+        out = scorer.model(**inputs)
+        cos = torch.diagonal(out.logits_per_image) / scorer.model.logit_scale.exp()
+    want = [100 * max(float(c), 0.0) for c in cos]
+    assert got == pytest.approx(want, abs=1e-3)
+    assert all(0 <= g <= 100 for g in got) and max(got) > 0
+
+
+def test_bench_cli_missing_metric_weights_exit_2_before_any_work(tmp_path, capsys):
+    from nrinv.cli import main
+
+    out = tmp_path / "res"
+    assert main(["bench", "--lpips", str(tmp_path / "nope"), "--out", str(out), "--quiet"]) == 2
+    assert "LPIPS needs local weights" in capsys.readouterr().err
+    assert main(["bench", "--clip", str(tmp_path), "--out", str(out), "--quiet"]) == 2
+    assert "CLIP score needs a local transformers CLIP folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ edit metrics on the built-in model
+@pytest.fixture(scope="module")
+def edit_run(tmp_path_factory):
+    import nrinv
+    from nrinv.bench_edits import run_edit_bench
+    from nrinv.testing import tiny_lpips_folder
+    from nrinv.perceptual import LPIPS
+
+    pipe = nrinv.load_pipeline("builtin:shapes")
+    out = tmp_path_factory.mktemp("edits")
+    lp = LPIPS.from_folder(tiny_lpips_folder(tmp_path_factory.mktemp("lp")))
+    rows = run_edit_bench(pipe, out=out, methods=["ddim", "anderson"], iterations=[2], n=3, lpips=lp,
+                          progress=False)
+    return pipe, out, rows, lp
+
+
+def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
+    import nrinv.bench_edits as be
+    import nrinv.inversion
+    from nrinv.bench_edits import EDIT_COLUMNS, run_edit_bench, summarize_edits
+
+    pipe, out, rows, lp = edit_run
+    with open(out / "edits.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0].keys()) == EDIT_COLUMNS
+    assert sorted((r["item"], r["method"], r["iterations"]) for r in table) == sorted(
+        [(str(i), "ddim", "1") for i in range(3)] + [(str(i), "anderson", "2") for i in range(3)])
+    assert [r["changed"] for r in table if r["method"] == "ddim"] == ["color", "shape", "background"]
+    for r in rows:
+        assert r["target"] in (0.0, 1.0) and r["preserved"] in (0.0, 1.0)
+        assert 15 < r["psnr_target"] < 50 and r["lpips_target"] > 0 and r["clip_target"] == ""
+        assert r["nfe"] == (20 if r["method"] == "ddim" else 40) and r["strength"] == 0.7 and r["guidance"] == 2.5
+    summary = {s["method"]: s for s in summarize_edits(rows)}
+    # the shipped model edits colour and background reliably (measured 100% on the edit set)
+    assert summary["anderson"]["target_by_attribute"]["color"] == 1.0
+    assert summary["anderson"]["preserved"] >= 2 / 3
+
+    def forbidden(*a, **k):
+        raise AssertionError("a finished edit was recomputed")
+
+    monkeypatch.setattr(nrinv.inversion, "invert", forbidden)
+    again = run_edit_bench(pipe, out=out, methods=["ddim", "anderson"], iterations=[2], n=3, lpips=lp, progress=False)
+    assert len(again) == len(rows)
+
+
+def test_bench_cli_edits_need_the_builtin_model(tmp_path, capsys):
+    from nrinv.cli import main
+    from nrinv.testing import tiny_pipeline
+
+    folder = tmp_path / "tiny-sd"
+    tiny_pipeline("sd", smooth=None).save_pretrained(folder, safe_serialization=True)
+    out = tmp_path / "res"
+    assert main(["bench", "--edits", "2", "--model", str(folder), "--out", str(out), "--quiet"]) == 2
+    assert "--model builtin:shapes" in capsys.readouterr().err
+    assert main(["bench", "--edits", "2", "--edit-strength", "1.5", "--out", str(out), "--quiet"]) == 2
+    assert "--edit-strength must be in (0, 1]" in capsys.readouterr().err
+    assert not out.exists()

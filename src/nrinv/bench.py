@@ -35,8 +35,8 @@ from .solvers import get_solver
 
 __all__ = ["BenchImage", "load_image_set", "run_bench", "psnr", "ssim", "COLUMNS"]
 
-COLUMNS = ["image", "method", "iterations", "steps", "guidance", "nfe", "grad_evals", "psnr", "ssim",
-           "latent_error", "vae_ceiling_psnr", "wall_s", "forward_s", "overhead", "peak_mem_mb", "status",
+COLUMNS = ["image", "method", "iterations", "steps", "guidance", "nfe", "grad_evals", "psnr", "ssim", "lpips",
+           "clip_score", "latent_error", "vae_ceiling_psnr", "wall_s", "forward_s", "overhead", "peak_mem_mb", "status",
            "step_statuses", "timed"]
 
 
@@ -198,6 +198,27 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def invert_kwargs(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
+                  method_options: Optional[dict[str, dict]] = None) -> dict:
+    """Keyword arguments of ``nrinv.invert`` for a parsed method spec at an iteration budget."""
+    solver, options = method
+    options = {**(method_options or {}).get(solver, {}), **options}
+    warm = bool(options.pop("warm_start", False))  # an inversion-loop option, not a solver option
+    return dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed, options=options,
+                max_iterations=None if solver == "ddim" else iterations, warm_start=warm, progress=False)
+
+
+def perceptual_scores(lpips: Any, clip: Any, image: np.ndarray, reference: np.ndarray, prompt: str) -> dict:
+    """``lpips`` (to ``reference``) and ``clip_score`` (to ``prompt``) of an (H, W, 3) image in [0, 1];
+    empty strings for a metric whose weights were not given."""
+    out = {"lpips": "", "clip_score": ""}
+    if lpips is not None:
+        out["lpips"] = round(lpips.distance(image, reference), 4)
+    if clip is not None:
+        out["clip_score"] = round(clip([(image * 255).round().astype(np.uint8)], [prompt])[0], 3)
+    return out
+
+
 def step_status_counts(steps) -> str:
     """Per-step solver statuses as counts, e.g. ``converged:12 max_iterations:8``."""
     counts: dict[str, int] = {}
@@ -217,15 +238,15 @@ def _read_existing(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
+def _write_csv(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
     from .imageio import atomic_write
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=list(columns))
             w.writeheader()
             for r in rows:
-                w.writerow({k: r.get(k, "") for k in COLUMNS})
+                w.writerow({k: r.get(k, "") for k in columns})
 
     atomic_write(path, write)
 
@@ -260,10 +281,13 @@ def run_bench(
     method_options: Optional[dict[str, dict]] = None,
     progress: bool = True,
     plots: bool = True,
+    lpips: Any = None,
+    clip: Any = None,
 ) -> list[dict]:
     """Run (or resume) the benchmark into ``out``; returns all rows.
 
     ``repeats=0`` skips the warm-up and repeated timing (wall times are then single runs).
+    ``lpips`` / ``clip``: scorers from :mod:`nrinv.perceptual` (columns left empty without them).
     """
     parsed = {m: parse_method(m) for m in methods}
     out = Path(out)
@@ -294,12 +318,8 @@ def run_bench(
             with torch.no_grad():
                 ceiling = adapter.decode(adapter.encode(pixels), size)
             ceilings[img.name] = psnr(_hwc(pixels), _hwc(ceiling))
-        solver, options = parsed[method]
-        options = {**(method_options or {}).get(solver, {}), **options}
-        warm = bool(options.pop("warm_start", False))  # an inversion-loop option, not a solver option
-        kwargs = dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                      options=options, max_iterations=None if solver == "ddim" else its, warm_start=warm,
-                      progress=False)
+        kwargs = invert_kwargs(parsed[method], its, steps=steps, guidance=guidance, seed=seed,
+                               method_options=method_options)
         timed = img is images[0] and repeats > 0
         if timed:
             invert(pipe, img.image, img.prompt, **kwargs)  # warm-up
@@ -321,6 +341,7 @@ def run_bench(
             "image": img.name, "method": method, "iterations": its, "steps": steps, "guidance": guidance,
             "nfe": result.nfe, "grad_evals": sum(s.grad_evals for s in result.steps),
             "psnr": round(psnr(_hwc(pixels), _hwc(image)), 3), "ssim": round(ssim(_hwc(pixels), _hwc(image)), 4),
+            **perceptual_scores(lpips, clip, _hwc(image), _hwc(pixels), img.prompt),
             "latent_error": f"{float((rec - result.encoded).norm() / result.encoded.norm()):.3e}",
             "vae_ceiling_psnr": round(ceilings[img.name], 3), "wall_s": round(wall, 4),
             "forward_s": round(t_forward, 5), "overhead": round(wall / max(result.nfe * t_forward, 1e-12), 3),
@@ -359,16 +380,26 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "vae_ceiling_psnr": statistics.mean(float(r["vae_ceiling_psnr"]) for r in rs),
             "wall_s": float(timed[0]["wall_s"]), "overhead": float(timed[0]["overhead"]),
             "peak_mem_mb": max(float(r["peak_mem_mb"]) for r in rs), "statuses": statuses, "n": len(rs),
+            **{k: _mean_present(rs, k) for k in ("lpips", "clip_score")},
         })
     return out
 
 
+def _mean_present(rows: Sequence[dict], key: str) -> Optional[float]:
+    """Mean of a column over the rows that have it (None when no row does)."""
+    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return statistics.mean(vals) if vals else None
+
+
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| method | iterations | NFE | PSNR dB | SSIM | wall s | overhead vs NFE x forward | peak mem MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    titles = {"lpips": "LPIPS", "clip_score": "CLIP score"}
+    extra = [k for k in titles if any(s.get(k) is not None for s in summary)]
+    head = "| method | iterations | NFE | PSNR dB | SSIM | " + "".join(f"{titles[k]} | " for k in extra)
+    lines = [head + "wall s | overhead vs NFE x forward | peak mem MB |", "|---" * (8 + len(extra)) + "|"]
     for s in summary:
+        cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
         lines.append(f"| {s['method']} | {s['iterations']} | {s['nfe']:.0f} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
-                     f"{s['wall_s']:.3f} | {s['overhead']:.2f} | {s['peak_mem_mb']:.0f} |")
+                     f"{cells}{s['wall_s']:.3f} | {s['overhead']:.2f} | {s['peak_mem_mb']:.0f} |")
     return "\n".join(lines)
 
 

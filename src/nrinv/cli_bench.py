@@ -23,13 +23,31 @@ def cmd_bench(args) -> int:
         iterations = [int(x) for x in args.iterations.split(",")]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if any(i < 1 for i in iterations) or args.n_images < 1 or args.repeats < 1:
-        raise UsageError("iterations, --n-images and --repeats must be >= 1")
+    if any(i < 1 for i in iterations) or args.n_images < 1:
+        raise UsageError("iterations and --n-images must be >= 1")
+    if args.repeats < 0:
+        raise UsageError("--repeats must be >= 0 (0: single untimed runs)")
     try:
         options = json.loads(args.method_options) if args.method_options else {}
     except json.JSONDecodeError as exc:
         raise UsageError(f"--method-options is not JSON: {exc}") from None
+    if args.edits < 0:
+        raise UsageError("--edits must be >= 0")
+    if args.edit_strength is not None and not 0 < args.edit_strength <= 1:
+        raise UsageError(f"--edit-strength must be in (0, 1], got {args.edit_strength}")
+    from .perceptual import load_clip_score, load_lpips
+
+    try:  # before the model loads: a wrong folder fails in a second, and nothing is downloaded
+        lpips = load_lpips(args.lpips) if args.lpips else None
+        clip = load_clip_score(args.clip) if args.clip else None
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
     pipe = load_model(args.model, args.dtype, args.device)
+    if args.edits:
+        from .editing import _is_builtin
+
+        if not _is_builtin(pipe):
+            raise UsageError("--edits scores edits with the shapes world's judge: use it with --model builtin:shapes")
     from .adapters import adapter_for
 
     size = adapter_for(pipe).default_size() if args.size is None else args.size
@@ -39,10 +57,23 @@ def cmd_bench(args) -> int:
         raise UsageError(str(exc)) from None
     rows = run_bench(pipe, images, out=Path(args.out), model=args.model, methods=methods, iterations=iterations,
                      steps=args.steps, guidance=args.guidance, seed=args.seed, repeats=args.repeats,
-                     method_options=options, progress=not args.quiet)
+                     method_options=options, progress=not args.quiet, lpips=lpips, clip=clip)
     if not args.quiet:
         print(markdown_table(summarize(rows)))
         print(f"wrote {args.out}/results.csv, results.json and plots")
+    if args.edits:
+        from .bench_edits import markdown_edit_table, run_edit_bench, summarize_edits
+        from .imageio import save_json
+
+        edit_rows = run_edit_bench(pipe, out=Path(args.out), methods=methods, iterations=iterations, n=args.edits,
+                                   steps=args.steps, strength=args.edit_strength, guidance_scale=args.edit_guidance,
+                                   seed=args.seed, method_options=options, lpips=lpips, clip=clip,
+                                   progress=not args.quiet)
+        summary = summarize_edits(edit_rows)
+        save_json({"summary": summary, "rows": edit_rows}, Path(args.out) / "edits.json")
+        if not args.quiet:
+            print(markdown_edit_table(summary))
+            print(f"wrote {args.out}/edits.csv and edits.json")
     return 0
 
 
@@ -58,9 +89,17 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) on the first image")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) on the first image; 0: no warm-up or repeats")
     p.add_argument("--size", type=_size, default=None, metavar="HxW")
     p.add_argument("--method-options", default=None, help='JSON, e.g. {"gnri": {"lam": 0.0}}')
     p.add_argument("--out", default="bench-results", help="output folder (re-running resumes)")
+    p.add_argument("--edits", type=int, default=0, metavar="N",
+                   help="also score N edits of the built-in edit set (judge success, preservation, PSNR to target)")
+    p.add_argument("--edit-strength", type=float, default=None, help="edit strength (default: the model's)")
+    p.add_argument("--edit-guidance", type=float, default=None, help="edit guidance (default: the model's)")
+    p.add_argument("--lpips", default=None, metavar="DIR",
+                   help="LPIPS from local weights: torchvision AlexNet state dict + lpips alex.pth (never downloads)")
+    p.add_argument("--clip", default=None, metavar="DIR",
+                   help="CLIP score from a local transformers CLIP folder (never downloads)")
     add_model_args(p)
     p.set_defaults(func=cmd_bench)

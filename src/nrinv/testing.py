@@ -17,7 +17,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-__all__ = ["tiny_pipeline", "TINY_KINDS", "clip_tokenizer", "t5_tokenizer", "calibrate_vae"]
+__all__ = ["tiny_pipeline", "TINY_KINDS", "clip_tokenizer", "t5_tokenizer", "calibrate_vae", "tiny_clip_folder",
+           "tiny_lpips_folder"]
 
 TINY_KINDS = ("sd", "sd_v", "sdxl", "lcm", "sd3", "flux")
 
@@ -236,3 +237,45 @@ def tiny_pipeline(kind: str = "sd", *, smooth: Optional[float] = 0.2, seed: int 
     if kind in ("sd3", "flux"):
         pipe._nrinv_max_sequence_length = 16
     return pipe
+
+
+def tiny_clip_folder(folder, seed: int = 0) -> Path:
+    """Save a tiny random ``transformers`` CLIP model + processor to ``folder`` (for CLIP-score tests)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    text = _clip_config(projection_dim=16).to_dict()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=32, patch_size=8, projection_dim=16).to_dict()
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=clip_tokenizer(),
+    )
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder
+
+
+def tiny_lpips_folder(folder, seed: int = 0, lin_value: Optional[float] = None) -> Path:
+    """Random AlexNet (torchvision key layout) + LPIPS linear heads saved as two ``.pth`` state dicts.
+
+    ``lin_value`` sets every linear weight to that constant (random non-negative otherwise).
+    """
+    from .perceptual import _ALEX_CONVS, _ALEX_INDEX
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    backbone, lins = {}, {}
+    for idx, (i, o, k, _, _) in zip(_ALEX_INDEX, _ALEX_CONVS):
+        backbone[f"features.{idx}.weight"] = torch.randn(o, i, k, k, generator=g) * (2.0 / (i * k * k)) ** 0.5
+        backbone[f"features.{idx}.bias"] = torch.randn(o, generator=g) * 0.1
+    backbone["classifier.1.weight"] = torch.zeros(4, 4)  # present in torchvision's file, ignored
+    for k, (_, o, _, _, _) in enumerate(_ALEX_CONVS):
+        w = torch.full((1, o, 1, 1), lin_value) if lin_value is not None else torch.rand(1, o, 1, 1, generator=g)
+        lins[f"lin{k}.model.1.weight"] = w
+    torch.save(backbone, folder / "alexnet-owt-7be5be79.pth")
+    torch.save(lins, folder / "alex.pth")
+    return folder
