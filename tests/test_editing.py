@@ -55,6 +55,23 @@ def test_edit_same_prompt_full_strength_regenerates_input(tiny, astronaut32, kin
 
 
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
+def test_guidance_from_source_follows_the_reconstruction_where_prompts_agree(tiny, astronaut32, kind):
+    pipe = tiny(kind)
+    kw = dict(strength=0.5, inversion_guidance=1.0, guidance_scale=3.0)
+    res = _edit(pipe, astronaut32, [SRC, TGT], guide_from_source=True, **kw)
+    assert res.settings["guide_from_source"] is True
+    k = res.settings["start_step"]
+    # e(source) + 3 (e(source) - e(source)) = e(source): the inversion's own path at guidance 1
+    expected = nrinv.sample(res.inversion.setup, res.inversion.trajectory[k], start=k)
+    assert torch.allclose(res.latents[0], expected, atol=1e-5)
+    assert _rel(res.latents[1], expected) > 1e-3
+    # guided from the empty prompt instead, the same target leaves that path
+    plain = _edit(pipe, astronaut32, SRC, guide_from_source=False, **kw)
+    assert plain.settings["guide_from_source"] is False
+    assert _rel(plain.latents[0], expected) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ("sd", "sdxl"))
 def test_small_strength_returns_the_encoded_image(tiny, astronaut32, kind):
     pipe = tiny(kind)
     res = _edit(pipe, astronaut32, TGT, strength=0.01, method="ddim", max_iterations=None)
@@ -260,6 +277,13 @@ def test_cli_edit_one_and_several_targets(cli_pipe, image_path, tmp_path, capsys
     assert len(meta["inversion"]["steps"]) == 3 and meta["inversion"]["settings"]["options"]["max_iterations"] == 2
     assert "total" in meta["timings_s"] and "model" in meta
     assert Image.open(out).size == (32, 32)
+    assert s["guide_from_source"] is False  # the tiny pipeline's default
+
+    plain, guided = tmp_path / "plain.png", tmp_path / "guided.png"  # with classifier-free guidance
+    assert main(args[:-3] + ["--guidance", "3", "-o", str(plain), "--quiet"]) == 0
+    assert main(args[:-3] + ["--guidance", "3", "--guide-from-source", "-o", str(guided), "--quiet"]) == 0
+    assert json.loads(guided.with_suffix(".json").read_text())["settings"]["guide_from_source"] is True
+    assert np.abs(np.asarray(Image.open(guided), float) - np.asarray(Image.open(plain), float)).mean() > 0.1
 
     multi = tmp_path / "multi" / "e.png"
     assert main(["edit", str(image_path), "--source", SRC, "--target", TGT, "--target", SRC, "--steps", "2",

@@ -89,7 +89,10 @@ class EditorApp:
         quality = image_psnr(rec, to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
-        state = {"model": model, "result": result, "source": img}
+        from .editing import edit_defaults
+
+        guide = edit_defaults(pipe)["guide_from_source"]  # the edit contrasts target with source prompt
+        state = {"model": model, "result": result, "source": img, "negative": source_prompt if guide else None}
         return to_pil(rec), info, state
 
     def edit(self, target_prompt, strength, guidance, state):
@@ -105,7 +108,7 @@ class EditorApp:
             t0 = time.perf_counter()
             with self.lock:
                 _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
-                                       guidance_scale=float(guidance))
+                                       guidance_scale=float(guidance), negative_prompt=state.get("negative"))
             seconds = time.perf_counter() - t0
         except (InputError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None

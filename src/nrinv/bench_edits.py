@@ -23,13 +23,13 @@ from .metrics import as_numpy
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
 
 EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method", "iterations", "steps", "strength",
-                "guidance", "nfe", "target", "preserved", "all_kept", "psnr_target", "lpips_target", "clip_target",
+                "guidance", "guide_from_source", "nfe", "target", "preserved", "all_kept", "psnr_target", "lpips_target", "clip_target",
                 "wall_s"]
 
 
 def _key(row: dict) -> tuple:
     return (int(row["item"]), row["method"], int(row["iterations"]), int(row["steps"]), float(row["strength"]),
-            float(row["guidance"]))
+            float(row["guidance"]), str(row["guide_from_source"]) in ("True", "1", "true"))
 
 
 def run_edit_bench(
@@ -42,6 +42,7 @@ def run_edit_bench(
     steps: Optional[int] = None,
     strength: Optional[float] = None,
     guidance_scale: Optional[float] = None,
+    guide_from_source: Optional[bool] = None,
     seed: int = 0,
     method_options: Optional[dict[str, dict]] = None,
     lpips: Any = None,
@@ -50,7 +51,8 @@ def run_edit_bench(
 ) -> list[dict]:
     """Run (or resume) the edit benchmark on ``n`` items into ``out/edits.csv``; returns all rows.
 
-    ``strength`` / ``guidance_scale`` default to :func:`nrinv.editing.edit_defaults`; inversion
+    ``strength`` / ``guidance_scale`` / ``guide_from_source`` default to
+    :func:`nrinv.editing.edit_defaults`; inversion
     runs at the pipeline's own default guidance (the source prompt describes the image).
     """
     from tqdm.auto import tqdm
@@ -66,6 +68,7 @@ def run_edit_bench(
     defaults = editing.edit_defaults(pipe)
     strength = float(defaults["strength"] if strength is None else strength)
     target_guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+    contrast = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
     settings = adapter_for(pipe).default_settings()
     steps = int(settings["num_inference_steps"] if steps is None else steps)
     inv_guidance = float(settings["guidance_scale"])
@@ -76,7 +79,7 @@ def run_edit_bench(
     jobs = [(i, m, it) for i in range(n) for m in methods for it in ((1,) if parsed[m][0] == "ddim" else iterations)]
     bar = tqdm(jobs, desc="edits", disable=not progress)
     for i, method, its in bar:
-        if (i, method, its, steps, strength, target_guidance) in done:
+        if (i, method, its, steps, strength, target_guidance, contrast) in done:
             continue
         item = items[i]
         bar.set_postfix(item=i, method=method, it=its)
@@ -84,7 +87,8 @@ def run_edit_bench(
                                method_options=method_options)
         t0 = time.perf_counter()
         inv = invert(pipe, item["source_image"], item["source_caption"], **kwargs)
-        _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance)
+        _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance,
+                                       negative_prompt=item["source_caption"] if contrast else None)
         wall = time.perf_counter() - t0
         edited = as_numpy(images[0][0])
         as_uint8 = (edited * 255).round().astype(np.uint8)
@@ -95,7 +99,7 @@ def run_edit_bench(
         rows.append({
             "item": i, "changed": item["changed"], "source_caption": item["source_caption"],
             "target_caption": item["target_caption"], "method": method, "iterations": its, "steps": steps,
-            "strength": strength, "guidance": target_guidance, "nfe": inv.nfe, "target": scores["target"],
+            "strength": strength, "guidance": target_guidance, "guide_from_source": contrast, "nfe": inv.nfe, "target": scores["target"],
             "preserved": scores["preserved"], "all_kept": scores["all_kept"], "psnr_target": round(scores["psnr"], 3),
             "lpips_target": extra["lpips"], "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
         })
@@ -107,15 +111,18 @@ def summarize_edits(rows: Sequence[dict]) -> list[dict]:
     """Means per (method, iterations, strength, guidance), with the target rate per changed attribute."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], int(r["iterations"]), float(r["strength"]), float(r["guidance"])), []).append(r)
+        key = (r["method"], int(r["iterations"]), float(r["strength"]), float(r["guidance"]),
+               str(r["guide_from_source"]) in ("True", "1", "true"))
+        groups.setdefault(key, []).append(r)
     out = []
-    for (method, its, strength, guidance), rs in sorted(groups.items()):
+    for (method, its, strength, guidance, contrast), rs in sorted(groups.items()):
         by_attr = {}
         for attr in sorted({r["changed"] for r in rs}):
             sel = [float(r["target"]) for r in rs if r["changed"] == attr]
             by_attr[attr] = statistics.mean(sel)
         out.append({
-            "method": method, "iterations": its, "strength": strength, "guidance": guidance, "n": len(rs),
+            "method": method, "iterations": its, "strength": strength, "guidance": guidance,
+            "guide_from_source": contrast, "n": len(rs),
             "nfe": statistics.mean(float(r["nfe"]) for r in rs),
             **{k: statistics.mean(float(r[k]) for r in rs) for k in ("target", "preserved", "all_kept", "psnr_target")},
             "lpips_target": _mean_present(rs, "lpips_target"), "clip_target": _mean_present(rs, "clip_target"),
@@ -127,12 +134,13 @@ def summarize_edits(rows: Sequence[dict]) -> list[dict]:
 def markdown_edit_table(summary: Sequence[dict]) -> str:
     titles = {"lpips_target": "LPIPS to target", "clip_target": "CLIP score (target caption)"}
     extra = [k for k in titles if any(s.get(k) is not None for s in summary)]
-    lines = ["| method | iterations | NFE | target attribute | preserved (pos/size/bg) | all other attributes | "
+    lines = ["| method | iterations | strength / guidance | NFE | target attribute | preserved (pos/size/bg) | all other attributes | "
              "PSNR to target dB | " + "".join(f"{titles[k]} | " for k in extra) + "target by attribute |",
-             "|---" * (8 + len(extra)) + "|"]
+             "|---" * (9 + len(extra)) + "|"]
     for s in summary:
         cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
         attrs = ", ".join(f"{a} {v:.0%}" for a, v in s["target_by_attribute"].items())
-        lines.append(f"| {s['method']} | {s['iterations']} | {s['nfe']:.0f} | {s['target']:.0%} | {s['preserved']:.0%} | "
+        setting = f"{s['strength']:g} / {s['guidance']:g}" + (" vs source" if s["guide_from_source"] else "")
+        lines.append(f"| {s['method']} | {s['iterations']} | {setting} | {s['nfe']:.0f} | {s['target']:.0%} | {s['preserved']:.0%} | "
                      f"{s['all_kept']:.0%} | {s['psnr_target']:.2f} | {cells}{attrs} |")
     return "\n".join(lines)

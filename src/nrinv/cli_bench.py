@@ -1,6 +1,8 @@
 """`nrinv bench`: the benchmark harness on the command line."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import re
 import sys
@@ -67,6 +69,7 @@ def cmd_bench(args) -> int:
 
         edit_rows = run_edit_bench(pipe, out=Path(args.out), methods=methods, iterations=iterations, n=args.edits,
                                    steps=args.steps, strength=args.edit_strength, guidance_scale=args.edit_guidance,
+                                   guide_from_source=args.guide_from_source,
                                    seed=args.seed, method_options=options, lpips=lpips, clip=clip,
                                    progress=not args.quiet)
         summary = summarize_edits(edit_rows)
@@ -97,6 +100,8 @@ def register(sub) -> None:
                    help="also score N edits of the built-in edit set (judge success, preservation, PSNR to target)")
     p.add_argument("--edit-strength", type=float, default=None, help="edit strength (default: the model's)")
     p.add_argument("--edit-guidance", type=float, default=None, help="edit guidance (default: the model's)")
+    p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
+                   help="edits guide away from the source prompt instead of the empty one (default: the model's)")
     p.add_argument("--lpips", default=None, metavar="DIR",
                    help="LPIPS from local weights: torchvision AlexNet state dict + lpips alex.pth (never downloads)")
     p.add_argument("--clip", default=None, metavar="DIR",

@@ -126,8 +126,8 @@ def cmd_edit(args) -> int:
     result = _run(editing.edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
                   strength=args.strength, guidance_scale=args.guidance, method=method, seed=args.seed,
                   num_inference_steps=args.steps, inversion_guidance=args.inversion_guidance, options=options,
-                  negative_prompt=args.negative_prompt, encode_adjust=args.encode_adjust,
-                  max_pixels=args.max_pixels, progress=not args.quiet)
+                  negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
+                  encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
     for i, png in enumerate(pngs):
         record = _base_record(args, result.stats(i))
         record["input"] = str(image_path)
@@ -265,6 +265,9 @@ def register(sub) -> None:
                    help="fraction of the schedule re-run with the target, in (0, 1] (default: the model's)")
     p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion (default: the model's)")
     p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
+                   help="guide the regeneration away from the source prompt instead of the empty one "
+                        "(default: the model's)")
     p.add_argument("--encode-adjust", type=float, default=None, metavar="S",
                    help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
     p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the image first")

@@ -1,7 +1,13 @@
 """Train the built-in "shapes" text-to-image model (VAE, then text encoder + UNet on cached latents).
 
     python -m nrinv.shapes.train [--seed 0] [--out runs/shapes_seed0] [--threads N]
-                                 [--vae-steps 1000] [--unet-steps 3000] [--install]
+                                 [--time-budget-min 86] [--install]
+
+The default run fits in 90 minutes on 2 CPU cores: render the pool, train the VAE (1100 steps),
+train its decoder alone with an edge loss (1800 steps; sharpens small stars and crosses without
+moving the latent space), encode latents, then train the text encoder + UNet for whatever the time budget leaves (its
+learning-rate schedule follows the clock, so a cut run still ends at the low rate), save, and
+evaluate the gates with the judge.
 
 Writes, under ``--out``: ``train.log``, sample grids ``vae_recon_*.png`` / ``samples_*.png`` and the
 diffusers folder ``model/`` (loadable with ``StableDiffusionPipeline.from_pretrained``).  With
@@ -127,6 +133,57 @@ def train_vae(imgs, steps, batch, crop, lr, gen, log, run_dir, val_imgs):
     return vae
 
 
+def _grad_l1(a, b):
+    """Mean absolute difference of horizontal and vertical finite differences (edge fidelity)."""
+    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
+def finetune_decoder(vae, imgs, steps, batch, crop, lr, gen, log, val_imgs, edge_weight=1.0):
+    """Train only the decoder (and post-quant conv) with an added edge loss; the encoder is frozen.
+
+    The latent space does not move, so a UNet trained on this VAE's latents stays valid; what
+    improves is how sharply small shapes (thin star points, cross arms) are drawn from a latent.
+    """
+    import torch
+    from tqdm import tqdm
+
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for q in params:
+        q.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    X = torch.from_numpy(imgs)
+    vae.eval()  # no dropout/batch-norm in these blocks; eval keeps the frozen encoder deterministic
+    t0 = time.time()
+    for step in tqdm(range(steps), desc="decoder", mininterval=5):
+        idx = torch.randint(0, len(X), (batch,), generator=gen)
+        x = X[idx]
+        if crop < 64:
+            oy, ox = torch.randint(0, 64 - crop + 1, (2,), generator=gen).tolist()
+            x = x[:, oy : oy + crop, ox : ox + crop]
+        x = x.float().permute(0, 3, 1, 2) / 127.5 - 1.0
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + edge_weight * _grad_l1(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == steps - 1:
+            log(f"decoder step {step} loss {loss.item():.4f} val_psnr {vae_psnr(vae, val_imgs[:64]):.2f} dB "
+                f"({time.time() - t0:.0f}s)")
+    vae.requires_grad_(False).eval()
+    return vae
+
+
 def vae_reconstruct(vae, imgs, batch=64, use_mean=True):
     import torch
 
@@ -204,10 +261,18 @@ def train_unet(latents, captions, tokenizer, vae, steps, batch, lr, gen, log, ru
         {"params": text_encoder.parameters(), "lr": lr * 0.5},
     ]
     opt = torch.optim.AdamW(params, weight_decay=1e-2)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     warm = max(1, min(200, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    )
+
+    def set_lr(step: int, elapsed_s: float) -> None:
+        # warm-up, then cosine from 1 to 0.2 over the run; progress is the larger of the step and the
+        # time fractions, so a run cut by its time limit still ends its schedule at the low rate
+        frac = step / steps
+        if time_limit_min:
+            frac = max(frac, elapsed_s / (time_limit_min * 60))
+        factor = min(1.0, (step + 1) / warm) * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * factor
     ids_all = tokenize(tokenizer, captions)
     ids_empty = tokenize(tokenizer, [""])[0]
     ac = scheduler.alphas_cumprod
@@ -221,6 +286,7 @@ def train_unet(latents, captions, tokenizer, vae, steps, batch, lr, gen, log, ru
     t0 = time.time()
     done = 0
     for step in pbar:
+        set_lr(step, time.time() - t0)
         idx = torch.randint(0, n, (batch,), generator=gen)
         x0 = latents[idx]
         ids = ids_all[idx].clone()
@@ -238,7 +304,6 @@ def train_unet(latents, captions, tokenizer, vae, steps, batch, lr, gen, log, ru
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()
-        sched.step()
         d = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for m, e in ((unet, ema_unet), (text_encoder, ema_te)):
@@ -308,16 +373,23 @@ def main(argv=None):
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-crop", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--unet-steps", type=int, default=3300)
+    p.add_argument("--decoder-steps", type=int, default=1800,
+                   help="then train the decoder alone with an edge loss (latent space unchanged; 0: skip)")
+    p.add_argument("--decoder-lr", type=float, default=5e-4)
+    p.add_argument("--unet-steps", type=int, default=8000,
+                   help="UNet steps at most (the time budget usually ends the phase first)")
     p.add_argument("--unet-batch", type=int, default=48)
     p.add_argument("--unet-lr", type=float, default=8e-4)
     p.add_argument("--unet-time-limit-min", type=float, default=None,
-                   help="stop the UNet phase early after this many minutes (EMA weights are used)")
+                   help="UNet phase length in minutes (default: what --time-budget-min leaves); EMA weights are used")
+    p.add_argument("--time-budget-min", type=float, default=86.0,
+                   help="whole run incl. the final evaluation; the UNet phase gets what is left (0: no budget)")
     p.add_argument("--grid-every", type=int, default=500)
     p.add_argument("--eval", type=int, default=200, help="held-out captions for the final gate (0: skip)")
     p.add_argument("--guidance", type=float, nargs="*", default=None, help="guidance scales to evaluate")
     p.add_argument("--resume-from", default=None,
-                   help="model folder of an earlier run: keep its VAE, continue training its UNet/text encoder")
+                   help="model folder of an earlier run: keep its VAE encoder (and latent space), continue "
+                        "training its UNet/text encoder (and its decoder with --decoder-steps)")
     p.add_argument("--install", action="store_true", help="copy the model into the package folder")
     a = p.parse_args(argv)
 
@@ -348,12 +420,14 @@ def main(argv=None):
         log(f"resuming UNet/text encoder from {rd}")
     else:
         vae = train_vae(imgs, a.vae_steps, a.vae_batch, a.vae_crop, a.vae_lr, gen, log, out, val_imgs)
+    if a.decoder_steps:
+        vae = finetune_decoder(vae, imgs, a.decoder_steps, a.vae_batch, a.vae_crop, a.decoder_lr, gen, log, val_imgs)
     vp = vae_psnr(vae, val_imgs)
     save_grid(np.concatenate([val_imgs[:16], vae_reconstruct(vae, val_imgs[:16])]), out / "vae_recon.png")
     log(f"VAE held-out PSNR {vp:.2f} dB ({time.time() - T0:.0f}s)")
 
     scenes, imgs = scenes[: a.latent_pool], imgs[: a.latent_pool]
-    lat = encode_pool(vae, imgs)
+    lat = encode_pool(vae, imgs[:1] if a.unet_steps == 0 else imgs)
     if a.resume_from:
         std = 1.0 / vae.config.scaling_factor
     else:
@@ -365,9 +439,14 @@ def main(argv=None):
     mdir = out / "model"
     C.build_tokenizer_files(out / "_tokenizer")
     tokenizer = C.load_tokenizer(out / "_tokenizer")
+    limit = a.unet_time_limit_min
+    if limit is None and a.time_budget_min:
+        reserve_min = 1.0 + 1.0 * len(a.guidance or [4.0]) * (a.eval / 200)  # saving + final evaluation
+        limit = max(1.0, a.time_budget_min - (time.time() - T0) / 60 - reserve_min)
+        log(f"UNet phase: {limit:.1f} min of the {a.time_budget_min:g} min budget")
     unet, te, scheduler, done = train_unet(
         lat, [s.caption() for s in scenes], tokenizer, vae, a.unet_steps, a.unet_batch, a.unet_lr, gen, log, out,
-        a.grid_every, a.unet_time_limit_min, init=init,
+        a.grid_every, limit, init=init,
     )
     log(f"unet done: {done} steps ({time.time() - T0:.0f}s)")
     save_model(mdir, vae, te, tokenizer, unet, scheduler)
