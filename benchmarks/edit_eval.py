@@ -53,6 +53,7 @@ class Runner:
         self.pipe, self.args = pipe, args
         self.adapter = nrinv.adapter_for(pipe)
         self.cache: dict = {}
+        self.guide_from_source = args.guide_from_source
 
     def invert(self, method: str, idx: int, item: dict, *, latent=None):
         key = (method, item["render_seed"])
@@ -75,7 +76,9 @@ class Runner:
         for idx, item in enumerate(items):
             inv = self.invert(method, idx, item)
             t0 = time.perf_counter()
-            _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=guidance)
+            negative = item["source_caption"] if self.guide_from_source else None
+            _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=guidance,
+                                           negative_prompt=negative)
             imgs.append(to_uint8(images[0]))
             rows.append({"time_s": inv.settings["bench_time_s"] + time.perf_counter() - t0, "nfe": inv.nfe})
         for row, img, item, (read, _) in zip(rows, imgs, items, judge_confident(imgs)):
@@ -106,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-n", type=int, default=12, help="items of the strength x guidance sweep (0: no sweep)")
     p.add_argument("--strength", type=float, default=None, help="evaluate at this strength (default: the sweep's pick)")
     p.add_argument("--guidance", type=float, default=None, help="evaluate at this guidance (default: the sweep's pick)")
+    p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
+                   help="guide edits away from the source prompt (default: the model's edit default)")
     p.add_argument("--adjust", type=float, nargs="*", default=[0.02, 0.05, 0.1], help="encode_adjust strengths")
     p.add_argument("--adjust-n", type=int, default=12, help="items of the encode_adjust measurement (0: skip)")
     p.add_argument("--interp-pairs", type=int, default=6, help="interpolation pairs (0: skip)")
@@ -128,6 +133,8 @@ def main(argv=None) -> int:
         pipe._nrinv_defaults = {"num_inference_steps": shapes.DEFAULT_STEPS, "guidance_scale": 1.0}
     methods = args.methods or list(dict.fromkeys([DEFAULT_METHOD, "newton_krylov", "anderson", "ddim"]))
     items = edit_set(args.n, seed=args.seed)
+    if args.guide_from_source is None:
+        args.guide_from_source = editing.edit_defaults(pipe)["guide_from_source"]
     run = Runner(pipe, args)
     report: dict = {"args": vars(args), "version": nrinv.__version__, "methods": methods}
     t_start = time.perf_counter()
@@ -175,7 +182,7 @@ def main(argv=None) -> int:
     defaults = editing.edit_defaults(pipe)
     strength = defaults["strength"] if strength is None else strength
     guidance = defaults["guidance_scale"] if guidance is None else guidance
-    report["eval_setting"] = {"strength": strength, "guidance": guidance}
+    report["eval_setting"] = {"strength": strength, "guidance": guidance, "guide_from_source": args.guide_from_source}
 
     # 3. per-method evaluation on all items
     report["per_method"] = {}

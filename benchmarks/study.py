@@ -182,15 +182,14 @@ def default_context(summary, fp50):
 
 DEFAULT_REASONING = (
     "The default is **anderson, 2 iterations per step, with the warm start when no classifier-free guidance is "
-    "used** (`nrinv.DEFAULT_METHOD`, `nrinv.DEFAULT_ITERATIONS`, `warm_start=None`): the cheapest 2-iteration runs here are equal in quality "
-    "(fixed point and Anderson coincide up to timing noise on this smooth 20-step model), and Anderson is the one "
-    "that keeps converging where plain fixed point stalls - the large steps of few-step samplers (Euler-ancestral "
-    "4 steps, LCM: see the oracle and tiny-pipeline tables in the top-level README) and the 4-10 step rows of the "
-    "sweep above. The warm start helps at guidance 1 (every row of section 1 and the guidance-1 rows of the sweep) "
-    "but can hurt with guidance 3-7.5 at 2-10 steps (sweep), hence automatic. For the fastest preset, 1 "
-    "warm-started iteration reaches the quality of 2 cold ones at DDIM's cost (section 1). The overhead column of "
-    "section 1 is not meaningful for this run (the single-call time was measured while another job loaded the "
-    "CPU); see section 6 for a quiet measurement.")
+    "used** (`nrinv.DEFAULT_METHOD`, `nrinv.DEFAULT_ITERATIONS`, `warm_start=None`): on this smooth 20-step model "
+    "fixed point and Anderson coincide at 2 iterations (sections 1 and 4), and Anderson is the one that keeps "
+    "converging where plain fixed point stalls - the large steps of few-step samplers (Euler-ancestral 4 steps, "
+    "LCM: see the oracle and tiny-pipeline tables in the top-level README). The warm start helps at guidance 1 "
+    "(section 1 and the guidance-1 rows of the sweep) but can hurt with guidance 3-7.5 at 2-10 steps (sweep), "
+    "hence automatic. For the fastest preset, 1 warm-started iteration reaches the quality of 2 cold ones at "
+    "DDIM's cost (section 1). Timings in section 1 are medians of 2 inside a long run; section 6 is the "
+    "dedicated overhead measurement.")
 
 
 if __name__ == "__main__":

@@ -159,9 +159,9 @@ def edit_run(tmp_path_factory):
 
 
 def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
-    import nrinv.bench_edits as be
     import nrinv.inversion
     from nrinv.bench_edits import EDIT_COLUMNS, run_edit_bench, summarize_edits
+    from nrinv.editing import edit_defaults
 
     pipe, out, rows, lp = edit_run
     with open(out / "edits.csv", newline="") as fh:
@@ -173,7 +173,8 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
     for r in rows:
         assert r["target"] in (0.0, 1.0) and r["preserved"] in (0.0, 1.0)
         assert 15 < r["psnr_target"] < 50 and r["lpips_target"] > 0 and r["clip_target"] == ""
-        assert r["nfe"] == (20 if r["method"] == "ddim" else 40) and r["strength"] == 0.7 and r["guidance"] == 2.5
+        assert r["nfe"] == (20 if r["method"] == "ddim" else 40)
+        assert (r["strength"], r["guidance"], r["guide_from_source"]) == tuple(edit_defaults(pipe).values())
     summary = {s["method"]: s for s in summarize_edits(rows)}
     # the shipped model edits colour and background reliably (measured 100% on the edit set)
     assert summary["anderson"]["target_by_attribute"]["color"] == 1.0

@@ -71,6 +71,27 @@ def test_guidance_from_source_follows_the_reconstruction_where_prompts_agree(tin
     assert _rel(plain.latents[0], expected) > 1e-3
 
 
+def test_local_edit_keeps_the_unmasked_latent_on_the_inverted_trajectory(tiny, astronaut32):
+    pipe = tiny("sd")
+    kw = dict(strength=0.5, inversion_guidance=1.0, guidance_scale=3.0, guide_from_source=True, mask_threshold=0.3)
+    res = _edit(pipe, astronaut32, [SRC, TGT], **kw)
+    assert res.settings["mask_threshold"] == 0.3
+    inv = res.inversion
+    # same prompt: the predictions agree everywhere, the mask is empty, the edit is the encoded latent
+    assert torch.equal(res.latents[0], inv.encoded)
+    k = res.settings["start_step"]
+    cond = inv.setup.adapter.conditioning(TGT, SRC, 3.0, inv.setup.size)
+    mask = editing.local_edit_mask(inv.setup, inv.trajectory[k], k, cond, 0.3)
+    assert mask.shape == (1, 1) + inv.encoded.shape[2:] and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < float(mask.mean()) < 1
+    # outside the mask the edited latent is the encoded one exactly; inside it changed
+    outside, inside = mask.expand_as(inv.encoded) == 0, mask.expand_as(inv.encoded) == 1
+    assert torch.equal(res.latents[1][outside], inv.encoded[outside])
+    assert float((res.latents[1][inside] - inv.encoded[inside]).abs().mean()) > 1e-3
+    with pytest.raises(InputError, match="mask threshold"):
+        _edit(pipe, astronaut32, TGT, mask_threshold=1.5)
+
+
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
 def test_small_strength_returns_the_encoded_image(tiny, astronaut32, kind):
     pipe = tiny(kind)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .imageio import DEFAULT_MAX_PIXELS, InputError, load_image, to_pil, to_tensor
+from .editing import BUILTIN_EDIT_DEFAULTS
 
 DEFAULT_MAX_UPLOAD_MB = 20
 
@@ -196,8 +197,10 @@ class EditorApp:
                         info = gr.Textbox(label="inversion", interactive=False, elem_id="info")
                     with gr.Column():
                         target_prompt = gr.Textbox(label="target prompt", elem_id="target_prompt")
-                        strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="strength")
-                        guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.5, label="guidance")
+                        strength = gr.Slider(0.05, 1.0, value=BUILTIN_EDIT_DEFAULTS["strength"], step=0.05,
+                                             label="strength")
+                        guidance = gr.Slider(0.0, 10.0, value=BUILTIN_EDIT_DEFAULTS["guidance_scale"], step=0.5,
+                                             label="guidance")
                         edit_btn = gr.Button("Edit", variant="primary", elem_id="edit")
                         edited = gr.Image(label="edited", type="pil", interactive=False, elem_id="edited", height=256)
                         edit_info = gr.Textbox(label="edit", interactive=False, elem_id="edit_info")

@@ -233,6 +233,9 @@ SUBCOMMAND_MODULES = ("nrinv.cli_edit", "nrinv.cli_bench", "nrinv.cli_batch", "n
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the command line is an application: transformers' import-time notices (e.g. "torchvision not
+    # installed, using the PIL image processor") are noise here; a user's own setting wins
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

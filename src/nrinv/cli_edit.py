@@ -115,6 +115,7 @@ def cmd_edit(args) -> int:
         _validate(editing._check_strength, args.strength)
     _validate(editing._check_steps, args.steps)
     _validate(editing._check_adjust, args.encode_adjust)
+    _validate(editing._check_mask_threshold, args.mask_threshold)
     method, options = _solver(args)
     image_path = Path(args.image)
     output = Path(args.output) if args.output else image_path.with_name(image_path.stem + ".edit.png")
@@ -127,6 +128,7 @@ def cmd_edit(args) -> int:
                   strength=args.strength, guidance_scale=args.guidance, method=method, seed=args.seed,
                   num_inference_steps=args.steps, inversion_guidance=args.inversion_guidance, options=options,
                   negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
+                  mask_threshold=args.mask_threshold,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
     for i, png in enumerate(pngs):
         record = _base_record(args, result.stats(i))
@@ -268,6 +270,9 @@ def register(sub) -> None:
     p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
                    help="guide the regeneration away from the source prompt instead of the empty one "
                         "(default: the model's)")
+    p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+                   help="local edit: keep the latent on the inverted trajectory where the target and source "
+                        "predictions differ less than T of their maximum, e.g. 0.3 (default: off)")
     p.add_argument("--encode-adjust", type=float, default=None, metavar="S",
                    help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
     p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the image first")

@@ -27,12 +27,12 @@ from torch import Tensor
 from . import __version__
 from .adapters import Adapter, adapter_for
 from .imageio import DEFAULT_MAX_PIXELS, ImageLike, InputError, load_image, to_tensor
-from .inversion import DEFAULT_METHOD, InversionResult, Setup, invert, prepare, sample
+from .inversion import DEFAULT_METHOD, InversionResult, Setup, _model_fn, invert, prepare, sample
 from .metrics import image_psnr as psnr
 
 __all__ = [
     "EditResult", "InterpolationResult", "SeedResult", "edit", "interpolate", "seed_from_images",
-    "adjust_encoding", "regenerate", "start_step", "slerp", "psnr", "edit_defaults", "typical_noise_norm", "DEFAULT_EDIT_STRENGTH", "DEFAULT_ENCODE_ADJUST",
+    "adjust_encoding", "regenerate", "local_edit_mask", "start_step", "slerp", "psnr", "edit_defaults", "typical_noise_norm", "DEFAULT_EDIT_STRENGTH", "DEFAULT_ENCODE_ADJUST",
     "DEFAULT_SEED_SPREAD",
 ]
 
@@ -221,14 +221,50 @@ def start_step(num_steps: int, strength: float) -> tuple[int, int]:
     return num_steps - rerun, rerun
 
 
+def _check_mask_threshold(threshold: Optional[float]) -> Optional[float]:
+    if threshold is not None and not 0 < float(threshold) < 1:
+        raise InputError(f"mask threshold must be in (0, 1), got {threshold}")
+    return None if threshold is None else float(threshold)
+
+
+def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, threshold: float) -> Tensor:
+    """Where an edit may change the latent: the target and source predictions differ there.
+
+    As in DiffEdit (Couairon et al. 2022, sec. 3.1), from ``|m(z, target) - m(z, source)|`` at the
+    first re-run step, averaged over channels, smoothed (3x3), scaled to [0, 1] per image and
+    thresholded; then dilated by one latent pixel.  Returns a (B, 1, h, w) 0/1 mask.
+    """
+    if z.dim() != 4:
+        raise InputError("local edits need image-shaped (B, C, H, W) latents; this pipeline's are not")
+    step = setup.schedule.steps[step_index]
+    with torch.no_grad():
+        source = _model_fn(setup, step, setup.cond)(z).float()
+        diff = _model_fn(setup, step, target_cond)(z).float() - source
+    d = torch.nn.functional.avg_pool2d(diff.abs().mean(1, keepdim=True), 3, 1, 1)
+    # scale by the largest difference, but never below 1e-4 of the prediction's own size: equal
+    # prompts (differences at float rounding) give an empty mask, not amplified noise
+    floor = 1e-4 * source.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    d = d / torch.maximum(d.amax(dim=(2, 3), keepdim=True), floor).clamp_min(1e-12)
+    return torch.nn.functional.max_pool2d((d > threshold).float(), 3, 1, 1)
+
+
 def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, guidance: float,
-                negative_prompt: Optional[str], decode: bool, progress: bool):
+                negative_prompt: Optional[str], decode: bool, progress: bool,
+                mask_threshold: Optional[float] = None):
     setup = inversion.setup
+    traj = inversion.trajectory
     latents, images, decode_time = [], [], 0.0
     for target in targets:
         with torch.no_grad():
             cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
-        z = sample(setup, inversion.trajectory[start], start=start, cond=cond, progress=progress)
+        if mask_threshold is None:
+            z = sample(setup, traj[start], start=start, cond=cond, progress=progress)
+        else:  # outside the mask, every step lands back on the inverted trajectory
+            mask = local_edit_mask(setup, traj[start].float(), start, cond, mask_threshold)
+            z = traj[start].float()
+            for j in range(start, len(setup.schedule)):
+                z = sample(setup, z, start=j, stop=j + 1, cond=cond)
+                z = mask * z + (1 - mask) * traj[j + 1].float()
         latents.append(z)
         if decode:
             t1 = time.perf_counter()
@@ -239,7 +275,7 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
 
 
 def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, guidance_scale: float,
-               negative_prompt: Optional[str] = None, decode: bool = True,
+               negative_prompt: Optional[str] = None, mask_threshold: Optional[float] = None, decode: bool = True,
                progress: bool = False) -> tuple[list[Tensor], list[Tensor]]:
     """The second half of ``edit``: re-run the last ``strength`` of ``inversion``'s schedule per target.
 
@@ -251,7 +287,7 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     targets = _as_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
     latents, images, _ = _regenerate(inversion, targets, start, float(guidance_scale), negative_prompt, decode,
-                                     progress)
+                                     progress, _check_mask_threshold(mask_threshold))
     return latents, images
 
 
@@ -294,6 +330,7 @@ def edit(
     options: Any = None,
     negative_prompt: Optional[str] = None,
     guide_from_source: Optional[bool] = None,
+    mask_threshold: Optional[float] = None,
     encode_adjust: Optional[float] = DEFAULT_ENCODE_ADJUST,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
@@ -312,6 +349,11 @@ def edit(
     regeneration only): ``e = e(source) + w (e(target) - e(source))``.  Where the two prompts agree
     the update is the exact inversion's own, so unchanged content follows the reconstruction path.
     ``None`` takes ``edit_defaults(pipe)``; an explicit ``negative_prompt`` takes precedence.
+
+    ``mask_threshold`` (e.g. 0.3): a local edit.  A mask of where the target and source predictions
+    differ (``local_edit_mask``, as in DiffEdit) is taken at the first re-run step, and after every
+    step the latent outside it is put back on the inverted trajectory, so unchanged content is the
+    inversion's (exact with an exact inversion).  ``None``: off.
     """
     _check_prompt(source_prompt, "source prompt")
     targets = _as_list(target_prompts, "target prompt")
@@ -319,6 +361,7 @@ def edit(
     strength = _check_strength(defaults["strength"] if strength is None else strength)
     target_guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
     guide_from_source = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
+    mask_threshold = _check_mask_threshold(mask_threshold)
     _check_steps(num_inference_steps)
     encode_adjust = _check_adjust(encode_adjust)
     adapter = adapter_for(pipe)
@@ -350,7 +393,7 @@ def edit(
     t0 = time.perf_counter()
     regen_negative = source_prompt if guide_from_source and negative_prompt is None else negative_prompt
     latents, images, decode_time = _regenerate(inversion, targets, start, target_guidance, regen_negative,
-                                               decode, progress)
+                                               decode, progress, mask_threshold)
     timings["regenerate"] = time.perf_counter() - t0 - decode_time
     timings["decode"] = decode_time
     timings["total"] = time.perf_counter() - t_total
@@ -361,6 +404,7 @@ def edit(
         "target_prompts": targets,
         "negative_prompt": negative_prompt,
         "guide_from_source": guide_from_source,
+        "mask_threshold": mask_threshold,
         "strength": strength,
         "start_step": start,
         "rerun_steps": rerun,

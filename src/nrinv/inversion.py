@@ -112,12 +112,12 @@ def _model_fn(setup: Setup, step: AffineStep, cond: Conditioning):
 
 
 def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioning] = None,
-           progress: bool = False) -> Tensor:
-    """Run sampler steps ``start .. N-1`` from ``z`` (exactly the stock pipeline's loop)."""
+           progress: bool = False, stop: Optional[int] = None) -> Tensor:
+    """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop)."""
     cond = cond or setup.cond
     z = z.float()
     with torch.no_grad():
-        for step in tqdm(setup.schedule.steps[start:], desc="sampling", disable=not progress, leave=False):
+        for step in tqdm(setup.schedule.steps[start:stop], desc="sampling", disable=not progress, leave=False):
             z = step.apply(z, _model_fn(setup, step, cond)(z))
     return z
 

@@ -23,7 +23,7 @@ from .world import (
 )
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
-DEFAULT_GUIDANCE = 4.0
+DEFAULT_GUIDANCE = 5.5  # generation default: shape accuracy was highest at 5.5 on both held-out caption sets (README)
 DEFAULT_STEPS = 20
 IMAGE_SIZE = 64
 

@@ -47,17 +47,17 @@ def vae_heldout_psnr(vae, n=200, seed0=VAE_VAL_SEED0):
 
 
 def evaluate_model(model_dir=None, n=200, guidances=None, steps=20, seed=0, log=print, write=None,
-                   grid_dir=None):
+                   grid_dir=None, caption_seed0=EVAL_SEED0):
     from . import DEFAULT_GUIDANCE, MODEL_DIR, load_pipeline
 
     t0 = time.time()
     model_dir = Path(model_dir) if model_dir else MODEL_DIR
     pipe = load_pipeline(model_dir=model_dir)
     guidances = list(guidances) if guidances else [DEFAULT_GUIDANCE]
-    scenes = [sample_scene(EVAL_SEED0 + i) for i in range(n)]
+    scenes = [sample_scene(caption_seed0 + i) for i in range(n)]
     caps = [s.caption() for s in scenes]
     truths = [s.as_dict() for s in scenes]
-    res = {"n_captions": n, "steps": steps, "scheduler": "DDIM", "caption_seed0": EVAL_SEED0, "by_guidance": {}}
+    res = {"n_captions": n, "steps": steps, "scheduler": "DDIM", "caption_seed0": caption_seed0, "by_guidance": {}}
     for g in guidances:
         imgs = generate_images(pipe, caps, steps=steps, guidance=g, seed=seed)
         acc = score(judge_batch(imgs), truths)
@@ -88,6 +88,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--write", action="store_true", help="write metrics.json into the model folder")
     p.add_argument("--grid-dir", default=None)
+    p.add_argument("--caption-seed0", type=int, default=EVAL_SEED0,
+                   help=f"first scene seed of the held-out captions (default {EVAL_SEED0}, the gate set)")
+    p.add_argument("--seed", type=int, default=0, help="generation noise seed")
     a = p.parse_args(argv)
     import torch
 
@@ -95,8 +98,8 @@ def main(argv=None):
     from . import MODEL_DIR
 
     mdir = Path(a.model) if a.model else MODEL_DIR
-    res = evaluate_model(mdir, a.n, a.guidance, a.steps, write=(mdir / "metrics.json") if a.write else None,
-                         grid_dir=a.grid_dir)
+    res = evaluate_model(mdir, a.n, a.guidance, a.steps, seed=a.seed, write=(mdir / "metrics.json") if a.write else None,
+                         grid_dir=a.grid_dir, caption_seed0=a.caption_seed0)
     print(json.dumps(res, indent=1))
 
 
