@@ -76,9 +76,8 @@ class Runner:
         for idx, item in enumerate(items):
             inv = self.invert(method, idx, item)
             t0 = time.perf_counter()
-            negative = item["source_caption"] if self.guide_from_source else None
             _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=guidance,
-                                           negative_prompt=negative)
+                                           guide_from_source=self.guide_from_source)
             imgs.append(to_uint8(images[0]))
             rows.append({"time_s": inv.settings["bench_time_s"] + time.perf_counter() - t0, "nfe": inv.nfe})
         for row, img, item, (read, _) in zip(rows, imgs, items, judge_confident(imgs)):

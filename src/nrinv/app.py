@@ -92,8 +92,8 @@ class EditorApp:
                 f"reconstruction PSNR {quality:.2f} dB")
         from .editing import edit_defaults
 
-        guide = edit_defaults(pipe)["guide_from_source"]  # the edit contrasts target with source prompt
-        state = {"model": model, "result": result, "source": img, "negative": source_prompt if guide else None}
+        state = {"model": model, "result": result, "source": img,
+                 "guide_from_source": edit_defaults(pipe)["guide_from_source"]}
         return to_pil(rec), info, state
 
     def edit(self, target_prompt, strength, guidance, state):
@@ -109,7 +109,8 @@ class EditorApp:
             t0 = time.perf_counter()
             with self.lock:
                 _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
-                                       guidance_scale=float(guidance), negative_prompt=state.get("negative"))
+                                       guidance_scale=float(guidance),
+                                       guide_from_source=state.get("guide_from_source", False))
             seconds = time.perf_counter() - t0
         except (InputError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None

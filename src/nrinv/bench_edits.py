@@ -27,9 +27,14 @@ EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method",
                 "wall_s"]
 
 
+def _flag(value: Any) -> bool:
+    """A boolean column as written (``True``) or read back from the CSV (``"True"``)."""
+    return str(value) in ("True", "1", "true")
+
+
 def _key(row: dict) -> tuple:
     return (int(row["item"]), row["method"], int(row["iterations"]), int(row["steps"]), float(row["strength"]),
-            float(row["guidance"]), str(row["guide_from_source"]) in ("True", "1", "true"))
+            float(row["guidance"]), _flag(row["guide_from_source"]))
 
 
 def run_edit_bench(
@@ -88,7 +93,7 @@ def run_edit_bench(
         t0 = time.perf_counter()
         inv = invert(pipe, item["source_image"], item["source_caption"], **kwargs)
         _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance,
-                                       negative_prompt=item["source_caption"] if contrast else None)
+                                       guide_from_source=contrast)
         wall = time.perf_counter() - t0
         edited = as_numpy(images[0][0])
         as_uint8 = (edited * 255).round().astype(np.uint8)
@@ -112,7 +117,7 @@ def summarize_edits(rows: Sequence[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (r["method"], int(r["iterations"]), float(r["strength"]), float(r["guidance"]),
-               str(r["guide_from_source"]) in ("True", "1", "true"))
+               _flag(r["guide_from_source"]))
         groups.setdefault(key, []).append(r)
     out = []
     for (method, its, strength, guidance, contrast), rs in sorted(groups.items()):

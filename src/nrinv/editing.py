@@ -250,9 +250,11 @@ def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, 
 
 def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, guidance: float,
                 negative_prompt: Optional[str], decode: bool, progress: bool,
-                mask_threshold: Optional[float] = None):
+                mask_threshold: Optional[float] = None, guide_from_source: bool = False):
     setup = inversion.setup
     traj = inversion.trajectory
+    if guide_from_source and negative_prompt is None:  # contrast with the prompt the image was inverted with
+        negative_prompt = inversion.settings["prompt"]
     latents, images, decode_time = [], [], 0.0
     for target in targets:
         with torch.no_grad():
@@ -260,8 +262,8 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
         if mask_threshold is None:
             z = sample(setup, traj[start], start=start, cond=cond, progress=progress)
         else:  # outside the mask, every step lands back on the inverted trajectory
-            mask = local_edit_mask(setup, traj[start].float(), start, cond, mask_threshold)
             z = traj[start].float()
+            mask = local_edit_mask(setup, z, start, cond, mask_threshold)
             for j in range(start, len(setup.schedule)):
                 z = sample(setup, z, start=j, stop=j + 1, cond=cond)
                 z = mask * z + (1 - mask) * traj[j + 1].float()
@@ -275,19 +277,21 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
 
 
 def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, guidance_scale: float,
-               negative_prompt: Optional[str] = None, mask_threshold: Optional[float] = None, decode: bool = True,
+               negative_prompt: Optional[str] = None, guide_from_source: bool = False,
+               mask_threshold: Optional[float] = None, decode: bool = True,
                progress: bool = False) -> tuple[list[Tensor], list[Tensor]]:
     """The second half of ``edit``: re-run the last ``strength`` of ``inversion``'s schedule per target.
 
     Returns ``(latents, images)`` (images empty when ``decode=False``).  Useful to sweep strength
-    and guidance over one inversion.
+    and guidance over one inversion.  ``guide_from_source`` and ``mask_threshold`` as in ``edit``
+    (the source prompt is the one ``inversion`` was made with).
     """
     if inversion.setup is None:
         raise InputError("this inversion result carries no setup; run nrinv.invert in this process")
     targets = _as_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
     latents, images, _ = _regenerate(inversion, targets, start, float(guidance_scale), negative_prompt, decode,
-                                     progress, _check_mask_threshold(mask_threshold))
+                                     progress, _check_mask_threshold(mask_threshold), guide_from_source)
     return latents, images
 
 
@@ -391,9 +395,8 @@ def edit(
     setup = inversion.setup
     start, rerun = start_step(len(setup.schedule), strength)
     t0 = time.perf_counter()
-    regen_negative = source_prompt if guide_from_source and negative_prompt is None else negative_prompt
-    latents, images, decode_time = _regenerate(inversion, targets, start, target_guidance, regen_negative,
-                                               decode, progress, mask_threshold)
+    latents, images, decode_time = _regenerate(inversion, targets, start, target_guidance, negative_prompt,
+                                               decode, progress, mask_threshold, guide_from_source)
     timings["regenerate"] = time.perf_counter() - t0 - decode_time
     timings["decode"] = decode_time
     timings["total"] = time.perf_counter() - t_total
