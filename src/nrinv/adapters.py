@@ -8,6 +8,7 @@ network runs in.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
@@ -137,17 +138,23 @@ class Adapter:
     def _vae_unscale(self, z: Tensor) -> Tensor:
         return z / self.pipe.vae.config.scaling_factor
 
+    def _vae_precision(self) -> contextlib.AbstractContextManager:
+        """The dtype the VAE runs in for encode/decode (as the stock pipeline runs it)."""
+        return contextlib.nullcontext(self.pipe.vae.dtype)
+
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32 (posterior mode, deterministic)."""
         vae = self.pipe.vae
-        x = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1)
-        latent = vae.encode(x).latent_dist.mode()
+        with self._vae_precision() as dtype:
+            x = (images.to(device=vae.device, dtype=dtype) * 2 - 1)
+            latent = vae.encode(x).latent_dist.mode()
         return self._vae_scale(latent.float())
 
     def decode(self, z: Tensor, size: tuple[int, int]) -> Tensor:
         """Scaled latents -> images (B, 3, H, W) in [0, 1], float32."""
         vae = self.pipe.vae
-        x = vae.decode(self._vae_unscale(z.float()).to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+        with self._vae_precision() as dtype:
+            x = vae.decode(self._vae_unscale(z.float()).to(device=vae.device, dtype=dtype), return_dict=False)[0]
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     # -- conditioning and the denoiser ----------------------------------------------------------
@@ -181,7 +188,8 @@ class StableDiffusionAdapter(Adapter):
         dim = self.network.config.time_cond_proj_dim
         if dim is None:
             return None
-        w = torch.tensor(guidance_scale - 1).repeat(1)
+        # computed on the CPU and then moved, as the stock pipeline computes it
+        w = torch.tensor([guidance_scale - 1.0], device="cpu")
         return self.pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=self.device, dtype=self.dtype)
 
     def conditioning(self, prompt, negative_prompt, guidance_scale, size):
@@ -214,7 +222,7 @@ class LatentConsistencyAdapter(StableDiffusionAdapter):
         if negative_prompt:
             raise ValueError("LatentConsistencyModelPipeline does not support negative prompts")
         pos, _ = self.pipe.encode_prompt(prompt, self.device, 1, False, None)
-        w = torch.tensor(guidance_scale - 1).repeat(1)
+        w = torch.tensor([guidance_scale - 1.0], device="cpu")  # as the stock pipeline: on the CPU, then moved
         emb = self.pipe.get_guidance_scale_embedding(w, embedding_dim=self.network.config.time_cond_proj_dim)
         cond = {"encoder_hidden_states": pos, "timestep_cond": emb.to(device=self.device, dtype=self.dtype)}
         return Conditioning(guidance_scale, False, cond, prompt=prompt)
@@ -224,6 +232,40 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
     """StableDiffusionXLPipeline, including SDXL-Turbo (Euler-ancestral, trailing spacing, guidance 0)."""
 
     family = "sdxl"
+
+    @contextlib.contextmanager
+    def _vae_precision(self):
+        """The stock SDXL pipelines run a float16 VAE with ``force_upcast`` in float32 (it overflows in
+        float16) and cast it back afterwards; so do we."""
+        vae = self.pipe.vae
+        if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae.to(dtype=torch.float32)
+            try:
+                yield torch.float32
+            finally:
+                vae.to(dtype=torch.float16)
+        else:
+            yield vae.dtype
+
+    def _latents_stats(self, like: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        cfg = self.pipe.vae.config
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        if mean is None or std is None:
+            return None
+        as_t = lambda v: torch.tensor(v, dtype=torch.float32, device="cpu").view(1, -1, 1, 1).to(like.device)
+        return as_t(mean), as_t(std)
+
+    def _vae_scale(self, latent):
+        stats = self._latents_stats(latent)
+        if stats is None:
+            return super()._vae_scale(latent)
+        return (latent - stats[0]) * self.pipe.vae.config.scaling_factor / stats[1]
+
+    def _vae_unscale(self, z):
+        stats = self._latents_stats(z)
+        if stats is None:
+            return super()._vae_unscale(z)
+        return z * stats[1] / self.pipe.vae.config.scaling_factor + stats[0]
 
     def default_settings(self):
         custom = getattr(self.pipe, "_nrinv_defaults", None)

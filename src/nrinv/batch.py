@@ -149,10 +149,10 @@ def invert_dir(
                 save_latent({"latent": res.latent, "pipeline_latents": res.pipeline_latents, "encoded": res.encoded},
                             {"nrinv": json.dumps(stats)}, latent_path)
                 save_json(stats, out / f"{path.stem}.json")
-                _append(manifest, {"file": path.name, "status": "done" if res.ok else "failed",
+                _append(manifest, {"file": path.name, "status": "done" if res.finite else "failed",
                                    "latent": latent_path.name, "nfe": res.nfe, "result_status": res.status.value,
-                                   **({} if res.ok else {"error": f"solver status {res.status.value}"})})
-                if res.ok:
+                                   **({} if res.finite else {"error": f"solver status {res.status.value}"})})
+                if res.finite:
                     summary.done.append(path.name)
                 else:
                     summary.failed[path.name] = f"solver status {res.status.value}"

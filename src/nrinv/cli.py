@@ -111,7 +111,7 @@ def cmd_invert(args) -> int:
     save_json(stats, sidecar, force=args.force)
     if not args.quiet:
         print(f"wrote {out} and {sidecar} ({result.status.value}, {result.nfe} NFE, {result.wall_time:.2f} s)")
-    if not result.ok:
+    if not result.finite:
         print(f"error: inversion ended with status {result.status.value}; see {sidecar}", file=sys.stderr)
         return 1
     return 0

@@ -138,7 +138,7 @@ def cmd_edit(args) -> int:
         save_json(record, _sidecar(png), force=args.force)
         if not args.quiet:
             print(f"wrote {png} ({result.target_prompts[i]!r})")
-    if not result.inversion.ok:
+    if not result.inversion.finite:
         print(f"warning: inversion ended with status {result.inversion.status.value}; see {_sidecar(pngs[0])}",
               file=sys.stderr)
     return 0

@@ -29,6 +29,7 @@ from .adapters import Adapter, adapter_for
 from .imageio import DEFAULT_MAX_PIXELS, ImageLike, InputError, load_image, to_tensor
 from .inversion import DEFAULT_METHOD, InversionResult, Setup, _model_fn, invert, prepare, sample
 from .metrics import image_psnr as psnr
+from .schedulers import draw_noise, seeded_generator
 
 __all__ = [
     "EditResult", "InterpolationResult", "SeedResult", "edit", "interpolate", "seed_from_images",
@@ -166,13 +167,21 @@ def _encode(adapter: Adapter, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
         return adapter.encode(pixels), size
 
 
-def _noise_like(shape: Sequence[int], seed: int) -> Tensor:
-    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
+def _helper_generator(seed: int, generator: Optional[torch.Generator]) -> torch.Generator:
+    """The generator of the noise nrinv draws itself (encoding adjustment, seed perturbations), on the
+    user's generator's device and decorrelated from the sampler's recorded noise of the same seed."""
+    if generator is not None:
+        return seeded_generator(generator.initial_seed() + _NOISE_SEED_OFFSET, generator.device)
+    return seeded_generator(int(seed) + _NOISE_SEED_OFFSET)
+
+
+def _noise_like(z: Tensor, generator: torch.Generator) -> Tensor:
+    return draw_noise(tuple(z.shape), generator, device=z.device, dtype=torch.float32)
 
 
 def _add_noise(scheduler: Any, z: Tensor, noise: Tensor, timestep: Tensor) -> Tensor:
     """Forward-noise ``z`` to ``timestep`` the way the scheduler's img2img pipeline does."""
-    t = torch.as_tensor(timestep).reshape(1)
+    t = timestep.reshape(1)
     if hasattr(scheduler, "add_noise"):  # DDIM, LCM, Euler, Euler-ancestral
         return scheduler.add_noise(z, noise, t).float()
     return scheduler.scale_noise(z, t, noise).float()  # flow matching: (1 - s) z + s noise
@@ -186,6 +195,7 @@ def adjust_encoding(
     *,
     strength: float = 0.05,
     seed: int = 0,
+    generator: Optional[torch.Generator] = None,
     size: Optional[tuple[int, int]] = None,
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
@@ -207,10 +217,11 @@ def adjust_encoding(
     rerun = max(1, round(strength * steps))
     start = steps - rerun
     setup = prepare(adapter, prompt, size=size, num_inference_steps=steps, guidance_scale=guidance_scale,
-                    seed=seed, negative_prompt=negative_prompt)
+                    seed=seed, negative_prompt=negative_prompt, generator=generator)
     scheduler = adapter.prepare_scheduler(steps, *size)
-    noise = _noise_like(encoded.shape, seed + _NOISE_SEED_OFFSET)
-    z = _add_noise(scheduler, encoded.float(), noise, scheduler.timesteps[start])
+    z = encoded.to(device=setup.schedule.device, dtype=torch.float32)
+    noise = _noise_like(z, _helper_generator(seed, generator))
+    z = _add_noise(scheduler, z, noise, scheduler.timesteps[start])
     return sample(setup, z, start=start)
 
 
@@ -328,6 +339,7 @@ def edit(
     guidance_scale: Optional[float] = None,
     method: str = DEFAULT_METHOD,
     seed: int = 0,
+    generator: Optional[torch.Generator] = None,
     num_inference_steps: Optional[int] = None,
     inversion_guidance: Optional[float] = None,
     max_iterations: Optional[int] = None,
@@ -381,7 +393,8 @@ def edit(
     adjusted = None
     if encode_adjust is not None:
         t0 = time.perf_counter()
-        adjusted = adjust_encoding(adapter, encoded, source_prompt, strength=encode_adjust, seed=seed, size=size,
+        adjusted = adjust_encoding(adapter, encoded, source_prompt, strength=encode_adjust, seed=seed,
+                                   generator=generator, size=size,
                                    num_inference_steps=num_inference_steps, guidance_scale=inversion_guidance,
                                    negative_prompt=negative_prompt)
         timings["encode_adjust"] = time.perf_counter() - t0
@@ -389,8 +402,9 @@ def edit(
     t0 = time.perf_counter()
     inversion = invert(adapter, None, source_prompt, latent=adjusted if adjusted is not None else encoded,
                        size=size, method=method, num_inference_steps=num_inference_steps,
-                       guidance_scale=inversion_guidance, seed=seed, negative_prompt=negative_prompt,
-                       options=options, max_iterations=max_iterations, progress=progress)
+                       guidance_scale=inversion_guidance, seed=seed, generator=generator,
+                       negative_prompt=negative_prompt, options=options, max_iterations=max_iterations,
+                       progress=progress)
     timings["invert"] = time.perf_counter() - t0
     setup = inversion.setup
     start, rerun = start_step(len(setup.schedule), strength)
@@ -452,6 +466,7 @@ def interpolate(
     n: int = 5,
     method: str = DEFAULT_METHOD,
     seed: int = 0,
+    generator: Optional[torch.Generator] = None,
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
     max_iterations: Optional[int] = None,
@@ -494,13 +509,14 @@ def interpolate(
     timings["encode"] = time.perf_counter() - t0
 
     common = dict(size=size, method=method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                  seed=seed, options=options, max_iterations=max_iterations, progress=progress)
+                  seed=seed, generator=generator, options=options, max_iterations=max_iterations, progress=progress)
     inversions = []
     t0 = time.perf_counter()
     for encoded, prompt in ((encoded_a, prompt_a), (encoded_b, prompt_b)):
         if encode_adjust is not None:
-            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, seed=seed, size=size,
-                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, seed=seed, generator=generator,
+                                      size=size, num_inference_steps=num_inference_steps,
+                                      guidance_scale=guidance_scale)
         inversions.append(invert(adapter, None, prompt, latent=encoded, **common))
     timings["invert"] = time.perf_counter() - t0
     inv_a, inv_b = inversions
@@ -560,6 +576,7 @@ def seed_from_images(
     n_samples: int = 4,
     spread: float = DEFAULT_SEED_SPREAD,
     seed: int = 0,
+    generator: Optional[torch.Generator] = None,
     method: str = DEFAULT_METHOD,
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
@@ -603,7 +620,8 @@ def seed_from_images(
     t0 = time.perf_counter()
     inversions = [invert(adapter, None, prompt, latent=z, size=size, method=method,
                          num_inference_steps=num_inference_steps, guidance_scale=inversion_guidance, seed=seed,
-                         options=options, max_iterations=max_iterations, progress=progress) for z in encoded]
+                         generator=generator, options=options, max_iterations=max_iterations, progress=progress)
+                  for z in encoded]
     timings["invert"] = time.perf_counter() - t0
 
     setup = inversions[0].setup
@@ -612,10 +630,10 @@ def seed_from_images(
     centroid = mean * (norm / float(mean.norm()))
     with torch.no_grad():
         cond = setup.adapter.conditioning(prompt, None, guidance, setup.size)
-    gen = torch.Generator().manual_seed(int(seed) + _NOISE_SEED_OFFSET)
+    gen = _helper_generator(seed, generator)
     noises = [centroid]
     for _ in range(1, n_samples):
-        fresh = torch.randn(centroid.shape, generator=gen, dtype=torch.float32)
+        fresh = _noise_like(centroid, gen)
         fresh = fresh * (norm / float(fresh.norm()))
         noises.append(slerp(centroid, fresh, spread))
 

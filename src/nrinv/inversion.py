@@ -41,7 +41,7 @@ class Setup:
     size: tuple[int, int]
     num_inference_steps: int
     guidance_scale: float
-    seed: int
+    seed: Optional[int]
 
 
 @dataclass
@@ -64,7 +64,14 @@ class InversionResult:
 
     @property
     def ok(self) -> bool:
-        return self.status.ok
+        """Every step converged (residual within the solver's rtol/atol)."""
+        return self.status is Status.CONVERGED
+
+    @property
+    def finite(self) -> bool:
+        """A usable answer: no step diverged or produced NaN/Inf (it may have stopped at its
+        iteration budget before converging)."""
+        return self.status.finite
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready summary: settings, per-step solver stats, totals."""
@@ -86,8 +93,10 @@ class Reconstruction:
 
 
 def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_steps: Optional[int] = None,
-            guidance_scale: Optional[float] = None, seed: int = 0, negative_prompt: Optional[str] = None) -> Setup:
-    """Adapter, probed schedule (with the recorded noise of ``seed``) and prompt conditioning."""
+            guidance_scale: Optional[float] = None, seed: Optional[int] = 0, negative_prompt: Optional[str] = None,
+            generator: Optional[torch.Generator] = None) -> Setup:
+    """Adapter, probed schedule (with the recorded noise of ``generator``, else of ``seed``) and prompt
+    conditioning."""
     adapter = adapter_for(pipe)
     defaults = adapter.default_settings()
     steps = int(defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
@@ -99,7 +108,10 @@ def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_step
     adapter.check_size(*size)
     scheduler = adapter.prepare_scheduler(steps, *size)
     shape = adapter.latent_shape(*size)
-    schedule = affine_schedule(scheduler, shape, seed=seed, step_kwargs=adapter.step_kwargs())
+    if generator is not None:
+        seed = None
+    schedule = affine_schedule(scheduler, shape, generator=generator, seed=seed, device=adapter.device,
+                               noise_dtype=adapter.dtype, step_kwargs=adapter.step_kwargs())
     with torch.no_grad():
         cond = adapter.conditioning(prompt, negative_prompt, guidance, size)
     return Setup(adapter, schedule, cond, size, steps, guidance, seed)
@@ -115,7 +127,7 @@ def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioni
            progress: bool = False, stop: Optional[int] = None) -> Tensor:
     """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop)."""
     cond = cond or setup.cond
-    z = z.float()
+    z = z.to(device=setup.schedule.device, dtype=torch.float32)
     with torch.no_grad():
         for step in tqdm(setup.schedule.steps[start:stop], desc="sampling", disable=not progress, leave=False):
             z = step.apply(z, _model_fn(setup, step, cond)(z))
@@ -139,6 +151,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
     ``(z_next - A z - C) / B`` at that step's answer), so the first iteration is already a corrector.
     """
     spec = get_solver(method)
+    precision = float(torch.finfo(setup.adapter.dtype).eps)
     implied: Optional[Tensor] = None
     steps = setup.schedule.steps
     trajectory: list[Tensor] = [encoded]
@@ -158,7 +171,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
         if warm_start and implied is not None and method != "ddim":
             start = step.fixed_point_map(z_next, implied)
         problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
-                          guidance_beta=step.guidance_beta)
+                          guidance_beta=step.guidance_beta, precision=precision)
         with grad_ctx():
             res = spec.fn(problem, solver_options)
         results.append(res)
@@ -225,6 +238,7 @@ def invert(
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
     seed: int = 0,
+    generator: Optional[torch.Generator] = None,
     negative_prompt: Optional[str] = None,
     options: Any = None,
     max_iterations: Optional[int] = None,
@@ -238,8 +252,9 @@ def invert(
     Give either ``image`` (path, PIL, array or (3, H, W) tensor in [0, 1]) or an already encoded
     ``latent`` (scaled, in the pipeline's latent layout, with ``size`` the image size).  ``method``
     names a solver of ``nrinv.SOLVERS``; ``options`` (dict or options dataclass) and
-    ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise that
-    ``torch.Generator().manual_seed(seed)`` gives the stock pipeline.  ``warm_start`` starts each
+    ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise the
+    stock pipeline draws with ``generator`` (a CPU or a GPU generator; read, not advanced: pass the
+    same one, or one seeded the same, to the pipeline), else with ``torch.Generator().manual_seed(seed)``.  ``warm_start`` starts each
     step from the model output implied by the previous step (no extra network call; not for ``ddim``);
     ``None`` turns it on exactly when no classifier-free guidance is used.
     """
@@ -257,13 +272,13 @@ def invert(
         with torch.no_grad():
             encoded = adapter.encode(pixels)
     else:
-        encoded = latent.detach().float()
+        encoded = latent.detach().to(device=adapter.device, dtype=torch.float32)
         if size is None:
             size = adapter.default_size()
     encode_time = time.perf_counter() - t0
 
     setup = prepare(pipe, prompt, size=size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
     expected = setup.adapter.latent_shape(*size, batch=encoded.shape[0])
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
@@ -313,6 +328,7 @@ def invert_batch(
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
     seed: int = 0,
+    generator: Optional[torch.Generator] = None,
     negative_prompt: Optional[str] = None,
     options: Any = None,
     max_iterations: Optional[int] = None,
@@ -347,7 +363,7 @@ def invert_batch(
     encode_time = time.perf_counter() - t0
 
     setup = prepare(pipe, prompts[0], size=size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
     with torch.no_grad():
         conds = [setup.cond] + [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size)
                                 for p in prompts[1:]]
@@ -357,7 +373,8 @@ def invert_batch(
 
     out = []
     for i, prompt in enumerate(prompts):
-        single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale, seed)
+        single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale,
+                       setup.seed)
         latent = trajectory[0][i:i + 1]
         settings = dict(_settings(setup, method, solver_options, prompt, negative_prompt, notes[i]),
                         batch_size=len(prompts))

@@ -8,9 +8,11 @@ with scalars ``A_i, B_i`` (the input scaling ``s_i`` is ``scale_model_input``) a
 (zero for DDIM / Euler / flow, the ancestral or LCM noise term otherwise).  The coefficients are
 measured by calling the stock scheduler's ``step`` on probe inputs with its state saved and
 restored, so inversion follows the scheduler exactly rather than re-deriving its formulas.  The
-noise is drawn exactly as the stock pipeline draws it from ``torch.Generator().manual_seed(seed)``
-(one draw per step, in step order, inside ``scheduler.step``): we replay the sampler's calls on
-dummy inputs and keep the generator state before each step.
+noise is the noise the stock pipeline draws with the same ``generator`` (one draw per step, in step
+order, inside ``scheduler.step``, on the generator's device and in the dtype the pipeline's model
+output has): we replay the sampler's calls on zero inputs with a copy of the generator, so the
+user's generator is read, never advanced.  Probes run on the latent's device; everything the
+schedule holds lives there.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["AffineStep", "Schedule", "affine_schedule", "SUPPORTED_SCHEDULERS", "UnsupportedSchedulerError"]
+__all__ = ["AffineStep", "Schedule", "affine_schedule", "SUPPORTED_SCHEDULERS", "UnsupportedSchedulerError",
+           "seeded_generator", "copy_generator", "draw_noise"]
 
 # scheduler class name -> guidance family of GNRI's G (see solvers.py)
 SUPPORTED_SCHEDULERS = {
@@ -68,6 +71,7 @@ class Schedule:
     init_noise_sigma: float = 1.0
     scheduler_name: str = ""
     seed: Optional[int] = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -101,44 +105,84 @@ def _vp_alpha(scheduler: Any, t: Tensor) -> float:
     return float(ac[int(t)])
 
 
+def seeded_generator(seed: int, device: Any = "cpu") -> torch.Generator:
+    """``torch.Generator(device).manual_seed(seed)``: what ``seed=`` means everywhere in nrinv (a CPU
+    generator, the diffusers convention for reproducible noise across machines)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def copy_generator(generator: torch.Generator) -> torch.Generator:
+    """A new generator on ``generator``'s device in the same state (the original is not advanced)."""
+    g = torch.Generator(device=generator.device)
+    g.set_state(generator.get_state())
+    return g
+
+
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator, *, device: Any, dtype: torch.dtype) -> Tensor:
+    """Gaussian noise as diffusers' ``randn_tensor`` draws it: on the generator's device (a CPU generator
+    for a GPU tensor draws on the CPU, then moves), in ``dtype``; advances ``generator``."""
+    device = torch.device(device)
+    if generator.device.type != device.type and generator.device.type != "cpu":
+        raise ValueError(f"cannot draw {device} noise from a {generator.device.type} generator; "
+                         f"use a CPU generator or one on {device}")
+    draw_device = generator.device if generator.device.type != device.type else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+def _default_device(scheduler: Any) -> torch.device:
+    timesteps = getattr(scheduler, "timesteps", None)
+    return timesteps.device if isinstance(timesteps, Tensor) else torch.device("cpu")
+
+
 def affine_schedule(
     scheduler: Any,
     latent_shape: tuple[int, ...],
     *,
+    generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
+    device: Any = None,
+    noise_dtype: torch.dtype = torch.float32,
     step_kwargs: Optional[dict] = None,
     check: bool = True,
 ) -> Schedule:
     """Probe a scheduler whose ``set_timesteps`` was already called as its pipeline calls it.
 
-    ``seed`` is required for stochastic samplers (Euler-ancestral, LCM); ``step_kwargs`` are the
-    extra keyword arguments the pipeline passes to ``step`` (e.g. ``eta``).
+    Stochastic samplers (Euler-ancestral, LCM) need the noise: ``generator`` (CPU or on ``device``;
+    read, not advanced) or ``seed`` (a CPU generator seeded so, the diffusers convention).
+    ``noise_dtype`` is the dtype of the pipeline's model output (the network dtype): diffusers draws
+    the step noise in it, and a float16 draw differs from a float32 one.  ``device`` is where the
+    probes run and the schedule's tensors live (default: the scheduler's timesteps' device).
+    ``step_kwargs`` are the extra keyword arguments the pipeline passes to ``step`` (e.g. ``eta``).
     """
     family = _scheduler_family(scheduler)
     sched = copy.deepcopy(scheduler)
     step_kwargs = dict(step_kwargs or {})
-    # Without a seed a generator still replays the steps, to find out whether the sampler draws noise.
-    generator = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
-    zeros = torch.zeros(latent_shape, dtype=torch.float32)
-    ones = torch.ones(latent_shape, dtype=torch.float32)
-    probe_gen = torch.Generator().manual_seed(1234)
-    z_rand = torch.randn(latent_shape, generator=probe_gen)
-    m_rand = torch.randn(latent_shape, generator=probe_gen)
+    device = torch.device(device) if device is not None else _default_device(scheduler)
+    if generator is None:
+        # Without one a generator still replays the steps, to find out whether the sampler draws noise.
+        generator = seeded_generator(seed if seed is not None else 0)
+        user_noise = seed is not None
+    else:
+        generator = copy_generator(generator)
+        user_noise = True
+    f32 = dict(dtype=torch.float32, device=device)
+    zeros, ones = torch.zeros(latent_shape, **f32), torch.ones(latent_shape, **f32)
+    probe_gen = seeded_generator(1234)
+    z_rand = draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32)
+    m_rand = draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32)
     timesteps = list(sched.timesteps)
 
     steps: list[AffineStep] = []
     noises: list[Optional[Tensor]] = []
     for i, t in enumerate(timesteps):
         snapshot = copy.deepcopy(sched)
-        gen_state = generator.get_state() if generator is not None else None
+        gen_state = generator.get_state()
 
         def run(z: Tensor, m: Tensor) -> Tensor:
             s = copy.deepcopy(snapshot)
             _scale_input(s, z, t)
-            g = None
-            if gen_state is not None:
-                g = torch.Generator()
-                g.set_state(gen_state)
+            g = torch.Generator(device=generator.device)
+            g.set_state(gen_state)
             return s.step(m, t, z, generator=g, return_dict=False, **step_kwargs)[0].float()
 
         const = run(zeros, zeros)
@@ -158,16 +202,22 @@ def affine_schedule(
         scale = float(_scale_input(copy.deepcopy(snapshot), ones, t).float().mean())
 
         # Advance the real sampler state (and the generator) by one stock step.
-        before = generator.get_state().clone() if generator is not None else None
+        before = generator.get_state().clone()
         _scale_input(sched, zeros, t)
         sched.step(zeros, t, zeros, generator=generator, return_dict=False, **step_kwargs)
         noise = None
-        if generator is not None and not torch.equal(before, generator.get_state()):
-            g = torch.Generator()
+        if not torch.equal(before, generator.get_state()):
+            if not user_noise:
+                raise ValueError(f"{type(sched).__name__} draws noise in its step: pass a seed or a generator "
+                                 "to record it")
+            g = torch.Generator(device=generator.device)
             g.set_state(before)
-            noise = torch.randn(latent_shape, generator=g, dtype=torch.float32)
-        if noise is not None and seed is None:
-            raise ValueError(f"{type(sched).__name__} draws noise in its step: pass a seed to record it")
+            noise = draw_noise(latent_shape, g, device=device, dtype=noise_dtype).float()
+            if noise_dtype != torch.float32:
+                # The stock pipeline calls ``step`` with the network's dtype, and the step draws its
+                # noise in that dtype: the noise term is read off such a call.
+                low = dict(dtype=noise_dtype, device=device)
+                const = run(torch.zeros(latent_shape, **low), torch.zeros(latent_shape, **low))
         noises.append(noise)
 
         if family == "vp":
@@ -184,7 +234,7 @@ def affine_schedule(
         steps.append(
             AffineStep(
                 index=i,
-                timestep=t,
+                timestep=t.to(device),
                 A=a,
                 B=b,
                 C=None if float(const.abs().max()) == 0 else const,
@@ -199,4 +249,5 @@ def affine_schedule(
         init_noise_sigma=float(getattr(scheduler, "init_noise_sigma", 1.0)),
         scheduler_name=type(scheduler).__name__,
         seed=seed,
+        device=device,
     )

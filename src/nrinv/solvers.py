@@ -45,18 +45,28 @@ class Status(str, enum.Enum):
     NONFINITE = "nonfinite"
 
     @property
-    def ok(self) -> bool:
+    def finite(self) -> bool:
+        """A usable answer: converged, or stopped at the iteration budget (no divergence, no NaN/Inf)."""
         return self in (Status.CONVERGED, Status.MAX_ITERATIONS)
+
+    @property
+    def converged(self) -> bool:
+        return self is Status.CONVERGED
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One implicit step: find ``z`` with ``z = fn(z)``, starting from ``z0``."""
+    """One implicit step: find ``z`` with ``z = fn(z)``, starting from ``z0``.
+
+    ``precision`` is the relative rounding error of one evaluation of ``fn`` (the network dtype's
+    machine epsilon): finite-difference Jacobian products size their step from it.
+    """
 
     fn: Callable[[Tensor], Tensor]
     z0: Tensor
     guidance_mean: Optional[Tensor] = None
     guidance_beta: float = 1.0
+    precision: float = float(torch.finfo(torch.float32).eps)
 
 
 @dataclass
@@ -65,8 +75,13 @@ class SolveResult:
     status: Status
     iterations: int
     nfe: int
-    residual_norms: list[float] = field(default_factory=list)
+    #: per evaluation, the worst sample's rms residual; kept on the solver's device until read
+    residual_history: Tensor = field(default_factory=lambda: torch.zeros(0))
     grad_evals: int = 0
+
+    @property
+    def residual_norms(self) -> list[float]:
+        return [float(x) for x in self.residual_history.tolist()]
 
     def to_dict(self) -> dict:
         return {
@@ -74,7 +89,7 @@ class SolveResult:
             "iterations": self.iterations,
             "nfe": self.nfe,
             "grad_evals": self.grad_evals,
-            "residual_norms": [float(x) for x in self.residual_norms],
+            "residual_norms": self.residual_norms,
         }
 
 
@@ -91,10 +106,16 @@ class SolverOptions(Options):
     rtol: float = 1e-4
     atol: float = 1e-6
     divergence_factor: float = 1e3
+    #: test convergence / divergence / NaN every ``check_every`` iterations (and after the last);
+    #: each test is one read of the device by the host, so on a GPU a larger value keeps the
+    #: network calls queued back to back
+    check_every: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+        if not isinstance(self.max_iterations, int) or isinstance(self.max_iterations, bool) or self.max_iterations < 1:
             raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
+        if not isinstance(self.check_every, int) or self.check_every < 1:
+            raise ValueError(f"check_every must be an integer >= 1, got {self.check_every!r}")
         if self.rtol < 0 or self.atol < 0:
             raise ValueError("rtol and atol must be >= 0")
         if self.divergence_factor <= 1:
@@ -161,12 +182,15 @@ class NewtonKrylovOptions(SolverOptions):
     """Newton on r(z) = 0, each linear solve (I - J_f) dz = -r by GMRES with ``krylov_dim`` products.
 
     ``jvp="fd"`` takes J_f v by a forward difference (one extra NFE each); ``"autograd"`` by
-    forward-mode differentiation through the network (``torch.func.jvp``).
+    forward-mode differentiation through the network (``torch.func.jvp``).  ``fd_eps`` is the
+    difference step relative to the iterate's size; ``None`` sizes it for the network's precision:
+    ``max(1e-3, 2 sqrt(eps))`` (1e-3 in float32, 0.0625 in float16, 0.18 in bfloat16), since a step
+    below the rounding of the network's inputs measures rounding, not the Jacobian.
     """
 
     krylov_dim: int = 2
     jvp: str = "fd"
-    fd_eps: float = 1e-3
+    fd_eps: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,6 +198,8 @@ class NewtonKrylovOptions(SolverOptions):
             raise ValueError("krylov_dim must be >= 1")
         if self.jvp not in ("fd", "autograd"):
             raise ValueError(f"jvp must be 'fd' or 'autograd', got {self.jvp!r}")
+        if self.fd_eps is not None and not self.fd_eps > 0:
+            raise ValueError(f"fd_eps must be > 0 (or None: sized for the network's precision), got {self.fd_eps!r}")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -191,12 +217,17 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a.flatten(1).double() * b.flatten(1).double()).sum(1)
 
 
-class _NonFinite(Exception):
-    pass
+def _finite_or_inf(rms: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(rms), rms, torch.full_like(rms, float("inf")))
 
 
 class _Tracker:
-    """Bookkeeping shared by the solvers: NFE, residual history, best iterate, stopping tests."""
+    """Bookkeeping shared by the solvers: NFE, residual history, best iterate, stopping tests.
+
+    Everything stays on the device: the host reads it once per stopping test (``check``), as one
+    small tensor of flags, and once at the end.  A non-finite evaluation is never offered as the
+    answer; it is reported as ``Status.NONFINITE`` at the next test.
+    """
 
     def __init__(self, problem: Problem, options: SolverOptions):
         self.problem = problem
@@ -204,31 +235,38 @@ class _Tracker:
         self.nfe = 0
         self.grad_evals = 0
         self.iterations = 0
-        self.norms: list[float] = []
+        self.norms: list[Tensor] = []
         self.first: Optional[Tensor] = None
         self.best_z: Tensor = problem.z0
         self.best_rms: Optional[Tensor] = None
+        self.nonfinite: Optional[Tensor] = None
 
     def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """f(z), r(z) and rms(r) per sample; raises on NaN/Inf."""
+        """f(z), r(z) and rms(r) per sample."""
         fz = self.problem.fn(z)
         self.nfe += 1
         return (fz,) + self.record(z, fz)
 
     def record(self, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
-        if not torch.isfinite(fz).all():
-            raise _NonFinite
         self.iterations += 1
         r = z - fz
         rms = _rms(r.detach())
-        self.norms.append(float(rms.max()))
+        bad = ~torch.isfinite(rms)
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+        self.norms.append(rms.max())
         if self.first is None:
             self.first = rms
         return r, rms
 
+    def flag_nonfinite(self, x: Tensor) -> None:
+        """Mark the samples of ``x`` holding NaN/Inf (e.g. a Jacobian product) as non-finite."""
+        bad = ~torch.isfinite(x.detach().flatten(1)).all(1)
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+
     def offer(self, candidate: Tensor, rms: Tensor) -> None:
-        """Keep, per sample, the candidate with the smallest residual."""
+        """Keep, per sample, the finite candidate with the smallest residual."""
         candidate = candidate.detach()
+        rms = _finite_or_inf(rms)
         if self.best_rms is None:
             self.best_z, self.best_rms = candidate, rms
             return
@@ -236,72 +274,69 @@ class _Tracker:
         self.best_z = torch.where(_bview(better, candidate), candidate, self.best_z)
         self.best_rms = torch.where(better, rms, self.best_rms)
 
-    def converged(self, rms: Tensor, z: Tensor) -> bool:
+    def due(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (0-based) ends with a stopping test."""
         o = self.options
-        return bool((rms <= o.atol + o.rtol * _rms(z.detach())).all())
+        return (iteration + 1) % o.check_every == 0 or iteration + 1 >= o.max_iterations
 
-    def diverged(self, rms: Tensor) -> bool:
-        assert self.first is not None
-        return bool((rms > self.options.divergence_factor * self.first.clamp_min(1e-30)).any())
+    def check(self, rms: Tensor, z: Tensor) -> Optional[Status]:
+        """The stopping test: one host read of (converged, diverged, non-finite)."""
+        o = self.options
+        assert self.first is not None and self.nonfinite is not None
+        converged = (rms <= o.atol + o.rtol * _rms(z.detach())).all()
+        diverged = (rms > o.divergence_factor * self.first.clamp_min(1e-30)).any()
+        flags = torch.stack([self.nonfinite.any(), diverged, converged]).tolist()
+        if flags[0]:
+            return Status.NONFINITE
+        if flags[1]:
+            return Status.DIVERGED
+        if flags[2]:
+            return Status.CONVERGED
+        return None
 
     def result(self, status: Status, z: Optional[Tensor] = None) -> SolveResult:
-        return SolveResult(
-            z=(self.best_z if z is None else z).detach(),
-            status=status,
-            iterations=self.iterations,
-            nfe=self.nfe,
-            residual_norms=self.norms,
-            grad_evals=self.grad_evals,
-        )
+        if status is Status.NONFINITE or z is None:
+            z = self.best_z
+        history = torch.stack(self.norms) if self.norms else self.best_z.new_zeros(0)
+        return SolveResult(z=z.detach(), status=status, iterations=self.iterations, nfe=self.nfe,
+                           residual_history=history.detach(), grad_evals=self.grad_evals)
 
 
-def _guarded(body: Callable[[Problem, SolverOptions, _Tracker], SolveResult]):
-    """Run a solver body; a NaN/Inf anywhere becomes Status.NONFINITE with the best finite iterate."""
+def _solver(body: Callable[[Problem, SolverOptions, _Tracker], SolveResult]):
+    """Wrap a solver body ``body(problem, options, tracker)`` as ``solver(problem, options)``."""
 
     def solver(problem: Problem, options: SolverOptions) -> SolveResult:
-        tracker = _Tracker(problem, options)
-        try:
-            return body(problem, options, tracker)
-        except _NonFinite:
-            return tracker.result(Status.NONFINITE)
+        return body(problem, options, _Tracker(problem, options))
 
     solver.__name__ = body.__name__
     solver.__doc__ = body.__doc__
     return solver
 
 
-def _stop(tracker: _Tracker, rms: Tensor, z: Tensor) -> Optional[Status]:
-    if tracker.converged(rms, z):
-        return Status.CONVERGED
-    if tracker.diverged(rms):
-        return Status.DIVERGED
-    return None
-
-
 # ----------------------------------------------------------------------------------- solvers
-@_guarded
+@_solver
 def ddim(problem: Problem, options: SolverOptions, t: _Tracker) -> SolveResult:
     """DDIM inversion: ``z = f(z0)``, the model evaluated at the known latent (1 NFE, biased)."""
     fz, _, rms = t.evaluate(problem.z0)
     t.offer(fz, rms)
-    return t.result(Status.CONVERGED if t.converged(rms, problem.z0) else Status.MAX_ITERATIONS, fz)
+    status = t.check(rms, problem.z0)
+    return t.result(status or Status.MAX_ITERATIONS, fz)
 
 
-@_guarded
+@_solver
 def fixed_point(problem: Problem, options: SolverOptions, t: _Tracker) -> SolveResult:
     """Fixed-point iteration ``z <- f(z)`` (AIDI / ReNoise family); returns the best ``f(z^k)``."""
     z = problem.z0
-    for _ in range(options.max_iterations):
+    for k in range(options.max_iterations):
         fz, _, rms = t.evaluate(z)
         t.offer(fz, rms)
-        status = _stop(t, rms, z)
-        if status is not None:
+        if t.due(k) and (status := t.check(rms, z)) is not None:
             return t.result(status)
         z = fz
     return t.result(Status.MAX_ITERATIONS)
 
 
-@_guarded
+@_solver
 def renoise(problem: Problem, options: RenoiseOptions, t: _Tracker) -> SolveResult:
     """ReNoise: fixed point whose answer averages the last ``average_last`` evaluations of f.
 
@@ -311,14 +346,13 @@ def renoise(problem: Problem, options: RenoiseOptions, t: _Tracker) -> SolveResu
     z = problem.z0
     recent: list[Tensor] = []
     status = Status.MAX_ITERATIONS
-    for _ in range(options.max_iterations):
+    for k in range(options.max_iterations):
         fz, _, rms = t.evaluate(z)
         t.offer(fz, rms)
         recent = (recent + [fz.detach()])[-options.average_last:]
-        stop = _stop(t, rms, z)
-        if stop is Status.DIVERGED:
-            return t.result(stop)
-        if stop is Status.CONVERGED:
+        if t.due(k) and (stop := t.check(rms, z)) is not None:
+            if stop is not Status.CONVERGED:
+                return t.result(stop)
             status = stop
             break
         z = fz
@@ -328,7 +362,7 @@ def renoise(problem: Problem, options: RenoiseOptions, t: _Tracker) -> SolveResu
 def _guidance(problem: Problem, z: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     """lam * G(z) per sample and its gradient; zero when the problem has no guidance mean."""
     if problem.guidance_mean is None or lam == 0:
-        return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device), torch.zeros_like(z)
+        return z.new_zeros(z.shape[0]), torch.zeros_like(z)
     d = z - problem.guidance_mean
     norm = d.flatten(1).norm(dim=1)
     value = lam * norm / problem.guidance_beta
@@ -336,46 +370,45 @@ def _guidance(problem: Problem, z: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     return value, grad
 
 
-@_guarded
+@_solver
 def gnri(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResult:
     """Guided Newton-Raphson inversion in the published no-backprop form (Samuel et al. 2025, Eq. 9-11).
 
     Scalar objective ``F(z) = ||r(z)||_1 + lam G(z)``; Newton-Raphson on a scalar function of a
     vector, elementwise ``z <- z - (F / D) / (dF/dz + eta)``, with the Jacobian of f treated as 0 so
     ``d||r||_1/dz = sign(r)``.  Returns the ``f(z^k)`` whose iterate had the lowest residual.
+    With ``backtrack``, a sample whose objective grew goes back to its previous point with half
+    the previous step instead (per sample; no extra NFE).
     """
     z = problem.z0
     numel = z[0].numel()
-    previous: Optional[tuple[Tensor, Tensor, Tensor]] = None  # (z, objective, step) of the last accepted iterate
-    for _ in range(options.max_iterations):
+    previous: Optional[tuple[Tensor, Tensor, Tensor]] = None  # (point, objective, step) of the last accepted iterate
+    for k in range(options.max_iterations):
         fz, r, rms = t.evaluate(z)
         t.offer(fz, rms)
-        status = _stop(t, rms, z)
-        if status is not None:
+        if t.due(k) and (status := t.check(rms, z)) is not None:
             return t.result(status)
         g_value, g_grad = _guidance(problem, z, options.lam)
         objective = r.abs().flatten(1).sum(1) + g_value
-        if options.backtrack and previous is not None:
-            worse = objective > previous[1]
-            if bool(worse.any()):
-                half = _bview(worse, z)
-                step = torch.where(half, 0.5 * previous[2], previous[2])
-                z = torch.where(half, previous[0] - step, z)
-                previous = (previous[0], torch.where(worse, previous[1], objective), step)
-                if bool(worse.all()):
-                    continue
         slope = torch.sign(r) + g_grad
         # Elementwise Newton division F / (D dF/dz), regularised as slope / (slope^2 + eta): equal to
         # 1 / slope where |slope| >> sqrt(eta), bounded where the guidance gradient cancels sign(r).
         step = _bview(objective / numel, z) * slope / (slope * slope + options.eta)
         # sign(r) = 0 means that element already solves its equation: leave it in place.
         step = torch.where(r == 0, torch.zeros_like(step), step)
-        previous = (z, objective, step)
-        z = z - step
+        base = z
+        if options.backtrack and previous is not None:
+            worse = objective > previous[1]
+            wv = _bview(worse, z)
+            base = torch.where(wv, previous[0], z)
+            step = torch.where(wv, 0.5 * previous[2], step)
+            objective = torch.where(worse, previous[1], objective)
+        previous = (base, objective, step)
+        z = base - step
     return t.result(Status.MAX_ITERATIONS)
 
 
-@_guarded
+@_solver
 def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResult:
     """GNRI's objective with its exact gradient, back-propagated through the network.
 
@@ -384,7 +417,7 @@ def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResul
     ``grad F = sign(r)`` and this is exactly the published elementwise update of ``gnri``.
     """
     z = problem.z0.detach()
-    for _ in range(options.max_iterations):
+    for k in range(options.max_iterations):
         with torch.enable_grad():
             zr = z.detach().requires_grad_(True)
             fz = problem.fn(zr)
@@ -397,43 +430,45 @@ def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResul
         fz = fz.detach()
         _, rms = t.record(z, fz)
         t.offer(fz, rms)
-        status = _stop(t, rms, z)
-        if status is not None:
+        if t.due(k) and (status := t.check(rms, z)) is not None:
             return t.result(status)
-        if not torch.isfinite(grad).all():
-            raise _NonFinite
+        # a non-finite gradient makes the next iterate non-finite: caught at the next evaluation
         denom = grad.flatten(1).pow(2).sum(1) + options.eta
         z = z - _bview(objective.detach() / denom, z) * grad
     return t.result(Status.MAX_ITERATIONS)
 
 
-@_guarded
+@_solver
 def anderson(problem: Problem, options: AndersonOptions, t: _Tracker) -> SolveResult:
     """Anderson acceleration of ``z <- f(z)`` (Walker & Ni 2011, type II), per sample.
 
     ``g_k = f(z_k) - z_k``; gamma minimises ``||g_k - dG gamma||`` over the last ``history``
-    differences; ``z_{k+1} = z_k + beta g_k - (dZ + beta dG) gamma``.  The history restarts when the
-    residual jumps by ``restart_factor``.
+    differences; ``z_{k+1} = z_k + beta g_k - (dZ + beta dG) gamma``.  A sample's history restarts
+    when its residual jumps by ``restart_factor``.  The answer is the best evaluated ``f(z_k)`` or the
+    last extrapolation ``z_bar + g_bar`` (``z_bar = z_k - dZ gamma``, ``g_bar = g_k - dG gamma``, the
+    mixed point and its linearised residual), whichever has the smaller (predicted) residual: with
+    the extrapolation kept, the last iteration's mixing is not thrown away.
     """
     z = problem.z0
     beta = options.mixing
     d_z: list[Tensor] = []
     d_g: list[Tensor] = []
     prev: Optional[tuple[Tensor, Tensor, Tensor]] = None
-    for _ in range(options.max_iterations):
+    extrapolated: Optional[tuple[Tensor, Tensor]] = None
+    for k in range(options.max_iterations):
         fz, r, rms = t.evaluate(z)
         t.offer(fz, rms)
-        status = _stop(t, rms, z)
-        if status is not None:
+        if t.due(k) and (status := t.check(rms, z)) is not None:
             return t.result(status)
         g = -r
         if prev is not None:
             pz, pg, prms = prev
-            if bool((rms > options.restart_factor * prms).any()):
-                d_z, d_g = [], []
-            else:
-                d_z = (d_z + [(z - pz).flatten(1).double()])[-options.history:]
-                d_g = (d_g + [(g - pg).flatten(1).double()])[-options.history:]
+            # per sample: a residual jump clears that sample's history (its columns become zero)
+            keep = (rms <= options.restart_factor * prms)[:, None]  # False for NaN too
+            clear = lambda col: torch.where(keep, col, torch.zeros_like(col))
+            d_z = [clear(col) for col in d_z] + [clear((z - pz).flatten(1).double())]
+            d_g = [clear(col) for col in d_g] + [clear((g - pg).flatten(1).double())]
+            d_z, d_g = d_z[-options.history:], d_g[-options.history:]
         prev = (z, g, rms)
         if not d_g:
             z = z + beta * g
@@ -442,11 +477,24 @@ def anderson(problem: Problem, options: AndersonOptions, t: _Tracker) -> SolveRe
         dz = torch.stack(d_z, dim=2)
         gram = dg.transpose(1, 2) @ dg
         scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-        gram = gram + options.regularization * scale[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype)
-        gamma = torch.linalg.solve(gram, dg.transpose(1, 2) @ g.flatten(1).double()[:, :, None])
-        correction = ((dz + beta * dg) @ gamma).squeeze(2).to(z.dtype).reshape(z.shape)
-        z = z + beta * g - correction
+        eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
+        gram = gram + options.regularization * scale[:, None, None] * eye
+        rhs = dg.transpose(1, 2) @ g.flatten(1).double()[:, :, None]
+        # a NaN sample is already reported by the tracker; keep the solve itself well defined
+        gamma = torch.linalg.solve(torch.nan_to_num(gram), torch.nan_to_num(rhs))
+        z_bar = z - (dz @ gamma).squeeze(2).to(z.dtype).reshape(z.shape)
+        g_bar = g - (dg @ gamma).squeeze(2).to(z.dtype).reshape(z.shape)
+        z = z_bar + beta * g_bar
+        extrapolated = (z_bar + g_bar, _rms(g_bar))
+    if extrapolated is not None:
+        t.offer(*extrapolated)
     return t.result(Status.MAX_ITERATIONS)
+
+
+def _fd_step(problem: Problem, options: NewtonKrylovOptions) -> float:
+    if options.fd_eps is not None:
+        return options.fd_eps
+    return max(1e-3, 2.0 * problem.precision ** 0.5)
 
 
 def _jvp(problem: Problem, options: NewtonKrylovOptions, z: Tensor, fz: Tensor, v: Tensor) -> Tensor:
@@ -458,11 +506,11 @@ def _jvp(problem: Problem, options: NewtonKrylovOptions, z: Tensor, fz: Tensor, 
         with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             _, out = torch.func.jvp(problem.fn, (z,), (v,))
         return out.detach()
-    h = options.fd_eps * _bview(_rms(z).clamp_min(1.0) / _rms(v).clamp_min(1e-30), z)
+    h = _fd_step(problem, options) * _bview(_rms(z).clamp_min(1.0) / _rms(v).clamp_min(1e-30), z)
     return (problem.fn(z + h * v) - fz) / h
 
 
-@_guarded
+@_solver
 def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -> SolveResult:
     """Jacobian-free Newton-Krylov on ``r(z) = z - f(z) = 0`` (Knoll & Keyes 2004).
 
@@ -473,26 +521,24 @@ def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -
     z = problem.z0.detach()
     k_dim = options.krylov_dim
     last_estimate: Optional[tuple[Tensor, Tensor]] = None
-    for _ in range(options.max_iterations):
+    for k in range(options.max_iterations):
         fz, r, rms = t.evaluate(z)
         fz = fz.detach()
         t.offer(fz, rms)
-        status = _stop(t, rms, z)
-        if status is not None:
+        if t.due(k) and (status := t.check(rms, z)) is not None:
             return t.result(status)
         # GMRES on A dz = b, A v = v - J_f v, b = -r.
         b = -r.detach()
         beta0 = _rms(b) * (b[0].numel() ** 0.5)
         basis = [b / _bview(beta0.clamp_min(1e-30).to(b.dtype), b)]
-        hess = torch.zeros(z.shape[0], k_dim + 1, k_dim, dtype=torch.float64)
+        hess = z.new_zeros(z.shape[0], k_dim + 1, k_dim, dtype=torch.float64)
         for j in range(k_dim):
             jv = _jvp(problem, options, z, fz, basis[j])
             if options.jvp == "fd":
                 t.nfe += 1
             else:
                 t.grad_evals += 1
-            if not torch.isfinite(jv).all():
-                raise _NonFinite
+            t.flag_nonfinite(jv)
             w = basis[j] - jv
             for i in range(j + 1):
                 h_ij = _dot(w, basis[i])
@@ -501,8 +547,9 @@ def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -
             h_next = w.flatten(1).double().norm(dim=1)
             hess[:, j + 1, j] = h_next
             basis.append(w / _bview(h_next.clamp_min(1e-30).to(w.dtype), w))
-        rhs = torch.zeros(z.shape[0], k_dim + 1, 1, dtype=torch.float64)
+        rhs = z.new_zeros(z.shape[0], k_dim + 1, 1, dtype=torch.float64)
         rhs[:, 0, 0] = beta0.double()
+        hess = torch.nan_to_num(hess)  # a NaN product is reported by the tracker; keep lstsq defined
         y = torch.linalg.lstsq(hess, rhs).solution  # (B, k, 1)
         dz = sum(_bview(y[:, j, 0].to(z.dtype), z) * basis[j] for j in range(k_dim))
         predicted = (rhs - hess @ y).flatten(1).norm(dim=1) / (b[0].numel() ** 0.5)
