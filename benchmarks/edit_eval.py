@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nrinv  # noqa: E402
-from nrinv import editing  # noqa: E402
-from nrinv.inversion import DEFAULT_METHOD  # noqa: E402
+from nrinv.edit import editing  # noqa: E402
+from nrinv.core.inversion import DEFAULT_METHOD  # noqa: E402
 from nrinv.metrics import psnr  # noqa: E402
 from nrinv.shapes.editeval import judge_confident, score_edit  # noqa: E402
 
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         rows = []
         for idx, item in enumerate(items[: args.adjust_n]):
             src = item["source_image"]
-            pix = nrinv.imageio.to_tensor(nrinv.imageio.load_image(src))
+            pix = nrinv.io.images.to_tensor(nrinv.io.images.load_image(src))
             with torch.no_grad():
                 enc = adapter.encode(pix)
                 ceiling = pixel_psnr(to_uint8(adapter.decode(enc, (64, 64))), src)

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     import nrinv
-    from nrinv.bench import forward_time
+    from nrinv.bench.harness import forward_time
 
     if not args.tiny and not torch.cuda.is_available():
         print("no CUDA device: skipping (run with --tiny to check the code path on the CPU)")

@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 from skimage import data  # noqa: E402
 
 import nrinv  # noqa: E402
-from nrinv.oracle import OracleAdapter  # noqa: E402
+from nrinv.testing.oracle import OracleAdapter  # noqa: E402
 from nrinv.testing import tiny_pipeline  # noqa: E402
 
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ ITERS = (1, 2, 4)
 
 def oracle_rows(name, sched):
     adapter = OracleAdapter(sched, (1, 4, 4, 4), num_inference_steps=4)
-    setup = nrinv.inversion.prepare(adapter, "", size=(4, 4), seed=0)
+    setup = nrinv.core.inversion.prepare(adapter, "", size=(4, 4), seed=0)
     z_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * setup.schedule.init_noise_sigma
     x = nrinv.sample(setup, z_T)
     for method in nrinv.SOLVERS:

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import nrinv  # noqa: E402
-from nrinv.bench import load_image_set, machine_info, markdown_table, run_bench, summarize  # noqa: E402
+from nrinv.bench.harness import load_image_set, machine_info, markdown_table, run_bench, summarize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ALL = ["ddim", "fixed_point", "renoise", "gnri", "gnri_grad", "anderson", "newton_krylov"]
@@ -152,7 +152,7 @@ def main(argv=None):
            markdown_table(summarize(over)), ""]
     # 7. edits on the built-in edit set (judge, preservation, PSNR to the rendered target)
     if args.model == "builtin:shapes":
-        from nrinv.bench_edits import markdown_edit_table, run_edit_bench, summarize_edits
+        from nrinv.bench.edits import markdown_edit_table, run_edit_bench, summarize_edits
 
         n_edits = 9 if args.quick else 30
         edit_rows = run_edit_bench(pipe, out=out / "edits", methods=["ddim", "gnri", "anderson"], iterations=[2],

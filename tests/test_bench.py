@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-import nrinv.bench as bench
-from nrinv.bench import COLUMNS, load_image_set, run_bench
+import nrinv.bench.harness as bench
+from nrinv.bench.harness import COLUMNS, load_image_set, run_bench
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_bench_cli_rejects_bad_methods(capsys):
 def test_lpips_from_local_weights_is_a_weighted_feature_distance(tmp_path):
     import numpy as np
 
-    from nrinv.perceptual import LPIPS
+    from nrinv.bench.perceptual import LPIPS
     from nrinv.testing import tiny_lpips_folder
 
     rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def test_lpips_from_local_weights_is_a_weighted_feature_distance(tmp_path):
 def test_lpips_missing_or_wrong_weights_say_what_to_provide(tmp_path):
     import torch
 
-    from nrinv.perceptual import LPIPS, MetricWeightsMissing
+    from nrinv.bench.perceptual import LPIPS, MetricWeightsMissing
 
     with pytest.raises(MetricWeightsMissing, match="not a folder"):
         LPIPS.from_folder(tmp_path / "absent")
@@ -111,7 +111,7 @@ def test_clip_score_matches_the_models_own_logits(tmp_path):
     import torch
     from PIL import Image
 
-    from nrinv.perceptual import CLIPScore
+    from nrinv.bench.perceptual import CLIPScore
     from nrinv.testing import tiny_clip_folder
 
     folder = tiny_clip_folder(tmp_path / "clip")
@@ -146,9 +146,9 @@ def test_bench_cli_missing_metric_weights_exit_2_before_any_work(tmp_path, capsy
 @pytest.fixture(scope="module")
 def edit_run(tmp_path_factory):
     import nrinv
-    from nrinv.bench_edits import run_edit_bench
+    from nrinv.bench.edits import run_edit_bench
     from nrinv.testing import tiny_lpips_folder
-    from nrinv.perceptual import LPIPS
+    from nrinv.bench.perceptual import LPIPS
 
     pipe = nrinv.load_pipeline("builtin:shapes")
     out = tmp_path_factory.mktemp("edits")
@@ -159,9 +159,9 @@ def edit_run(tmp_path_factory):
 
 
 def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
-    import nrinv.inversion
-    from nrinv.bench_edits import EDIT_COLUMNS, run_edit_bench, summarize_edits
-    from nrinv.editing import edit_defaults
+    import nrinv.core.inversion
+    from nrinv.bench.edits import EDIT_COLUMNS, run_edit_bench, summarize_edits
+    from nrinv.edit.editing import edit_defaults
 
     pipe, out, rows, lp = edit_run
     with open(out / "edits.csv", newline="") as fh:
@@ -183,7 +183,7 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("a finished edit was recomputed")
 
-    monkeypatch.setattr(nrinv.inversion, "invert", forbidden)
+    monkeypatch.setattr(nrinv.core.inversion, "invert", forbidden)
     again = run_edit_bench(pipe, out=out, methods=["ddim", "anderson"], iterations=[2], n=3, lpips=lp, progress=False)
     assert len(again) == len(rows)
 

@@ -15,8 +15,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import nrinv
-from nrinv.schedulers import affine_schedule, draw_noise
-from nrinv.solvers import SOLVERS, NewtonKrylovOptions, Problem, _jvp
+from nrinv.core.schedulers import affine_schedule, draw_noise
+from nrinv.core.solvers import SOLVERS, NewtonKrylovOptions, Problem, _jvp
 
 PROMPT = "a photo of a cat"
 _FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.eye, torch.arange, torch.linspace,

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import nrinv
-from nrinv import editing
+from nrinv.edit import editing
 from nrinv.cli import main
-from nrinv.imageio import InputError
+from nrinv.io.images import InputError
 
 SRC = "a photo of a cat"
 TGT = "a red dog on the left"
@@ -144,7 +144,7 @@ def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
     pipe = tiny("sd")
     adapter = nrinv.adapter_for(pipe)
     with torch.no_grad():
-        z = adapter.encode(nrinv.imageio.to_tensor(astronaut32))
+        z = adapter.encode(nrinv.io.images.to_tensor(astronaut32))
     a1 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, size=(32, 32), num_inference_steps=STEPS)
     a2 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, size=(32, 32), num_inference_steps=STEPS)
     a3 = editing.adjust_encoding(pipe, z, SRC, strength=0.5, seed=0, size=(32, 32), num_inference_steps=STEPS)
@@ -162,7 +162,7 @@ def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
 def test_adjust_encoding_other_families(tiny, astronaut32, kind):
     pipe = tiny(kind)
     with torch.no_grad():
-        z = nrinv.adapter_for(pipe).encode(nrinv.imageio.to_tensor(astronaut32))
+        z = nrinv.adapter_for(pipe).encode(nrinv.io.images.to_tensor(astronaut32))
     a = editing.adjust_encoding(pipe, z, SRC, strength=0.1, size=(32, 32))
     assert torch.isfinite(a).all() and 0 < _rel(a, z) < 1
 
@@ -261,7 +261,7 @@ def test_api_size_not_multiple(tiny, astronaut32):
 @pytest.fixture
 def cli_pipe(tiny, monkeypatch):
     """The CLI loads the tiny SD pipeline instead of the built-in model (loading is tested in test_cli)."""
-    import nrinv.cli_edit as cli_edit
+    import nrinv.cli.edit as cli_edit
 
     loaded = []
 

@@ -20,9 +20,9 @@ from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDisc
                        FlowMatchEulerDiscreteScheduler, LCMScheduler)
 
 import nrinv
-from nrinv.oracle import GaussianOracle, OracleAdapter
-from nrinv.schedulers import UnsupportedSchedulerError, affine_schedule
-from nrinv.solvers import SOLVERS, Problem, Status, make_options
+from nrinv.testing.oracle import GaussianOracle, OracleAdapter
+from nrinv.core.schedulers import UnsupportedSchedulerError, affine_schedule
+from nrinv.core.solvers import SOLVERS, Problem, Status, make_options
 
 SD = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SCHEDULERS = {
@@ -96,7 +96,7 @@ def test_newton_type_beat_fixed_point_at_equal_nfe_on_large_steps(sched):
 @pytest.mark.parametrize("sched", ["ddim_eps", "euler_a", "flow"])
 def test_full_inversion_loop_on_oracle(sched):
     adapter = OracleAdapter(SCHEDULERS[sched](), (1, 4, 4, 4), num_inference_steps=4)
-    setup = nrinv.inversion.prepare(adapter, "", size=(4, 4), seed=7)
+    setup = nrinv.core.inversion.prepare(adapter, "", size=(4, 4), seed=7)
     z_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * setup.schedule.init_noise_sigma
     x = nrinv.sample(setup, z_T)
     naive = nrinv.invert(adapter, latent=x, method="ddim", seed=7, progress=False)

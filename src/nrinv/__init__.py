@@ -5,15 +5,15 @@
     result = nrinv.invert(pipe, "photo.png", "a large red star on the left, blue striped background")
     image = nrinv.reconstruct(pipe, result).image
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
-from .adapters import Adapter, adapter_for, load_pipeline  # noqa: E402
-from .editing import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, interpolate,  # noqa: E402
+from .core.adapters import Adapter, adapter_for, load_pipeline  # noqa: E402
+from .edit.editing import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, interpolate,  # noqa: E402
                       seed_from_images, slerp)
-from .inversion import (DEFAULT_ITERATIONS, DEFAULT_METHOD, InversionResult, invert, invert_batch,  # noqa: E402
+from .core.inversion import (DEFAULT_ITERATIONS, DEFAULT_METHOD, InversionResult, invert, invert_batch,  # noqa: E402
                         reconstruct, sample)
-from .schedulers import SUPPORTED_SCHEDULERS, affine_schedule  # noqa: E402
-from .solvers import SOLVERS, Problem, SolveResult, Status, make_options  # noqa: E402
+from .core.schedulers import SUPPORTED_SCHEDULERS, affine_schedule  # noqa: E402
+from .core.solvers import SOLVERS, Problem, SolveResult, Status, make_options  # noqa: E402
 
 __all__ = [
     "__version__", "Adapter", "adapter_for", "load_pipeline", "DEFAULT_METHOD", "DEFAULT_ITERATIONS", "InversionResult", "invert",

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .imageio import DEFAULT_MAX_PIXELS, InputError, load_image, to_pil, to_tensor
-from .editing import BUILTIN_EDIT_DEFAULTS
+from .io.images import DEFAULT_MAX_PIXELS, InputError, load_image, to_pil, to_tensor
+from .edit.editing import BUILTIN_EDIT_DEFAULTS
 
 DEFAULT_MAX_UPLOAD_MB = 20
 
@@ -33,7 +33,7 @@ class EditorApp:
 
     # -- helpers --------------------------------------------------------------------------------
     def pipe(self, model: str) -> Any:
-        from .adapters import load_pipeline
+        from .core.adapters import load_pipeline
 
         model = (model or self.default_model).strip()
         if model not in self.pipes:
@@ -67,8 +67,8 @@ class EditorApp:
     def invert(self, path, model, method, source_prompt, steps, iterations, seed, state):
         import gradio as gr
 
-        from .adapters import adapter_for
-        from .inversion import invert, reconstruct
+        from .core.adapters import adapter_for
+        from .core.inversion import invert, reconstruct
 
         try:
             if not source_prompt or not source_prompt.strip():
@@ -90,7 +90,7 @@ class EditorApp:
         quality = image_psnr(rec, to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
-        from .editing import edit_defaults
+        from .edit.editing import edit_defaults
 
         state = {"model": model, "result": result, "source": img,
                  "guide_from_source": edit_defaults(pipe)["guide_from_source"]}
@@ -99,7 +99,7 @@ class EditorApp:
     def edit(self, target_prompt, strength, guidance, state):
         import gradio as gr
 
-        from .editing import regenerate
+        from .edit.editing import regenerate
 
         if not state or "result" not in state:
             raise gr.Error("invert an image first (the edit reuses its inversion)")
@@ -120,8 +120,8 @@ class EditorApp:
     def interpolate(self, path_a, path_b, model, method, prompt_a, prompt_b, n, iterations, seed, state):
         import gradio as gr
 
-        from .adapters import adapter_for
-        from .editing import interpolate
+        from .core.adapters import adapter_for
+        from .edit.editing import interpolate
 
         try:
             if not prompt_a or not prompt_a.strip():
@@ -169,10 +169,10 @@ class EditorApp:
     def build(self):
         import gradio as gr
 
-        from .solvers import SOLVERS
+        from .core.solvers import SOLVERS
 
         methods = list(SOLVERS)
-        from .inversion import DEFAULT_METHOD
+        from .core.inversion import DEFAULT_METHOD
 
         with gr.Blocks(title="nrinv editor") as demo:
             gr.Markdown("# nrinv — invert once, edit interactively")

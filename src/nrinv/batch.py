@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from . import __version__
-from .imageio import InputError, load_image, save_json, save_latent
+from ._version import __version__
+from .io.images import InputError, load_image, save_json, save_latent
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -101,7 +101,7 @@ def invert_dir(
     **invert_kwargs: Any,
 ) -> BatchSummary:
     """Invert this process's share of ``folder`` into ``out``; see the module docstring."""
-    from .inversion import invert_batch
+    from .core.inversion import invert_batch
 
     if (prompt is None) == (captions is None):
         raise InputError("give either a fixed prompt or a captions file")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import __version__
-from .imageio import save_json, save_png, to_pil, to_tensor
+from ._version import __version__
+from .io.images import save_json, save_png, to_pil, to_tensor
 from .metrics import image_psnr
 
 
@@ -50,9 +50,9 @@ def _swap(scene, attribute: str, values) -> Any:
 def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None, max_iterations: Optional[int] = None,
              scene_seed: int = 7, seed: int = 0, progress: bool = True) -> dict:
     from . import shapes
-    from .adapters import load_pipeline
-    from .editing import edit
-    from .inversion import DEFAULT_METHOD, reconstruct
+    from .core.adapters import load_pipeline
+    from .edit.editing import edit
+    from .core.inversion import DEFAULT_METHOD, reconstruct
 
     method = method or DEFAULT_METHOD
     out_dir = Path(out_dir)
@@ -128,8 +128,8 @@ def register(sub) -> None:
 
 
 def _cmd(args) -> int:
-    from .cli import UsageError
-    from .solvers import get_solver
+    from .cli.main import UsageError
+    from .core.solvers import get_solver
 
     if args.method:
         try:

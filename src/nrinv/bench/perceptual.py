@@ -27,7 +27,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .imageio import InputError
+from ..io.images import InputError
 
 __all__ = ["MetricWeightsMissing", "LPIPS", "CLIPScore", "load_lpips", "load_clip_score"]
 

@@ -263,7 +263,7 @@ def tiny_lpips_folder(folder, seed: int = 0, lin_value: Optional[float] = None) 
 
     ``lin_value`` sets every linear weight to that constant (random non-negative otherwise).
     """
-    from .perceptual import _ALEX_CONVS, _ALEX_INDEX
+    from ..bench.perceptual import _ALEX_CONVS, _ALEX_INDEX
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

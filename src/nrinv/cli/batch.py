@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli import UsageError, add_model_args, load_model, parse_option
+from .main import UsageError, add_model_args, load_model, parse_option
 
 
 def cmd_invert_dir(args) -> int:
-    from .batch import invert_dir, list_images, read_captions
-    from .imageio import InputError
-    from .solvers import make_options
+    from ..batch import invert_dir, list_images, read_captions
+    from ..io.images import InputError
+    from ..core.solvers import make_options
 
     if args.prompt is None and args.captions is None:
         raise UsageError("give --prompt (one caption for all) or --captions FILE (.csv or .jsonl)")
@@ -51,9 +51,9 @@ def cmd_invert_dir(args) -> int:
 
 
 def register(sub) -> None:
-    from .cli import _size
-    from .imageio import DEFAULT_MAX_PIXELS
-    from .inversion import DEFAULT_METHOD
+    from .main import _size
+    from ..io.images import DEFAULT_MAX_PIXELS
+    from ..core.inversion import DEFAULT_METHOD
 
     p = sub.add_parser("invert-dir", help="invert every image in a folder (resumable; accelerate-aware)")
     p.add_argument("folder")

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import __version__
-from .cli import UsageError, _size, add_model_args, check_output, load_model, parse_option
+from .._version import __version__
+from .main import UsageError, _size, add_model_args, check_output, load_model, parse_option
 
 
 def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
-    from .imageio import DEFAULT_MAX_PIXELS
-    from .inversion import DEFAULT_METHOD
+    from ..io.images import DEFAULT_MAX_PIXELS
+    from ..core.inversion import DEFAULT_METHOD
 
     p.add_argument("--method", default=DEFAULT_METHOD, help="inversion solver (see `nrinv methods`; default: %(default)s)")
     p.add_argument("--iterations", type=int, default=None, help="solver iterations per step")
@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
 
 
 def _solver(args) -> tuple[str, dict]:
-    from .solvers import get_solver, make_options
+    from ..core.solvers import get_solver, make_options
 
     try:
         get_solver(args.method)
@@ -46,7 +46,7 @@ def _solver(args) -> tuple[str, dict]:
 
 
 def _validate(fn, *values) -> Any:
-    from .imageio import InputError
+    from ..io.images import InputError
 
     try:
         return fn(*values)
@@ -56,7 +56,7 @@ def _validate(fn, *values) -> Any:
 
 def _load_images(paths: Sequence[str], max_pixels: int, size: Optional[tuple[int, int]] = None):
     """Open every input before any work (unreadable / oversized -> UsageError); print conversion notes."""
-    from .imageio import InputError, load_image
+    from ..io.images import InputError, load_image
 
     images = []
     for path in paths:
@@ -72,7 +72,7 @@ def _load_images(paths: Sequence[str], max_pixels: int, size: Optional[tuple[int
 
 def _run(fn, **kwargs):
     """Call an editing function, turning input errors into UsageError (exit 2)."""
-    from .imageio import InputError
+    from ..io.images import InputError
 
     try:
         return fn(**kwargs)
@@ -105,8 +105,8 @@ def edit_output_paths(output: Path, n_targets: int) -> list[Path]:
 
 
 def cmd_edit(args) -> int:
-    from . import editing
-    from .imageio import save_json, save_png
+    from ..edit import editing
+    from ..io.images import save_json, save_png
 
     _validate(editing._check_prompt, args.source, "source prompt")
     for target in args.target:
@@ -148,7 +148,7 @@ def cmd_edit(args) -> int:
 def _strip(frames) -> Any:
     from PIL import Image
 
-    from .imageio import to_pil
+    from ..io.images import to_pil
 
     pils = [to_pil(f) for f in frames]
     w, h = pils[0].size
@@ -161,7 +161,7 @@ def _strip(frames) -> Any:
 def _grid(frames, ncol: int):
     from PIL import Image
 
-    from .imageio import to_pil
+    from ..io.images import to_pil
 
     pils = [to_pil(f) for f in frames]
     w, h = pils[0].size
@@ -173,7 +173,7 @@ def _grid(frames, ncol: int):
 
 
 def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
-    from .imageio import atomic_write
+    from ..io.images import atomic_write
 
     def write(tmp):
         # there and back again, so the loop has no jump
@@ -184,8 +184,8 @@ def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
 
 
 def cmd_interpolate(args) -> int:
-    from . import editing
-    from .imageio import save_json, save_png
+    from ..edit import editing
+    from ..io.images import save_json, save_png
 
     _validate(editing._check_prompt, args.prompt, "prompt")
     if args.prompt_b is not None:
@@ -223,8 +223,8 @@ def cmd_interpolate(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- seed
 def cmd_seed(args) -> int:
-    from . import editing
-    from .imageio import save_json, save_png
+    from ..edit import editing
+    from ..io.images import save_json, save_png
 
     _validate(editing._check_prompt, args.prompt, "prompt")
     _validate(editing._check_count, args.n, "n")
@@ -254,7 +254,7 @@ def cmd_seed(args) -> int:
 
 # ------------------------------------------------------------------------------------------ register
 def register(sub) -> None:
-    from .editing import DEFAULT_SEED_SPREAD
+    from ..edit.editing import DEFAULT_SEED_SPREAD
 
     p = sub.add_parser("edit", help="edit an image by changing its prompt",
                        description="Invert IMAGE with the source prompt, regenerate with each target prompt. "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .schedulers import SUPPORTED_SCHEDULERS, AffineStep
+from ..core.schedulers import SUPPORTED_SCHEDULERS, AffineStep
 
 
 class GaussianOracle:

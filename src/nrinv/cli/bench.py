@@ -7,15 +7,15 @@ import re
 import sys
 from pathlib import Path
 
-from .cli import UsageError, add_model_args, load_model
+from .main import UsageError, add_model_args, load_model
 
 
 def cmd_bench(args) -> int:
-    from .bench import load_image_set, markdown_table, run_bench, summarize
-    from .imageio import InputError
-    from .solvers import get_solver
+    from ..bench.harness import load_image_set, markdown_table, run_bench, summarize
+    from ..io.images import InputError
+    from ..core.solvers import get_solver
 
-    from .bench import parse_method
+    from ..bench.harness import parse_method
 
     methods = [m.strip() for m in re.split(r",(?![^\[]*\])", args.methods) if m.strip()]
     try:
@@ -36,7 +36,7 @@ def cmd_bench(args) -> int:
         raise UsageError("--edits must be >= 0")
     if args.edit_strength is not None and not 0 < args.edit_strength <= 1:
         raise UsageError(f"--edit-strength must be in (0, 1], got {args.edit_strength}")
-    from .perceptual import load_clip_score, load_lpips
+    from ..bench.perceptual import load_clip_score, load_lpips
 
     try:  # before the model loads: a wrong folder fails in a second, and nothing is downloaded
         lpips = load_lpips(args.lpips) if args.lpips else None
@@ -45,11 +45,11 @@ def cmd_bench(args) -> int:
         raise UsageError(str(exc)) from None
     pipe = load_model(args.model, args.dtype, args.device)
     if args.edits:
-        from .editing import _is_builtin
+        from ..edit.editing import _is_builtin
 
         if not _is_builtin(pipe):
             raise UsageError("--edits scores edits with the shapes world's judge: use it with --model builtin:shapes")
-    from .adapters import adapter_for
+    from ..core.adapters import adapter_for
 
     size = adapter_for(pipe).default_size() if args.size is None else args.size
     try:
@@ -63,8 +63,8 @@ def cmd_bench(args) -> int:
         print(markdown_table(summarize(rows)))
         print(f"wrote {args.out}/results.csv, results.json and plots")
     if args.edits:
-        from .bench_edits import markdown_edit_table, run_edit_bench, summarize_edits
-        from .imageio import save_json
+        from ..bench.edits import markdown_edit_table, run_edit_bench, summarize_edits
+        from ..io.images import save_json
 
         edit_rows = run_edit_bench(pipe, out=Path(args.out), methods=methods, iterations=iterations, n=args.edits,
                                    steps=args.steps, strength=args.edit_strength, guidance_scale=args.edit_guidance,
@@ -80,7 +80,7 @@ def cmd_bench(args) -> int:
 
 
 def register(sub) -> None:
-    from .cli import _size
+    from .main import _size
 
     p = sub.add_parser("bench", help="benchmark inversion methods: quality vs NFE, time and memory")
     p.add_argument("--methods", default="ddim,fixed_point,renoise,gnri,gnri_grad,anderson,newton_krylov",

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .adapters import adapter_for
-from .imageio import InputError, load_image, save_json, to_tensor
-from .inversion import invert, prepare, sample
-from .metrics import as_numpy, psnr, ssim
-from .solvers import get_solver
+from .._version import __version__
+from ..core.adapters import adapter_for
+from ..io.images import InputError, load_image, save_json, to_tensor
+from ..core.inversion import invert, prepare, sample
+from ..metrics import as_numpy, psnr, ssim
+from ..core.solvers import get_solver
 
 __all__ = ["BenchImage", "load_image_set", "run_bench", "psnr", "ssim", "COLUMNS"]
 
@@ -69,7 +69,7 @@ def load_image_set(spec: str, *, size: tuple[int, int], n: int = 4, seed: int = 
     from PIL import Image
 
     if spec == "shapes":
-        from . import shapes
+        from .. import shapes
 
         out = []
         for i in range(n):
@@ -192,7 +192,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             options[key.strip()] = value.strip()
-    from .solvers import make_options
+    from ..core.solvers import make_options
 
     make_options(name, {k: v for k, v in options.items() if k != "warm_start"})  # reject unknown keys now
     return name, options
@@ -239,7 +239,7 @@ def _read_existing(path: Path) -> list[dict]:
 
 
 def _write_csv(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
-    from .imageio import atomic_write
+    from ..io.images import atomic_write
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:

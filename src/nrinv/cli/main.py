@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import __version__
+from .._version import __version__
 
 DEFAULT_MODEL = "builtin:shapes"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -47,7 +47,7 @@ def check_output(path: Path, force: bool) -> None:
 
 def load_model(model: str, dtype: str, device: str):
     """Load a pipeline for a subcommand; load errors become UsageError (exit 2)."""
-    from .adapters import load_pipeline
+    from ..core.adapters import load_pipeline
 
     try:
         return load_pipeline(model, torch_dtype=_dtype(dtype), device=device)
@@ -56,7 +56,7 @@ def load_model(model: str, dtype: str, device: str):
 
 
 def _solver_options(args) -> tuple[str, dict]:
-    from .solvers import get_solver, make_options
+    from ..core.solvers import get_solver, make_options
 
     try:
         get_solver(args.method)
@@ -72,8 +72,8 @@ def _solver_options(args) -> tuple[str, dict]:
 def cmd_invert(args) -> int:
     import torch
 
-    from .imageio import InputError, load_image, save_json, save_latent
-    from .inversion import invert
+    from ..io.images import InputError, load_image, save_json, save_latent
+    from ..core.inversion import invert
 
     if not args.prompt or not args.prompt.strip():
         raise UsageError("the prompt is empty; describe the image with --prompt")
@@ -118,8 +118,8 @@ def cmd_invert(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from .imageio import InputError, load_latent, save_json, save_png
-    from .inversion import InversionResult, prepare, sample
+    from ..io.images import InputError, load_latent, save_json, save_png
+    from ..core.inversion import InversionResult, prepare, sample
 
     out = Path(args.output)
     check_output(out, args.force)
@@ -152,7 +152,7 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .solvers import SOLVERS
+    from ..core.solvers import SOLVERS
 
     for name, spec in SOLVERS.items():
         fields = ", ".join(f"{k}={v}" for k, v in spec.options().to_dict().items())
@@ -179,8 +179,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .imageio import DEFAULT_MAX_PIXELS
-    from .inversion import DEFAULT_METHOD
+    from ..io.images import DEFAULT_MAX_PIXELS
+    from ..core.inversion import DEFAULT_METHOD
 
     parser = argparse.ArgumentParser(prog="nrinv", description="Fast, exact diffusion inversion and editing.")
     parser.add_argument("--version", action="version", version=f"nrinv {__version__}")
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMAND_MODULES = ("nrinv.cli_edit", "nrinv.cli_bench", "nrinv.cli_batch", "nrinv.cli_demo", "nrinv.cli_app")
+SUBCOMMAND_MODULES = ("nrinv.cli.edit", "nrinv.cli.bench", "nrinv.cli.batch", "nrinv.cli.demo", "nrinv.cli.app")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import sys
 
-from .cli import DEFAULT_MODEL
+from .main import DEFAULT_MODEL
 
 
 def cmd_app(args) -> int:
-    from .app import launch
+    from ..app import launch
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the app "
@@ -19,7 +19,7 @@ def cmd_app(args) -> int:
 
 
 def register(sub) -> None:
-    from .imageio import DEFAULT_MAX_PIXELS
+    from ..io.images import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("app", help="web app: invert once, edit interactively")
     p.add_argument("--model", default=DEFAULT_MODEL)

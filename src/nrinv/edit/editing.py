@@ -24,12 +24,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import __version__
-from .adapters import Adapter, adapter_for
-from .imageio import DEFAULT_MAX_PIXELS, ImageLike, InputError, load_image, to_tensor
-from .inversion import DEFAULT_METHOD, InversionResult, Setup, _model_fn, invert, prepare, sample
-from .metrics import image_psnr as psnr
-from .schedulers import draw_noise, seeded_generator
+from .._version import __version__
+from ..core.adapters import Adapter, adapter_for
+from ..io.images import DEFAULT_MAX_PIXELS, ImageLike, InputError, load_image, to_tensor
+from ..core.inversion import DEFAULT_METHOD, InversionResult, Setup, _model_fn, invert, prepare, sample
+from ..metrics import image_psnr as psnr
+from ..core.schedulers import draw_noise, seeded_generator
 
 __all__ = [
     "EditResult", "InterpolationResult", "SeedResult", "edit", "interpolate", "seed_from_images",
@@ -132,7 +132,7 @@ def _is_builtin(pipe: Any) -> bool:
     try:
         from pathlib import Path
 
-        from .shapes import MODEL_DIR
+        from ..shapes import MODEL_DIR
 
         return Path(str(pipe.config._name_or_path)).resolve() == MODEL_DIR.resolve()
     except Exception:

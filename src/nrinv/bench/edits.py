@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .bench import _mean_present, _read_existing, _write_csv, invert_kwargs, parse_method, perceptual_scores
-from .metrics import as_numpy
+from .harness import _mean_present, _read_existing, _write_csv, invert_kwargs, parse_method, perceptual_scores
+from ..metrics import as_numpy
 
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
 
@@ -62,11 +62,11 @@ def run_edit_bench(
     """
     from tqdm.auto import tqdm
 
-    from . import editing
-    from .adapters import adapter_for
-    from .inversion import invert
-    from .shapes.editeval import judge_confident, score_edit
-    from .shapes.editset import edit_set
+    from ..edit import editing
+    from ..core.adapters import adapter_for
+    from ..core.inversion import invert
+    from ..shapes.editeval import judge_confident, score_edit
+    from ..shapes.editset import edit_set
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

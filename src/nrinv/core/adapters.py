@@ -464,7 +464,7 @@ def load_pipeline(model: str, *, torch_dtype: torch.dtype = torch.float32, devic
         name = model[len(BUILTIN_PREFIX):]
         if name != "shapes":
             raise ValueError(f"unknown built-in model {name!r}; the built-in model is 'builtin:shapes'")
-        from . import shapes
+        from .. import shapes
 
         pipe = shapes.load_pipeline(torch_dtype=torch_dtype, device=device)
         # inversion defaults: the model's 20 DDIM steps; guidance 1 (generation uses shapes.DEFAULT_GUIDANCE)

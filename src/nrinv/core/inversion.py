@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import __version__
+from .._version import __version__
 from .adapters import Adapter, Conditioning, adapter_for
-from .imageio import ImageLike, InputError, load_image, to_tensor
+from ..io.images import ImageLike, InputError, load_image, to_tensor
 from .schedulers import AffineStep, Schedule, affine_schedule
 from .solvers import Problem, SolveResult, Status, get_solver, make_options
 

@@ -1,0 +1,2 @@
+"""`nrinv demo` (see nrinv.demo)."""
+from ..demo import register  # noqa: F401

@@ -1,2 +1,0 @@
-"""`nrinv demo` (see nrinv.demo)."""
-from .demo import register  # noqa: F401
