@@ -35,7 +35,7 @@ def oracle_rows(name, sched):
                 continue
             r = nrinv.invert(adapter, latent=x, method=method, max_iterations=None if method == "ddim" else it,
                              options={"rtol": 0.0, "atol": 0.0}, progress=False)
-            cells.append(f"{float((r.latent - z_T).norm() / z_T.norm()):.1e} ({r.nfe})")
+            cells.append(f"{float((r.scheduler_latents - z_T).norm() / z_T.norm()):.1e} ({r.nfe})")
         yield f"| oracle {name} | {method} | " + " | ".join(cells) + " |"
 
 
@@ -51,7 +51,7 @@ def sd_rows():
             r = nrinv.invert(pipe, img, "a photo of a cat", method=method, num_inference_steps=10,
                              max_iterations=None if method == "ddim" else it,
                              options={"rtol": 0.0, "atol": 0.0}, progress=False)
-            out = pipe("a photo of a cat", num_inference_steps=10, guidance_scale=1.0, latents=r.pipeline_latents,
+            out = pipe("a photo of a cat", num_inference_steps=10, guidance_scale=1.0, latents=r.latents,
                        height=32, width=32, output_type="latent").images
             cells.append(f"{float((out - r.encoded).norm() / r.encoded.norm()):.1e} ({r.nfe})")
         yield f"| tiny SD, DDIM 10 steps | {method} | " + " | ".join(cells) + " |"

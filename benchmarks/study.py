@@ -22,7 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import nrinv  # noqa: E402
-from nrinv.bench.harness import load_image_set, machine_info, markdown_table, run_bench, summarize  # noqa: E402
+from nrinv.bench.harness import run_bench  # noqa: E402
+from nrinv.bench.images import load_image_set  # noqa: E402
+from nrinv.bench.measure import machine_info  # noqa: E402
+from nrinv.bench.report import markdown_table, summarize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ALL = ["ddim", "fixed_point", "renoise", "gnri", "gnri_grad", "anderson", "newton_krylov"]

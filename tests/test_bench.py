@@ -5,7 +5,8 @@ import json
 import pytest
 
 import nrinv.bench.harness as bench
-from nrinv.bench.harness import COLUMNS, load_image_set, run_bench
+from nrinv.bench.harness import COLUMNS, run_bench
+from nrinv.bench.images import load_image_set
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +160,9 @@ def edit_run(tmp_path_factory):
 
 
 def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
-    import nrinv.core.inversion
+    import nrinv.api
     from nrinv.bench.edits import EDIT_COLUMNS, run_edit_bench, summarize_edits
-    from nrinv.edit.editing import edit_defaults
+    from nrinv.edit import edit_defaults
 
     pipe, out, rows, lp = edit_run
     with open(out / "edits.csv", newline="") as fh:
@@ -174,7 +175,9 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
         assert r["target"] in (0.0, 1.0) and r["preserved"] in (0.0, 1.0)
         assert 15 < r["psnr_target"] < 50 and r["lpips_target"] > 0 and r["clip_target"] == ""
         assert r["nfe"] == (20 if r["method"] == "ddim" else 40)
-        assert (r["strength"], r["guidance"], r["guide_from_source"]) == tuple(edit_defaults(pipe).values())
+        d = edit_defaults(pipe)
+        assert (r["strength"], r["guidance"], r["guide_from_source"]) == (d["strength"], d["guidance_scale"],
+                                                                           d["guide_from_source"])
     summary = {s["method"]: s for s in summarize_edits(rows)}
     # the shipped model edits colour and background reliably (measured 100% on the edit set)
     assert summary["anderson"]["target_by_attribute"]["color"] == 1.0
@@ -183,7 +186,7 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("a finished edit was recomputed")
 
-    monkeypatch.setattr(nrinv.core.inversion, "invert", forbidden)
+    monkeypatch.setattr(nrinv.api, "invert", forbidden)
     again = run_edit_bench(pipe, out=out, methods=["ddim", "anderson"], iterations=[2], n=3, lpips=lp, progress=False)
     assert len(again) == len(rows)
 

@@ -120,9 +120,10 @@ def test_rgba_and_grayscale_are_converted_with_a_note(model_dir, tmp_path, capsy
         path = tmp_path / f"{mode}.png"
         img.save(path)
         out = tmp_path / f"{mode}.safetensors"
-        assert _invert(model_dir, path, out, "--steps", "2") == 0
+        assert main(["invert", str(path), "--prompt", PROMPT, "--model", str(model_dir), "--steps", "2",
+                     "-o", str(out)]) == 0
         assert json.loads(out.with_suffix(".json").read_text())["settings"]["notes"]
-    assert "note:" in capsys.readouterr().err
+    assert "note:" in capsys.readouterr().err  # and nothing under --quiet (test_cli_converts_image_modes_with_a_note)
 
 
 def test_reconstruct_rejects_foreign_files(tmp_path, capsys):

@@ -66,7 +66,7 @@ def test_every_solver_makes_its_tensors_on_the_data_device(tiny, astronaut32, ki
         res = nrinv.invert(pipe, astronaut32, PROMPT, method=method, num_inference_steps=steps,
                            guidance_scale=guidance, max_iterations=None if method == "ddim" else 3, seed=1,
                            progress=False)
-        rec = nrinv.reconstruct(pipe, res, decode=False).latent
+        rec = nrinv.reconstruct(pipe, res, output_type="latent").latents
     assert res.finite and torch.isfinite(rec).all()
 
 
@@ -80,14 +80,13 @@ def test_uses_of_a_latent_make_their_tensors_on_the_data_device(tiny, astronaut3
         seeds = nrinv.seed_from_images(pipe, [astronaut32, astronaut32.rotate(180)], PROMPT, n_samples=2, **kw)
         batch = nrinv.invert_batch(pipe, [astronaut32, astronaut32.rotate(90)], PROMPT, **kw)
         warm = nrinv.invert(pipe, astronaut32, PROMPT, warm_start=True, **kw)
-    assert len(res.images) == 1 and len(inter.frames) == 3 and len(seeds.images) == 2 and len(batch) == 2
+    assert len(res.images) == 1 and len(inter.images) == 3 and len(seeds.images) == 2 and len(batch) == 2
     assert warm.finite
 
 
 # --------------------------------------------------------------------------------------- generators
 def _euler_a_error(pipe, res, generator):
-    latents = res.pipeline_latents.to(pipe.unet.dtype)
-    stock = pipe(PROMPT, num_inference_steps=4, guidance_scale=0.0, latents=latents, height=32,
+    stock = pipe(PROMPT, num_inference_steps=4, guidance_scale=0.0, latents=res.latents, height=32,
                  width=32, generator=generator, output_type="latent").images
     return float((stock.float() - res.encoded).norm() / res.encoded.norm())
 
@@ -100,7 +99,7 @@ def test_generator_is_drawn_like_the_stock_pipeline_and_not_advanced(tiny, astro
                        progress=False)
     assert torch.equal(generator.get_state(), state)  # read, not advanced
     by_seed = nrinv.invert(pipe, astronaut32, PROMPT, method="anderson", max_iterations=6, seed=5, progress=False)
-    assert torch.equal(res.latent, by_seed.latent)  # seed=5 means torch.Generator().manual_seed(5)
+    assert torch.equal(res.scheduler_latents, by_seed.scheduler_latents)  # seed=5 means torch.Generator().manual_seed(5)
     assert _euler_a_error(pipe, res, torch.Generator().manual_seed(5)) < 1e-3
     assert _euler_a_error(pipe, res, torch.Generator().manual_seed(6)) > 1e-2  # other noise: not regenerated
 
@@ -171,6 +170,7 @@ def test_fp16_sdxl_vae_runs_upcast_and_is_restored(tiny, astronaut32):
 def test_given_latent_is_moved_to_the_pipeline(tiny, astronaut32):
     pipe = tiny("sd")
     res = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=4, progress=False)
-    again = nrinv.invert(pipe, latent=res.encoded.double(), prompt=PROMPT, size=(32, 32), num_inference_steps=4,
+    again = nrinv.invert(pipe, image_latents=res.encoded.double(), prompt=PROMPT, height=32, width=32,
+                         num_inference_steps=4,
                          progress=False)
-    assert again.latent.dtype == torch.float32 and torch.allclose(again.latent, res.latent, atol=1e-5)
+    assert again.scheduler_latents.dtype == torch.float32 and torch.allclose(again.scheduler_latents, res.scheduler_latents, atol=1e-5)

@@ -16,7 +16,7 @@ from PIL import Image
 import nrinv
 from nrinv.edit import editing
 from nrinv.cli import main
-from nrinv.io.images import InputError
+from nrinv.errors import InputError
 
 SRC = "a photo of a cat"
 TGT = "a red dog on the left"
@@ -44,14 +44,13 @@ def test_edit_same_prompt_full_strength_regenerates_input(tiny, astronaut32, kin
     inv = res.inversion
     assert res.settings["start_step"] == 0 and res.settings["rerun_steps"] == STEPS
     # target == source, strength 1: exactly the reconstruction from the inverted noise ...
-    rec = nrinv.reconstruct(pipe, inv, decode=False).latent
+    rec = nrinv.reconstruct(pipe, inv, output_type="latent").latents
     assert torch.allclose(res.latents[0], rec, atol=1e-5)
     # ... which is the input latent to the inversion's accuracy
     assert _rel(res.latents[0], inv.encoded) < 5e-3
     # another prompt gives another image
     assert _rel(res.latents[1], inv.encoded) > 2 * _rel(res.latents[0], inv.encoded)
-    assert len(res.images) == 2 and res.images[0].shape == (1, 3, 32, 32)
-    assert 0 <= float(res.images[1].min()) and float(res.images[1].max()) <= 1
+    assert len(res.images) == 2 and res.images[0].size == (32, 32) and res.images[0].mode == "RGB"  # PIL, as diffusers
 
 
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
@@ -95,12 +94,12 @@ def test_local_edit_keeps_the_unmasked_latent_on_the_inverted_trajectory(tiny, a
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
 def test_small_strength_returns_the_encoded_image(tiny, astronaut32, kind):
     pipe = tiny(kind)
-    res = _edit(pipe, astronaut32, TGT, strength=0.01, method="ddim", max_iterations=None)
+    res = _edit(pipe, astronaut32, TGT, strength=0.01, method="ddim", max_iterations=None, output_type="pt")
     assert res.settings["rerun_steps"] == 0
     assert torch.equal(res.latents[0], res.inversion.encoded)
     with torch.no_grad():
         ceiling = nrinv.adapter_for(pipe).decode(res.inversion.encoded, (32, 32))
-    assert torch.allclose(res.images[0], ceiling)
+    assert torch.allclose(res.images[0], ceiling[0])
 
 
 def test_strength_sets_the_start_step_and_shares_the_trajectory(tiny, astronaut32):
@@ -145,13 +144,13 @@ def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
     adapter = nrinv.adapter_for(pipe)
     with torch.no_grad():
         z = adapter.encode(nrinv.io.images.to_tensor(astronaut32))
-    a1 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, size=(32, 32), num_inference_steps=STEPS)
-    a2 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, size=(32, 32), num_inference_steps=STEPS)
-    a3 = editing.adjust_encoding(pipe, z, SRC, strength=0.5, seed=0, size=(32, 32), num_inference_steps=STEPS)
+    a1 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, height=32, width=32, num_inference_steps=STEPS)
+    a2 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, height=32, width=32, num_inference_steps=STEPS)
+    a3 = editing.adjust_encoding(pipe, z, SRC, strength=0.5, seed=0, height=32, width=32, num_inference_steps=STEPS)
     assert torch.equal(a1, a2) and a1.shape == z.shape
     assert 0 < _rel(a1, z) < _rel(a3, z)
     # as the encoded latent of an inversion
-    inv = nrinv.invert(pipe, latent=a1, prompt=SRC, size=(32, 32), num_inference_steps=STEPS, progress=False)
+    inv = nrinv.invert(pipe, image_latents=a1, prompt=SRC, height=32, width=32, num_inference_steps=STEPS)
     assert torch.equal(inv.encoded, a1)
     res = _edit(pipe, astronaut32, TGT, encode_adjust=0.05, strength=0.5)
     assert res.adjusted is not None and torch.equal(res.inversion.encoded, res.adjusted)
@@ -163,7 +162,7 @@ def test_adjust_encoding_other_families(tiny, astronaut32, kind):
     pipe = tiny(kind)
     with torch.no_grad():
         z = nrinv.adapter_for(pipe).encode(nrinv.io.images.to_tensor(astronaut32))
-    a = editing.adjust_encoding(pipe, z, SRC, strength=0.1, size=(32, 32))
+    a = editing.adjust_encoding(pipe, z, SRC, strength=0.1, height=32, width=32)
     assert torch.isfinite(a).all() and 0 < _rel(a, z) < 1
 
 
@@ -172,13 +171,13 @@ def test_slerp_keeps_norms_and_endpoints():
     a, b = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
     b = b * (a.norm() / b.norm())
     for w in (0.1, 0.5, 0.9):
-        assert math.isclose(float(editing.slerp(a, b, w).norm()), float(a.norm()), rel_tol=1e-5)
-    assert torch.equal(editing.slerp(a, b, 0), a) and torch.equal(editing.slerp(a, b, 1), b)
+        assert math.isclose(float(nrinv.slerp(a, b, w).norm()), float(a.norm()), rel_tol=1e-5)
+    assert torch.equal(nrinv.slerp(a, b, 0), a) and torch.equal(nrinv.slerp(a, b, 1), b)
     # the norm follows a straight line between different norms; lerp would shrink it
     c = 2 * b
-    assert math.isclose(float(editing.slerp(a, c, 0.5).norm()), 1.5 * float(a.norm()), rel_tol=1e-5)
+    assert math.isclose(float(nrinv.slerp(a, c, 0.5).norm()), 1.5 * float(a.norm()), rel_tol=1e-5)
     assert float(torch.lerp(a, b, 0.5).norm()) < 0.8 * float(a.norm())
-    assert torch.allclose(editing.slerp(a, a, 0.3), a, atol=1e-5)
+    assert torch.allclose(nrinv.slerp(a, a, 0.3), a, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
@@ -187,11 +186,11 @@ def test_interpolate_endpoints_are_the_reconstructions(tiny, astronaut32, kind):
     other = astronaut32.transpose(Image.FLIP_LEFT_RIGHT)
     res = nrinv.interpolate(pipe, astronaut32, other, [SRC, TGT], n=3, num_inference_steps=STEPS,
                             method="newton_krylov", max_iterations=2, progress=False)
-    assert res.weights == [0.0, 0.5, 1.0] and len(res.frames) == 3
+    assert res.weights == [0.0, 0.5, 1.0] and len(res.images) == 3
     inv_a, inv_b = res.inversions
     assert inv_a.settings["prompt"] == SRC and inv_b.settings["prompt"] == TGT
-    rec_a = nrinv.reconstruct(pipe, inv_a, decode=False).latent
-    rec_b = nrinv.reconstruct(pipe, inv_b, decode=False).latent
+    rec_a = nrinv.reconstruct(pipe, inv_a, output_type="latent").latents
+    rec_b = nrinv.reconstruct(pipe, inv_b, output_type="latent").latents
     assert torch.allclose(res.latents[0], rec_a, atol=1e-5) and torch.allclose(res.latents[2], rec_b, atol=1e-5)
     assert _rel(res.latents[0], inv_a.encoded) < 1e-2 and _rel(res.latents[2], inv_b.encoded) < 1e-2
     mid = res.latents[1]
@@ -204,8 +203,8 @@ def test_interpolate_sizes_must_match(tiny, astronaut32):
     with pytest.raises(InputError, match="different sizes"):
         nrinv.interpolate(tiny("sd"), astronaut32, small, SRC, n=2, num_inference_steps=2, progress=False)
     res = nrinv.interpolate(tiny("sd"), astronaut32, small, SRC, n=1, num_inference_steps=2, method="ddim",
-                            resize=True, progress=False)
-    assert res.weights == [0.5] and res.frames[0].shape == (1, 3, 32, 32)
+                            resize=True, output_type="pt")
+    assert res.weights == [0.5] and res.images[0].shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
@@ -217,7 +216,7 @@ def test_seed_from_images_centroid(tiny, astronaut32, kind):
     setup = res.inversions[0].setup
     typical = setup.schedule.init_noise_sigma * math.sqrt(res.centroid.numel())
     assert math.isclose(float(res.centroid.norm()), typical, rel_tol=1e-5)
-    mean = torch.stack([inv.latent for inv in res.inversions]).mean(0)
+    mean = torch.stack([inv.scheduler_latents for inv in res.inversions]).mean(0)
     cos = float((mean * res.centroid).sum() / (mean.norm() * res.centroid.norm()))
     assert cos > 0.9999  # the centroid's direction
     assert torch.equal(res.noises[0], res.centroid) and len(res.images) == 3
@@ -415,13 +414,16 @@ def test_cli_converts_image_modes_with_a_note(cli_pipe, tmp_path, astronaut32, c
     path = tmp_path / f"img-{mode.replace(';', '')}.png"
     if mode == "I;16":
         arr = (np.asarray(astronaut32.convert("L"), dtype=np.uint16) * 257)
-        Image.fromarray(arr, mode="I;16").save(path)
+        Image.fromarray(arr).save(path)  # uint16 -> mode I;16
     else:
         astronaut32.convert(mode).save(path)
     out = tmp_path / "out.png"
     assert main(["edit", str(path), "--source", SRC, "--target", TGT, "--steps", "2", "--method", "ddim",
-                 "-o", str(out), "--quiet"]) == 0
+                 "-o", str(out)]) == 0
     assert "note:" in capsys.readouterr().err
+    assert main(["edit", str(path), "--source", SRC, "--target", TGT, "--steps", "2", "--method", "ddim",
+                 "-o", str(out), "--quiet", "--force"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: nothing but errors
     assert Image.open(out).mode == "RGB"
 
 
@@ -450,7 +452,7 @@ def test_builtin_edit_changes_the_attribute(shapes_pipe):
     for item in items:
         res = nrinv.edit(shapes_pipe, item["source_image"], item["source_caption"], item["target_caption"],
                          progress=False)
-        img = (res.images[0][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        img = np.asarray(res.images[0])
         read = judge(img)
         tgt = item["target"].as_dict()
         hits += read[item["changed"]] == tgt[item["changed"]]
@@ -465,6 +467,6 @@ def test_builtin_interpolation_frames_are_scenes(shapes_pipe):
     a, b = sample_scene(11), sample_scene(12)
     res = nrinv.interpolate(shapes_pipe, render(a, 11), render(b, 12), [a.caption(), b.caption()], n=3,
                             progress=False)
-    reads = [judge((f[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for f in res.frames]
+    reads = [judge(np.asarray(frame)) for frame in res.images]
     assert reads[0]["shape"] == a.shape and reads[-1]["shape"] == b.shape
     assert reads[0]["color"] == a.color and reads[-1]["color"] == b.color

@@ -99,14 +99,14 @@ def test_full_inversion_loop_on_oracle(sched):
     setup = nrinv.core.inversion.prepare(adapter, "", size=(4, 4), seed=7)
     z_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * setup.schedule.init_noise_sigma
     x = nrinv.sample(setup, z_T)
-    naive = nrinv.invert(adapter, latent=x, method="ddim", seed=7, progress=False)
-    exact = nrinv.invert(adapter, latent=x, method="newton_krylov", seed=7, max_iterations=8,
+    naive = nrinv.invert(adapter, image_latents=x, method="ddim", seed=7, progress=False)
+    exact = nrinv.invert(adapter, image_latents=x, method="newton_krylov", seed=7, max_iterations=8,
                          options={"rtol": 1e-7, "atol": 0.0}, progress=False)
-    err = float((exact.latent - z_T).norm() / z_T.norm())
+    err = float((exact.scheduler_latents - z_T).norm() / z_T.norm())
     assert err < 1e-4
-    assert float((naive.latent - z_T).norm() / z_T.norm()) > 100 * err
+    assert float((naive.scheduler_latents - z_T).norm() / z_T.norm()) > 100 * err
     assert exact.nfe == sum(s.nfe for s in exact.steps)
-    rec = nrinv.reconstruct(adapter, exact, decode=False).latent
+    rec = nrinv.reconstruct(adapter, exact, output_type="latent").latents
     assert float((rec - x).norm() / x.norm()) < 1e-5
 
 

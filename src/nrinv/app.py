@@ -15,7 +15,6 @@ from typing import Any, Optional
 import numpy as np
 
 from .io.images import DEFAULT_MAX_PIXELS, InputError, load_image, to_pil, to_tensor
-from .edit.editing import BUILTIN_EDIT_DEFAULTS
 
 DEFAULT_MAX_UPLOAD_MB = 20
 
@@ -23,22 +22,26 @@ DEFAULT_MAX_UPLOAD_MB = 20
 class EditorApp:
     """Models (loaded on first use), the work lock and the UI handlers; no module-level state."""
 
-    def __init__(self, default_model: str = "builtin:shapes", *, device: str = "cpu",
+    def __init__(self, default_model: str = "builtin:shapes", *, device: str = "auto", dtype: str = "auto",
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         self.default_model = default_model
         self.device = device
+        self.dtype = dtype
         self.max_pixels = max_pixels
         self.pipes: dict[str, Any] = {}
         self.lock = threading.Lock()
 
     # -- helpers --------------------------------------------------------------------------------
     def pipe(self, model: str) -> Any:
-        from .core.adapters import load_pipeline
+        """The model's adapter, loaded on first use and kept: its prompt embeddings, schedules and
+        (on CUDA) captured graphs are reused by every later request."""
+        from .core.adapters import adapter_for
+        from .loading import load_pipeline
 
         model = (model or self.default_model).strip()
         if model not in self.pipes:
             try:
-                self.pipes[model] = load_pipeline(model, device=self.device)
+                self.pipes[model] = adapter_for(load_pipeline(model, dtype=self.dtype, device=self.device))
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
         return self.pipes[model]
@@ -67,30 +70,28 @@ class EditorApp:
     def invert(self, path, model, method, source_prompt, steps, iterations, seed, state):
         import gradio as gr
 
-        from .core.adapters import adapter_for
-        from .core.inversion import invert, reconstruct
+        from .api import invert, reconstruct
 
         try:
             if not source_prompt or not source_prompt.strip():
                 raise InputError("type a source prompt that describes the image")
             with self.lock:
                 pipe = self.pipe(model)
-                size = adapter_for(pipe).default_size()
+                size = pipe.default_size()
                 img, notes = self._image(path, size=None)
-                if (img.height, img.width) != size and getattr(pipe, "_nrinv_defaults", None):
+                if (img.height, img.width) != size and pipe.defaults.kind.startswith("shapes"):
                     img = img.resize((size[1], size[0]))  # the built-in model works at its own size
                 result = invert(pipe, img, source_prompt, method=method, num_inference_steps=int(steps) or None,
-                                max_iterations=None if method == "ddim" else int(iterations), seed=int(seed),
-                                progress=False)
-                rec = reconstruct(pipe, result).image
+                                max_iterations=None if method == "ddim" else int(iterations), seed=int(seed))
+                rec = reconstruct(pipe, result, output_type="pt").images[0]
         except (InputError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None
         from .metrics import image_psnr
 
-        quality = image_psnr(rec, to_tensor(img))
+        quality = image_psnr(rec[None], to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
-        from .edit.editing import edit_defaults
+        from .edit import edit_defaults
 
         state = {"model": model, "result": result, "source": img,
                  "guide_from_source": edit_defaults(pipe)["guide_from_source"]}
@@ -99,7 +100,7 @@ class EditorApp:
     def edit(self, target_prompt, strength, guidance, state):
         import gradio as gr
 
-        from .edit.editing import regenerate
+        from .edit import regenerate
 
         if not state or "result" not in state:
             raise gr.Error("invert an image first (the edit reuses its inversion)")
@@ -110,37 +111,35 @@ class EditorApp:
             with self.lock:
                 _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
                                        guidance_scale=float(guidance),
-                                       guide_from_source=state.get("guide_from_source", False))
+                                       guide_from_source=state.get("guide_from_source", False), output_type="pil")
             seconds = time.perf_counter() - t0
         except (InputError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None
-        edited = to_pil(images[0])
+        edited = images[0]
         return edited, (state["source"], edited), f"edited in {seconds:.2f} s from the cached inversion"
 
     def interpolate(self, path_a, path_b, model, method, prompt_a, prompt_b, n, iterations, seed, state):
         import gradio as gr
 
-        from .core.adapters import adapter_for
-        from .edit.editing import interpolate
+        from .edit import interpolate
 
         try:
             if not prompt_a or not prompt_a.strip():
                 raise InputError("type a prompt for image A")
             with self.lock:
                 pipe = self.pipe(model)
-                size = adapter_for(pipe).default_size()
-                builtin = bool(getattr(pipe, "_nrinv_defaults", None))
+                size = pipe.default_size()
+                builtin = pipe.defaults.kind.startswith("shapes")
                 a, _ = self._image(path_a, size=size if builtin else None)
                 b, _ = self._image(path_b, size=size if builtin else None)
                 if a.size != b.size:
                     raise InputError(f"images A and B differ in size ({a.size} vs {b.size}); resize them to match")
                 prompts = (prompt_a, prompt_b) if prompt_b and prompt_b.strip() else prompt_a
                 res = interpolate(pipe, a, b, prompts, n=int(n), method=method,
-                                  max_iterations=None if method == "ddim" else int(iterations), seed=int(seed),
-                                  progress=False)
+                                  max_iterations=None if method == "ddim" else int(iterations), seed=int(seed))
         except (InputError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None
-        frames = [to_pil(f) for f in res.frames]
+        frames = list(res.images)
         return frames[0], {"frames": frames}, gr.update(maximum=len(frames) - 1, value=0)
 
     @staticmethod
@@ -169,10 +168,11 @@ class EditorApp:
     def build(self):
         import gradio as gr
 
+        from .core.defaults import DEFAULT_METHOD
         from .core.solvers import SOLVERS
 
         methods = list(SOLVERS)
-        from .core.inversion import DEFAULT_METHOD
+        start = self.pipe(self.default_model).defaults  # the sliders start at the default model's edit settings
 
         with gr.Blocks(title="nrinv editor") as demo:
             gr.Markdown("# nrinv — invert once, edit interactively")
@@ -198,9 +198,9 @@ class EditorApp:
                         info = gr.Textbox(label="inversion", interactive=False, elem_id="info")
                     with gr.Column():
                         target_prompt = gr.Textbox(label="target prompt", elem_id="target_prompt")
-                        strength = gr.Slider(0.05, 1.0, value=BUILTIN_EDIT_DEFAULTS["strength"], step=0.05,
+                        strength = gr.Slider(0.05, 1.0, value=start.edit_strength, step=0.05,
                                              label="strength")
-                        guidance = gr.Slider(0.0, 10.0, value=BUILTIN_EDIT_DEFAULTS["guidance_scale"], step=0.5,
+                        guidance = gr.Slider(0.0, 10.0, value=start.edit_guidance, step=0.5,
                                              label="guidance")
                         edit_btn = gr.Button("Edit", variant="primary", elem_id="edit")
                         edited = gr.Image(label="edited", type="pil", interactive=False, elem_id="edited", height=256)
@@ -236,9 +236,9 @@ class EditorApp:
 
 
 def launch(model: str = "builtin:shapes", *, host: str = "127.0.0.1", port: int = 7860,
-           max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "cpu",
-           block: bool = True):
-    app = EditorApp(model, device=device, max_pixels=max_pixels)
+           max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto",
+           dtype: str = "auto", block: bool = True):
+    app = EditorApp(model, device=device, dtype=dtype, max_pixels=max_pixels)
     demo = app.build()
     demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb", show_error=True,
                 prevent_thread_lock=not block, quiet=True)

@@ -23,7 +23,9 @@ from typing import Any, Optional, Sequence
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .io.images import InputError, load_image, save_json, save_latent
+from .errors import InputError
+from .io.files import save_json, save_latent
+from .io.images import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -101,7 +103,7 @@ def invert_dir(
     **invert_kwargs: Any,
 ) -> BatchSummary:
     """Invert this process's share of ``folder`` into ``out``; see the module docstring."""
-    from .core.inversion import invert_batch
+    from .api import invert_batch
 
     if (prompt is None) == (captions is None):
         raise InputError("give either a fixed prompt or a captions file")
@@ -146,7 +148,7 @@ def invert_dir(
                 stats = res.stats()
                 stats.update(model=model, input=path.name)
                 latent_path = out / f"{path.stem}.latent.safetensors"
-                save_latent({"latent": res.latent, "pipeline_latents": res.pipeline_latents, "encoded": res.encoded},
+                save_latent({"scheduler_latents": res.scheduler_latents, "latents": res.latents, "encoded": res.encoded},
                             {"nrinv": json.dumps(stats)}, latent_path)
                 save_json(stats, out / f"{path.stem}.json")
                 _append(manifest, {"file": path.name, "status": "done" if res.finite else "failed",

@@ -15,7 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ._version import __version__
-from .io.images import save_json, save_png, to_pil, to_tensor
+from .io.files import save_json, save_png
+from .io.images import to_pil, to_tensor
 from .metrics import image_psnr
 
 
@@ -50,14 +51,13 @@ def _swap(scene, attribute: str, values) -> Any:
 def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None, max_iterations: Optional[int] = None,
              scene_seed: int = 7, seed: int = 0, progress: bool = True) -> dict:
     from . import shapes
-    from .core.adapters import load_pipeline
-    from .edit.editing import edit
-    from .core.inversion import DEFAULT_METHOD, reconstruct
-
-    method = method or DEFAULT_METHOD
+    from .api import reconstruct
+    from .core.adapters import adapter_for
+    from .edit import edit
+    from .loading import load_pipeline
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
-    pipe = load_pipeline("builtin:shapes")
+    pipe = adapter_for(load_pipeline("builtin:shapes"))  # one adapter: embeddings and schedule computed once
     scene = shapes.sample_scene(scene_seed)
     image = to_tensor(Image.fromarray(shapes.render(scene, seed=seed)))
     colour_edit = _swap(scene, "color", [c for c in shapes.COLORS if c not in ("white", "black")])
@@ -65,14 +65,15 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
     targets = [colour_edit, shape_edit]
 
     result = edit(pipe, image, scene.caption(), [t.caption() for t in targets], method=method,
-                  max_iterations=max_iterations, seed=seed, progress=progress)
+                  max_iterations=max_iterations, seed=seed, progress=progress, output_type="pt")
+    edited = [im[None] for im in result.images]
     inversion = result.inversion
-    recon = reconstruct(pipe, inversion).image
+    recon = reconstruct(pipe, inversion, output_type="pt").images[0][None]
     with torch.no_grad():
         adapter = inversion.setup.adapter
         ceiling = adapter.decode(inversion.encoded, inversion.setup.size)
 
-    verdicts = shapes.judge_batch(np.stack([_uint8(image), _uint8(recon)] + [_uint8(e) for e in result.images]))
+    verdicts = shapes.judge_batch(np.stack([_uint8(image), _uint8(recon)] + [_uint8(e) for e in edited]))
     expected = [scene, scene] + targets
     rendered_targets = [to_tensor(Image.fromarray(shapes.render(t, seed=seed))) for t in targets]
 
@@ -84,7 +85,7 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
     summary = {
         "version": __version__,
         "model": "builtin:shapes",
-        "method": method,
+        "method": inversion.settings["method"],
         "settings": inversion.settings,
         "source_caption": scene.caption(),
         "reconstruction": {
@@ -98,54 +99,18 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
         "input_judge": agreement(verdicts[0], scene),
         "edits": [
             {"target_caption": t.caption(), "changed": attr,
-             "psnr_to_rendered_target_db": round(image_psnr(rendered, edited), 2),
+             "psnr_to_rendered_target_db": round(image_psnr(rendered, out), 2),
              "judge": agreement(v, t)}
-            for t, attr, edited, rendered, v in zip(targets, ("color", "shape"), result.images, rendered_targets,
+            for t, attr, out, rendered, v in zip(targets, ("color", "shape"), edited, rendered_targets,
                                                    verdicts[2:])
         ],
         "timings_s": {**{k: round(v, 3) for k, v in result.timings.items()},
                       "total": round(time.perf_counter() - t_start, 2)},
         "inversion_steps": inversion.stats()["steps"],
     }
-    sheet = _panel([image, recon] + result.images + rendered_targets,
+    sheet = _panel([image, recon] + edited + rendered_targets,
                    ["input", f"recon {summary['reconstruction']['psnr_db']:.1f} dB",
                     f"edit: {colour_edit.color}", f"edit: {shape_edit.shape}", "target (render)", "target (render)"])
     save_png(sheet, out_dir / "demo.png")
     save_json(summary, out_dir / "summary.json")
     return summary
-
-
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="invert, reconstruct and edit a scene with the built-in model")
-    p.add_argument("-o", "--output", default="nrinv-demo", help="folder for demo.png and summary.json "
-                   "(the demo's own files there are replaced)")
-    p.add_argument("--method", default=None)
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--scene-seed", type=int, default=7)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    from .cli.main import UsageError
-    from .core.solvers import get_solver
-
-    if args.method:
-        try:
-            get_solver(args.method)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    summary = run_demo(args.output, method=args.method, max_iterations=args.iterations, scene_seed=args.scene_seed,
-                       seed=args.seed, progress=not args.quiet)
-    if not args.quiet:
-        rec = summary["reconstruction"]
-        print(f"source: {summary['source_caption']}")
-        print(f"reconstruction: {rec['psnr_db']} dB (VAE ceiling {rec['vae_ceiling_psnr_db']} dB), "
-              f"{rec['nfe']} NFE, {rec['inversion_time_s']} s")
-        for e in summary["edits"]:
-            ok = all(v["ok"] for v in e["judge"].values())
-            print(f"edit -> {e['target_caption']}: judge {'agrees' if ok else 'disagrees'}, "
-                  f"{e['psnr_to_rendered_target_db']} dB to the rendered target")
-        print(f"wrote {args.output}/demo.png and {args.output}/summary.json ({summary['timings_s']['total']} s)")
-    return 0

@@ -1,0 +1,1 @@
+"""The benchmark harness: image sets, measurement, the run loop, edit metrics, reports."""

@@ -17,7 +17,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .harness import _mean_present, _read_existing, _write_csv, invert_kwargs, parse_method, perceptual_scores
+from .harness import invert_kwargs, parse_method, perceptual_scores
+from .report import mean_present, read_rows, write_rows
 from ..metrics import as_numpy
 
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
@@ -57,28 +58,28 @@ def run_edit_bench(
     """Run (or resume) the edit benchmark on ``n`` items into ``out/edits.csv``; returns all rows.
 
     ``strength`` / ``guidance_scale`` / ``guide_from_source`` default to
-    :func:`nrinv.editing.edit_defaults`; inversion
+    :func:`nrinv.edit_defaults`; inversion
     runs at the pipeline's own default guidance (the source prompt describes the image).
     """
     from tqdm.auto import tqdm
 
-    from ..edit import editing
+    from ..api import invert
     from ..core.adapters import adapter_for
-    from ..core.inversion import invert
+    from ..edit import edit_defaults, regenerate
     from ..shapes.editeval import judge_confident, score_edit
     from ..shapes.editset import edit_set
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    defaults = editing.edit_defaults(pipe)
+    adapter = adapter_for(pipe)
+    defaults = edit_defaults(adapter)
     strength = float(defaults["strength"] if strength is None else strength)
     target_guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
     contrast = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
-    settings = adapter_for(pipe).default_settings()
-    steps = int(settings["num_inference_steps"] if steps is None else steps)
-    inv_guidance = float(settings["guidance_scale"])
+    steps = int(adapter.defaults.num_inference_steps if steps is None else steps)
+    inv_guidance = float(adapter.defaults.guidance_scale)
     parsed = {m: parse_method(m) for m in methods}
-    rows = _read_existing(out / "edits.csv")
+    rows = read_rows(out / "edits.csv")
     done = {_key(r) for r in rows}
     items = edit_set(n, seed=seed)
     jobs = [(i, m, it) for i in range(n) for m in methods for it in ((1,) if parsed[m][0] == "ddim" else iterations)]
@@ -91,11 +92,11 @@ def run_edit_bench(
         kwargs = invert_kwargs(parsed[method], its, steps=steps, guidance=inv_guidance, seed=seed,
                                method_options=method_options)
         t0 = time.perf_counter()
-        inv = invert(pipe, item["source_image"], item["source_caption"], **kwargs)
-        _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance,
-                                       guide_from_source=contrast)
+        inv = invert(adapter, item["source_image"], item["source_caption"], **kwargs)
+        _, images = regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance,
+                               guide_from_source=contrast, output_type="pt")
         wall = time.perf_counter() - t0
-        edited = as_numpy(images[0][0])
+        edited = as_numpy(images[0])
         as_uint8 = (edited * 255).round().astype(np.uint8)
         read, _ = judge_confident([as_uint8])[0]
         scores = score_edit(as_uint8, item, read)
@@ -108,7 +109,7 @@ def run_edit_bench(
             "preserved": scores["preserved"], "all_kept": scores["all_kept"], "psnr_target": round(scores["psnr"], 3),
             "lpips_target": extra["lpips"], "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
         })
-        _write_csv(rows, out / "edits.csv", EDIT_COLUMNS)
+        write_rows(rows, out / "edits.csv", EDIT_COLUMNS)
     return rows
 
 
@@ -130,7 +131,7 @@ def summarize_edits(rows: Sequence[dict]) -> list[dict]:
             "guide_from_source": contrast, "n": len(rs),
             "nfe": statistics.mean(float(r["nfe"]) for r in rs),
             **{k: statistics.mean(float(r[k]) for r in rs) for k in ("target", "preserved", "all_kept", "psnr_target")},
-            "lpips_target": _mean_present(rs, "lpips_target"), "clip_target": _mean_present(rs, "clip_target"),
+            "lpips_target": mean_present(rs, "lpips_target"), "clip_target": mean_present(rs, "clip_target"),
             "target_by_attribute": by_attr,
         })
     return out

@@ -12,145 +12,45 @@ sampled every 2 ms by a thread.
 """
 from __future__ import annotations
 
-import csv
 import json
-import platform
 import statistics
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._version import __version__
 from ..core.adapters import adapter_for
-from ..io.images import InputError, load_image, save_json, to_tensor
-from ..core.inversion import invert, prepare, sample
+from ..api import invert
+from ..core.inversion import prepare, sample
+from ..core.schedulers import draw_noise, seeded_generator
+from ..core.solvers import get_solver, make_options
+from ..io.files import save_json
+from ..io.images import to_tensor
 from ..metrics import as_numpy, psnr, ssim
-from ..core.solvers import get_solver
+from .images import BenchImage
+from .measure import PeakMemory, machine_info, sync
+from .report import make_plots, read_rows, write_rows
 
-__all__ = ["BenchImage", "load_image_set", "run_bench", "psnr", "ssim", "COLUMNS"]
+__all__ = ["run_bench", "forward_time", "parse_method", "invert_kwargs", "perceptual_scores", "step_status_counts",
+           "COLUMNS"]
+
+def _row_key(row: dict) -> tuple:
+    return (row["image"], row["method"], int(row["iterations"]), int(row["steps"]), float(row["guidance"]))
+
+
 
 COLUMNS = ["image", "method", "iterations", "steps", "guidance", "nfe", "grad_evals", "psnr", "ssim", "lpips",
            "clip_score", "latent_error", "vae_ceiling_psnr", "wall_s", "forward_s", "overhead", "peak_mem_mb", "status",
            "step_statuses", "timed"]
 
 
-@dataclass
-class BenchImage:
-    name: str
-    image: Any  # PIL image
-    prompt: str
 
 
 def _hwc(t: torch.Tensor) -> np.ndarray:
     return as_numpy(t[0])
-
-
-SKIMAGE_PHOTOS = {
-    "astronaut": "a photo of an astronaut in a white space suit holding a helmet, with a flag",
-    "coffee": "a photo of a cup of coffee on a saucer",
-    "chelsea": "a photo of a ginger tabby cat",
-    "rocket": "a photo of a rocket on a launch pad",
-    "hubble": "a photo of a galaxy deep field in space",
-}
-
-
-def load_image_set(spec: str, *, size: tuple[int, int], n: int = 4, seed: int = 0) -> list[BenchImage]:
-    """``shapes`` (built-in world renders), ``skimage`` (bundled photos), or a folder with captions.
-
-    A folder holds images plus ``captions.csv`` (``file,caption``) or ``captions.jsonl``
-    (``{"file": ..., "caption": ...}`` per line).
-    """
-    from PIL import Image
-
-    if spec == "shapes":
-        from .. import shapes
-
-        out = []
-        for i in range(n):
-            scene = shapes.sample_scene(seed + 10_000 + i)
-            img = Image.fromarray(shapes.render(scene, seed=seed + i)).resize((size[1], size[0]))
-            out.append(BenchImage(f"shapes-{seed + i}", img, scene.caption()))
-        return out
-    if spec == "skimage":
-        from skimage import data
-
-        out = []
-        for name, caption in list(SKIMAGE_PHOTOS.items())[:n]:
-            arr = getattr(data, name)()
-            img = load_image(arr if arr.ndim == 3 else np.stack([arr] * 3, -1), size=size)
-            out.append(BenchImage(name, img, caption))
-        return out
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise InputError(f"--images must be 'shapes', 'skimage' or a folder with captions; got {spec!r}")
-    captions: dict[str, str] = {}
-    if (folder / "captions.csv").is_file():
-        with open(folder / "captions.csv", newline="") as fh:
-            for row in csv.DictReader(fh):
-                captions[row["file"]] = row["caption"]
-    elif (folder / "captions.jsonl").is_file():
-        for line in (folder / "captions.jsonl").read_text().splitlines():
-            if line.strip():
-                item = json.loads(line)
-                captions[item["file"]] = item["caption"]
-    else:
-        raise InputError(f"{folder} has no captions.csv or captions.jsonl")
-    out = []
-    for file, caption in sorted(captions.items())[:n]:
-        out.append(BenchImage(Path(file).stem, load_image(folder / file, size=size), caption))
-    return out
-
-
-class _PeakMemory:
-    """Peak memory growth in MB during a block: CUDA max allocated, else sampled resident set."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak_mb = 0.0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return self
-        import psutil
-
-        self.proc = psutil.Process()
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self.running = True
-
-        def sample():
-            while self.running:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-                time.sleep(0.002)
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self.peak_mb = (self.peak - self.base) / 2**20
-        return False
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def forward_time(pipe: Any, prompt: str, size: tuple[int, int], steps: int, guidance: float,
@@ -159,14 +59,14 @@ def forward_time(pipe: Any, prompt: str, size: tuple[int, int], steps: int, guid
     setup = prepare(pipe, prompt, size=size, num_inference_steps=steps, guidance_scale=guidance)
     adapter = setup.adapter
     step = setup.schedule.steps[len(setup.schedule.steps) // 2]
-    z = torch.randn(adapter.latent_shape(*size), generator=torch.Generator().manual_seed(0)).to(adapter.device)
+    z = draw_noise(adapter.latent_shape(*size), seeded_generator(0), device=adapter.device, dtype=torch.float32)
     times = []
     with torch.no_grad():
         for i in range(repeats + 3):
-            _sync(adapter.device)
+            sync(adapter.device)
             t0 = time.perf_counter()
             adapter.denoise(step.input_scale * z, step.timestep, setup.cond)
-            _sync(adapter.device)
+            sync(adapter.device)
             if i >= 3:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -175,7 +75,8 @@ def forward_time(pipe: Any, prompt: str, size: tuple[int, int], steps: int, guid
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"gnri"`` or a labelled variant ``"gnri[lam=0.01,eta=0.001]"`` -> (solver name, options).
 
-    ``warm_start=true`` in the brackets switches on the inversion loop's warm start.
+    ``warm_start=true`` / ``false`` in the brackets forces the inversion loop's warm start on / off
+    (without it, the bench runs what ``nrinv invert`` runs by default).
     """
     spec = spec.strip()
     if "[" not in spec:
@@ -192,8 +93,6 @@ def parse_method(spec: str) -> tuple[str, dict]:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             options[key.strip()] = value.strip()
-    from ..core.solvers import make_options
-
     make_options(name, {k: v for k, v in options.items() if k != "warm_start"})  # reject unknown keys now
     return name, options
 
@@ -203,7 +102,8 @@ def invert_kwargs(method: tuple[str, dict], iterations: int, *, steps: int, guid
     """Keyword arguments of ``nrinv.invert`` for a parsed method spec at an iteration budget."""
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
-    warm = bool(options.pop("warm_start", False))  # an inversion-loop option, not a solver option
+    warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
+    warm = None if warm is None else bool(warm)
     return dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed, options=options,
                 max_iterations=None if solver == "ddim" else iterations, warm_start=warm, progress=False)
 
@@ -225,45 +125,6 @@ def step_status_counts(steps) -> str:
     for st in steps:
         counts[st.status.value] = counts.get(st.status.value, 0) + 1
     return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
-
-
-def _row_key(row: dict) -> tuple:
-    return (row["image"], row["method"], int(row["iterations"]), int(row["steps"]), float(row["guidance"]))
-
-
-def _read_existing(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_csv(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
-    from ..io.images import atomic_write
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(columns))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k, "") for k in columns})
-
-    atomic_write(path, write)
-
-
-def machine_info(pipe: Any) -> dict:
-    import diffusers
-
-    adapter = adapter_for(pipe)
-    info = {
-        "nrinv": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
-        "cpu_threads": torch.get_num_threads(), "device": str(adapter.device), "dtype": str(adapter.dtype),
-        "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
-    }
-    if adapter.device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(adapter.device)
-    return info
 
 
 def run_bench(
@@ -293,11 +154,11 @@ def run_bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = adapter_for(pipe)
-    defaults = adapter.default_settings()
-    steps = int(defaults["num_inference_steps"] if steps is None else steps)
-    guidance = float(defaults["guidance_scale"] if guidance is None else guidance)
+    defaults = adapter.defaults
+    steps = int(defaults.num_inference_steps if steps is None else steps)
+    guidance = float(defaults.guidance_scale if guidance is None else guidance)
     size = (images[0].image.height, images[0].image.width)
-    rows = _read_existing(out / "results.csv")
+    rows = read_rows(out / "results.csv")
     done = {_row_key(r) for r in rows}
     residuals: dict[str, Any] = {}
     if (out / "residuals.json").is_file():
@@ -325,16 +186,16 @@ def run_bench(
             invert(pipe, img.image, img.prompt, **kwargs)  # warm-up
             walls = []
             for _ in range(repeats):
-                _sync(adapter.device)
+                sync(adapter.device)
                 result = invert(pipe, img.image, img.prompt, **kwargs)
-                _sync(adapter.device)
+                sync(adapter.device)
                 walls.append(result.wall_time)
             wall = statistics.median(walls)
-        with _PeakMemory(adapter.device) as mem:
+        with PeakMemory(adapter.device) as mem:
             result = invert(pipe, img.image, img.prompt, **kwargs)
         if not timed:
             wall = result.wall_time
-        rec = sample(result.setup, result.latent)
+        rec = sample(result.setup, result.scheduler_latents)
         with torch.no_grad():
             image = adapter.decode(rec, size)
         row = {
@@ -350,7 +211,7 @@ def run_bench(
         }
         rows.append(row)
         residuals[f"{img.name}|{method}|{its}"] = [s.residual_norms for s in result.steps]
-        _write_csv(rows, out / "results.csv")  # after every row: a killed run loses at most one row
+        write_rows(rows, out / "results.csv", COLUMNS)  # after every row: a killed run loses at most one row
         save_json(residuals, out / "residuals.json")
     meta = {"machine": machine_info(pipe), "model": model, "steps": steps, "guidance": guidance, "seed": seed,
             "repeats": repeats, "forward_s": t_forward, "images": [{"name": i.name, "prompt": i.prompt} for i in images],
@@ -361,88 +222,3 @@ def run_bench(
     return rows
 
 
-def summarize(rows: Iterable[dict]) -> list[dict]:
-    """Mean over images per (method, iterations)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], int(r["iterations"]), int(r["steps"]), float(r["guidance"])), []).append(r)
-    out = []
-    for (method, its, steps, guidance), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][0], kv[0][1])):
-        timed = [r for r in rs if int(r["timed"])] or rs
-        statuses: dict[str, int] = {}
-        for r in rs:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        out.append({
-            "method": method, "iterations": its, "steps": steps, "guidance": guidance,
-            "nfe": statistics.mean(float(r["nfe"]) for r in rs),
-            "psnr": statistics.mean(float(r["psnr"]) for r in rs),
-            "ssim": statistics.mean(float(r["ssim"]) for r in rs),
-            "vae_ceiling_psnr": statistics.mean(float(r["vae_ceiling_psnr"]) for r in rs),
-            "wall_s": float(timed[0]["wall_s"]), "overhead": float(timed[0]["overhead"]),
-            "peak_mem_mb": max(float(r["peak_mem_mb"]) for r in rs), "statuses": statuses, "n": len(rs),
-            **{k: _mean_present(rs, k) for k in ("lpips", "clip_score")},
-        })
-    return out
-
-
-def _mean_present(rows: Sequence[dict], key: str) -> Optional[float]:
-    """Mean of a column over the rows that have it (None when no row does)."""
-    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    return statistics.mean(vals) if vals else None
-
-
-def markdown_table(summary: list[dict]) -> str:
-    titles = {"lpips": "LPIPS", "clip_score": "CLIP score"}
-    extra = [k for k in titles if any(s.get(k) is not None for s in summary)]
-    head = "| method | iterations | NFE | PSNR dB | SSIM | " + "".join(f"{titles[k]} | " for k in extra)
-    lines = [head + "wall s | overhead vs NFE x forward | peak mem MB |", "|---" * (8 + len(extra)) + "|"]
-    for s in summary:
-        cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
-        lines.append(f"| {s['method']} | {s['iterations']} | {s['nfe']:.0f} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
-                     f"{cells}{s['wall_s']:.3f} | {s['overhead']:.2f} | {s['peak_mem_mb']:.0f} |")
-    return "\n".join(lines)
-
-
-def make_plots(rows: list[dict], residuals: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarize(rows)
-    if not summary:
-        return
-    ceiling = statistics.mean(s["vae_ceiling_psnr"] for s in summary)
-    methods = sorted({s["method"] for s in summary})
-    mem = {m: max(s["peak_mem_mb"] for s in summary if s["method"] == m) for m in methods}
-    for xkey, fname, xlabel in (("nfe", "psnr_vs_nfe.png", "network calls (NFE) per image"),
-                                ("wall_s", "psnr_vs_time.png", "wall time per image (s)")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for m in methods:
-            pts = sorted((s[xkey], s["psnr"]) for s in summary if s["method"] == m)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{m} (peak {mem[m]:.0f} MB)")
-        ax.axhline(ceiling, color="k", ls="--", lw=1, label=f"VAE ceiling {ceiling:.1f} dB")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("reconstruction PSNR (dB)")
-        ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for m in methods:
-        best = max((k for k in residuals if k.split("|")[1] == m), key=lambda k: int(k.split("|")[2]), default=None)
-        if best is None:
-            continue
-        per_step = residuals[best]
-        length = max(len(r) for r in per_step)
-        mean = [statistics.mean(r[i] for r in per_step if len(r) > i) for i in range(length)]
-        ax.semilogy(range(1, length + 1), mean, "o-", label=f"{m} ({best.split('|')[2]} it.)")
-    ax.set_xlabel("iteration within a step")
-    ax.set_ylabel("mean rms residual ||z - f(z)||")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "residual_vs_iteration.png", dpi=110)
-    plt.close(fig)

@@ -27,16 +27,16 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..io.images import InputError
+from ..errors import InputError
 
 __all__ = ["MetricWeightsMissing", "LPIPS", "CLIPScore", "load_lpips", "load_clip_score"]
 
 PathLike = Union[str, Path]
 
 # AlexNet feature layers (torchvision layout): (in, out, kernel, stride, padding), ReLU after each.
-_ALEX_CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1),
+ALEX_CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1),
                (256, 256, 3, 1, 1))
-_ALEX_INDEX = (0, 3, 6, 8, 10)  # positions of the convolutions in torchvision's ``features``
+ALEX_INDEX = (0, 3, 6, 8, 10)  # positions of the convolutions in torchvision's ``features``
 _POOL_BEFORE = (False, True, True, False, False)  # 3x3/2 max-pool before conv 2 and conv 3
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
@@ -71,8 +71,8 @@ class LPIPS(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, s, p) for i, o, k, s, p in _ALEX_CONVS)
-        self.lins = nn.ModuleList(nn.Conv2d(c[1], 1, 1, bias=False) for c in _ALEX_CONVS)
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, s, p) for i, o, k, s, p in ALEX_CONVS)
+        self.lins = nn.ModuleList(nn.Conv2d(c[1], 1, 1, bias=False) for c in ALEX_CONVS)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
         self.requires_grad_(False).eval()
@@ -96,7 +96,7 @@ class LPIPS(nn.Module):
             raise MetricWeightsMissing(f"{folder} lacks {missing}. {advice}")
         model = cls()
         try:
-            for conv, idx in zip(model.convs, _ALEX_INDEX):
+            for conv, idx in zip(model.convs, ALEX_INDEX):
                 conv.weight.copy_(backbone[f"features.{idx}.weight"])
                 conv.bias.copy_(backbone[f"features.{idx}.bias"])
             for k, lin in enumerate(model.lins):

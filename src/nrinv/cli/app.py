@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .main import DEFAULT_MODEL
+from .common import DEFAULT_MODEL, DTYPE_CHOICES
 
 
 def cmd_app(args) -> int:
@@ -14,7 +14,7 @@ def cmd_app(args) -> int:
               "(no authentication)", file=sys.stderr)
     print(f"nrinv app on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     launch(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-           max_pixels=args.max_pixels, device=args.device)
+           max_pixels=args.max_pixels, device=args.device, dtype=args.dtype)
     return 0
 
 
@@ -27,5 +27,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-upload-mb", type=int, default=20)
     p.add_argument("--max-pixels", type=int, default=2048 * 2048)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="network dtype; auto: float32 on the CPU, half precision on a GPU")
     p.set_defaults(func=cmd_app)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .main import UsageError, add_model_args, load_model, parse_option
+from .common import UsageError, add_model_args, add_solver_args, image_size, load_model, solver_args
 
 
 def cmd_invert_dir(args) -> int:
     from ..batch import invert_dir, list_images, read_captions
-    from ..io.images import InputError
-    from ..core.solvers import make_options
+    from ..errors import InputError
+    from ..loading import resolve_device
 
     if args.prompt is None and args.captions is None:
         raise UsageError("give --prompt (one caption for all) or --captions FILE (.csv or .jsonl)")
@@ -18,28 +18,28 @@ def cmd_invert_dir(args) -> int:
         raise UsageError("the prompt is empty")
     if args.batch_size < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--batch-size and --steps must be >= 1")
+    method, options = solver_args(args)
     try:
         list_images(Path(args.folder))
         captions = read_captions(Path(args.captions)) if args.captions else None
-        options = parse_option(args.option)
-        if args.iterations is not None:
-            options["max_iterations"] = args.iterations
-        make_options(args.method, options)
+        wanted = resolve_device(args.device)
     except (InputError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
     try:
         from accelerate import PartialState
 
-        state = PartialState(cpu=args.device == "cpu")
-        rank, world, device = state.process_index, state.num_processes, str(state.device)
+        state = PartialState(cpu=wanted.type == "cpu")
+        rank, world = state.process_index, state.num_processes
+        # under `accelerate launch` each process takes its own GPU (cuda:rank) unless told otherwise
+        device = str(state.device) if args.device in ("auto", "cuda") else args.device
     except Exception:  # accelerate missing or not launched: one process
-        state, rank, world, device = None, 0, 1, args.device
+        state, rank, world, device = None, 0, 1, str(wanted)
     pipe = load_model(args.model, args.dtype, device)
     summary = invert_dir(pipe, Path(args.folder), Path(args.output), prompt=args.prompt, captions=captions,
                          model=args.model, batch_size=args.batch_size, rank=rank, world_size=world,
                          retry_failed=args.retry_failed, size=args.resize, max_pixels=args.max_pixels,
-                         progress=not args.quiet, method=args.method, options=options,
+                         progress=not args.quiet, method=method, options=options,
                          num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
     if not args.quiet:
         print(f"[process {rank}/{world}] {summary.line()}")
@@ -51,9 +51,7 @@ def cmd_invert_dir(args) -> int:
 
 
 def register(sub) -> None:
-    from .main import _size
     from ..io.images import DEFAULT_MAX_PIXELS
-    from ..core.inversion import DEFAULT_METHOD
 
     p = sub.add_parser("invert-dir", help="invert every image in a folder (resumable; accelerate-aware)")
     p.add_argument("folder")
@@ -61,13 +59,11 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="one caption for every image")
     p.add_argument("--captions", default=None, help="captions file: .csv (file,caption) or .jsonl")
     p.add_argument("--batch-size", type=int, default=4, help="images per network call")
-    p.add_argument("--method", default=DEFAULT_METHOD)
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    add_solver_args(p)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resize", type=_size, default=None, metavar="HxW")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--retry-failed", action="store_true", help="retry images that failed before")
     add_model_args(p)

@@ -7,15 +7,14 @@ import re
 import sys
 from pathlib import Path
 
-from .main import UsageError, add_model_args, load_model
+from .common import UsageError, add_model_args, image_size, load_model
 
 
 def cmd_bench(args) -> int:
-    from ..bench.harness import load_image_set, markdown_table, run_bench, summarize
-    from ..io.images import InputError
-    from ..core.solvers import get_solver
-
-    from ..bench.harness import parse_method
+    from ..bench.harness import parse_method, run_bench
+    from ..bench.images import load_image_set
+    from ..bench.report import markdown_table, summarize
+    from ..errors import InputError
 
     methods = [m.strip() for m in re.split(r",(?![^\[]*\])", args.methods) if m.strip()]
     try:
@@ -45,9 +44,9 @@ def cmd_bench(args) -> int:
         raise UsageError(str(exc)) from None
     pipe = load_model(args.model, args.dtype, args.device)
     if args.edits:
-        from ..edit.editing import _is_builtin
+        from ..core.defaults import model_kind
 
-        if not _is_builtin(pipe):
+        if model_kind(pipe) not in ("shapes", "shapes-lcm"):
             raise UsageError("--edits scores edits with the shapes world's judge: use it with --model builtin:shapes")
     from ..core.adapters import adapter_for
 
@@ -64,7 +63,7 @@ def cmd_bench(args) -> int:
         print(f"wrote {args.out}/results.csv, results.json and plots")
     if args.edits:
         from ..bench.edits import markdown_edit_table, run_edit_bench, summarize_edits
-        from ..io.images import save_json
+        from ..io.files import save_json
 
         edit_rows = run_edit_bench(pipe, out=Path(args.out), methods=methods, iterations=iterations, n=args.edits,
                                    steps=args.steps, strength=args.edit_strength, guidance_scale=args.edit_guidance,
@@ -80,8 +79,6 @@ def cmd_bench(args) -> int:
 
 
 def register(sub) -> None:
-    from .main import _size
-
     p = sub.add_parser("bench", help="benchmark inversion methods: quality vs NFE, time and memory")
     p.add_argument("--methods", default="ddim,fixed_point,renoise,gnri,gnri_grad,anderson,newton_krylov",
                    help="comma-separated; a labelled variant takes options: gnri[lam=0.01]")
@@ -92,7 +89,7 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) on the first image; 0: no warm-up or repeats")
-    p.add_argument("--size", type=_size, default=None, metavar="HxW")
+    p.add_argument("--size", type=image_size, default=None, metavar="HxW")
     p.add_argument("--method-options", default=None, help='JSON, e.g. {"gnri": {"lam": 0.0}}')
     p.add_argument("--out", default="bench-results", help="output folder (re-running resumes)")
     p.add_argument("--edits", type=int, default=0, metavar="N",

@@ -1,4 +1,4 @@
-"""`nrinv edit`, `nrinv interpolate`, `nrinv seed`: the editing subcommands (see ``nrinv.editing``).
+"""`nrinv edit`, `nrinv interpolate`, `nrinv seed`: the editing subcommands (see ``nrinv.edit``).
 
 Every output is written atomically with a JSON sidecar beside it (same name, ``.json``); all outputs
 are checked before any work, and existing ones need ``--force``.  Bad input exits with status 2 and
@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .._version import __version__
-from .main import UsageError, _size, add_model_args, check_output, load_model, parse_option
+from .common import (UsageError, add_model_args, add_solver_args, check_outputs, image_size, load_model, note, run,
+                     solver_args, validate)
 
 
 def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
     from ..io.images import DEFAULT_MAX_PIXELS
-    from ..core.inversion import DEFAULT_METHOD
 
-    p.add_argument("--method", default=DEFAULT_METHOD, help="inversion solver (see `nrinv methods`; default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=None, help="solver iterations per step")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="solver option, repeatable")
+    add_solver_args(p)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help=guidance_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
@@ -29,34 +27,10 @@ def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
     add_model_args(p)
 
 
-def _solver(args) -> tuple[str, dict]:
-    from ..core.solvers import get_solver, make_options
-
-    try:
-        get_solver(args.method)
-        overrides = parse_option(args.option)
-        if args.iterations is not None:
-            if args.iterations < 1:
-                raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
-            overrides["max_iterations"] = args.iterations
-        make_options(args.method, overrides)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    return args.method, overrides
-
-
-def _validate(fn, *values) -> Any:
-    from ..io.images import InputError
-
-    try:
-        return fn(*values)
-    except InputError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _load_images(paths: Sequence[str], max_pixels: int, size: Optional[tuple[int, int]] = None):
+def _load_images(paths: Sequence[str], max_pixels: int, quiet: bool, size: Optional[tuple[int, int]] = None):
     """Open every input before any work (unreadable / oversized -> UsageError); print conversion notes."""
-    from ..io.images import InputError, load_image
+    from ..errors import InputError
+    from ..io.images import load_image
 
     images = []
     for path in paths:
@@ -65,28 +39,13 @@ def _load_images(paths: Sequence[str], max_pixels: int, size: Optional[tuple[int
             images.append(load_image(path, max_pixels=max_pixels, notes=notes, size=size))
         except InputError as exc:
             raise UsageError(str(exc)) from None
-        for note in notes:
-            print(f"note: {path}: {note}", file=sys.stderr)
+        for text in notes:
+            note(f"{path}: {text}", quiet)
     return images
-
-
-def _run(fn, **kwargs):
-    """Call an editing function, turning input errors into UsageError (exit 2)."""
-    from ..io.images import InputError
-
-    try:
-        return fn(**kwargs)
-    except (InputError, ValueError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
 
 
 def _sidecar(png: Path) -> Path:
     return png.with_suffix(".json")
-
-
-def _check_outputs(paths: Sequence[Path], force: bool) -> None:
-    for path in paths:
-        check_output(path, force)
 
 
 def _base_record(args, stats: dict) -> dict:
@@ -105,26 +64,27 @@ def edit_output_paths(output: Path, n_targets: int) -> list[Path]:
 
 
 def cmd_edit(args) -> int:
-    from ..edit import editing
-    from ..io.images import save_json, save_png
+    from ..edit import common as checks
+    from ..edit import edit
+    from ..io.files import save_json, save_png
 
-    _validate(editing._check_prompt, args.source, "source prompt")
+    validate(checks.check_prompt, args.source, "source prompt")
     for target in args.target:
-        _validate(editing._check_prompt, target, "target prompt")
+        validate(checks.check_prompt, target, "target prompt")
     if args.strength is not None:
-        _validate(editing._check_strength, args.strength)
-    _validate(editing._check_steps, args.steps)
-    _validate(editing._check_adjust, args.encode_adjust)
-    _validate(editing._check_mask_threshold, args.mask_threshold)
-    method, options = _solver(args)
+        validate(checks.check_strength, args.strength)
+    validate(checks.check_steps, args.steps)
+    validate(checks.check_adjust, args.encode_adjust)
+    validate(checks.check_mask_threshold, args.mask_threshold)
+    method, options = solver_args(args)
     image_path = Path(args.image)
     output = Path(args.output) if args.output else image_path.with_name(image_path.stem + ".edit.png")
     pngs = edit_output_paths(output, len(args.target))
-    _check_outputs([p for png in pngs for p in (png, _sidecar(png))], args.force)
-    (image,) = _load_images([args.image], args.max_pixels, args.resize)
+    check_outputs([p for png in pngs for p in (png, _sidecar(png))], args.force)
+    (image,) = _load_images([args.image], args.max_pixels, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device)
-    result = _run(editing.edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
+    result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
                   strength=args.strength, guidance_scale=args.guidance, method=method, seed=args.seed,
                   num_inference_steps=args.steps, inversion_guidance=args.inversion_guidance, options=options,
                   negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
@@ -148,9 +108,8 @@ def cmd_edit(args) -> int:
 def _strip(frames) -> Any:
     from PIL import Image
 
-    from ..io.images import to_pil
 
-    pils = [to_pil(f) for f in frames]
+    pils = list(frames)
     w, h = pils[0].size
     strip = Image.new("RGB", (w * len(pils), h))
     for i, im in enumerate(pils):
@@ -161,9 +120,8 @@ def _strip(frames) -> Any:
 def _grid(frames, ncol: int):
     from PIL import Image
 
-    from ..io.images import to_pil
 
-    pils = [to_pil(f) for f in frames]
+    pils = list(frames)
     w, h = pils[0].size
     nrow = -(-len(pils) // ncol)
     grid = Image.new("RGB", (w * min(ncol, len(pils)), h * nrow))
@@ -173,7 +131,7 @@ def _grid(frames, ncol: int):
 
 
 def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
-    from ..io.images import atomic_write
+    from ..io.files import atomic_write
 
     def write(tmp):
         # there and back again, so the loop has no jump
@@ -184,20 +142,21 @@ def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
 
 
 def cmd_interpolate(args) -> int:
-    from ..edit import editing
-    from ..io.images import save_json, save_png
+    from ..edit import common as checks
+    from ..edit import interpolate
+    from ..io.files import save_json, save_png
 
-    _validate(editing._check_prompt, args.prompt, "prompt")
+    validate(checks.check_prompt, args.prompt, "prompt")
     if args.prompt_b is not None:
-        _validate(editing._check_prompt, args.prompt_b, "prompt for image B")
-    _validate(editing._check_count, args.n, "n")
-    _validate(editing._check_steps, args.steps)
-    _validate(editing._check_adjust, args.encode_adjust)
-    method, options = _solver(args)
+        validate(checks.check_prompt, args.prompt_b, "prompt for image B")
+    validate(checks.check_count, args.n, "n")
+    validate(checks.check_steps, args.steps)
+    validate(checks.check_adjust, args.encode_adjust)
+    method, options = solver_args(args)
     out = Path(args.output)
     outputs = [out, _sidecar(out)] + ([Path(args.gif)] if args.gif else [])
-    _check_outputs(outputs, args.force)
-    image_a, image_b = _load_images([args.image_a, args.image_b], args.max_pixels)
+    check_outputs(outputs, args.force)
+    image_a, image_b = _load_images([args.image_a, args.image_b], args.max_pixels, args.quiet)
     if image_a.size != image_b.size and not args.resize:
         raise UsageError(f"the images have different sizes ({image_a.width}x{image_a.height} and "
                          f"{image_b.width}x{image_b.height}); resize one to match, or pass --resize to resize "
@@ -205,11 +164,11 @@ def cmd_interpolate(args) -> int:
 
     pipe = load_model(args.model, args.dtype, args.device)
     prompts = [args.prompt] if args.prompt_b is None else [args.prompt, args.prompt_b]
-    result = _run(editing.interpolate, pipe=pipe, image_a=image_a, image_b=image_b, prompts=prompts, n=args.n,
+    result = run(interpolate, pipe=pipe, image_a=image_a, image_b=image_b, prompts=prompts, n=args.n,
                   method=method, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   options=options, encode_adjust=args.encode_adjust, resize=args.resize,
                   max_pixels=args.max_pixels, progress=not args.quiet)
-    strip, pils = _strip(result.frames)
+    strip, pils = _strip(result.images)
     record = _base_record(args, result.stats())
     record.update(inputs=[str(args.image_a), str(args.image_b)], output=str(out), gif=args.gif)
     save_png(strip, out, force=args.force)
@@ -223,25 +182,26 @@ def cmd_interpolate(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- seed
 def cmd_seed(args) -> int:
-    from ..edit import editing
-    from ..io.images import save_json, save_png
+    from ..edit import common as checks
+    from ..edit import seed_from_images
+    from ..io.files import save_json, save_png
 
-    _validate(editing._check_prompt, args.prompt, "prompt")
-    _validate(editing._check_count, args.n, "n")
-    _validate(editing._check_steps, args.steps)
-    _validate(editing._check_spread, args.spread)
-    _validate(editing._check_count, args.columns, "--columns")
-    method, options = _solver(args)
+    validate(checks.check_prompt, args.prompt, "prompt")
+    validate(checks.check_count, args.n, "n")
+    validate(checks.check_steps, args.steps)
+    validate(checks.check_spread, args.spread)
+    validate(checks.check_count, args.columns, "--columns")
+    method, options = solver_args(args)
     out = Path(args.output)
-    _check_outputs([out, _sidecar(out)], args.force)
-    images = _load_images(args.images, args.max_pixels, args.resize)
+    check_outputs([out, _sidecar(out)], args.force)
+    images = _load_images(args.images, args.max_pixels, args.quiet, args.resize)
     size = args.resize or (images[0].height, images[0].width)
 
     pipe = load_model(args.model, args.dtype, args.device)
-    result = _run(editing.seed_from_images, pipe=pipe, images=images, prompt=args.prompt, n_samples=args.n,
+    result = run(seed_from_images, pipe=pipe, images=images, prompt=args.prompt, n_samples=args.n,
                   spread=args.spread, seed=args.seed, method=method, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, inversion_guidance=args.inversion_guidance, options=options,
-                  size=size, max_pixels=args.max_pixels, progress=not args.quiet)
+                  height=size[0], width=size[1], max_pixels=args.max_pixels, progress=not args.quiet)
     grid = _grid(result.images, args.columns)
     record = _base_record(args, result.stats())
     record.update(inputs=[str(p) for p in args.images], output=str(out))
@@ -254,7 +214,7 @@ def cmd_seed(args) -> int:
 
 # ------------------------------------------------------------------------------------------ register
 def register(sub) -> None:
-    from ..edit.editing import DEFAULT_SEED_SPREAD
+    from ..edit.common import DEFAULT_SEED_SPREAD
 
     p = sub.add_parser("edit", help="edit an image by changing its prompt",
                        description="Invert IMAGE with the source prompt, regenerate with each target prompt. "
@@ -275,7 +235,7 @@ def register(sub) -> None:
                         "predictions differ less than T of their maximum, e.g. 0.3 (default: off)")
     p.add_argument("--encode-adjust", type=float, default=None, metavar="S",
                    help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
-    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the image first")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW", help="resize the image first")
     p.add_argument("-o", "--output", default=None, help="output PNG (default: IMAGE.edit.png)")
     _common(p, guidance_help="guidance of the target regeneration (default: the model's edit default)")
     p.set_defaults(func=cmd_edit)
@@ -306,7 +266,7 @@ def register(sub) -> None:
                    help="slerp weight toward fresh noise, in [0, 1] (default: %(default)s)")
     p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion")
     p.add_argument("--columns", type=int, default=4, help="grid columns")
-    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize the examples first")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW", help="resize the examples first")
     p.add_argument("-o", "--output", required=True, help="grid PNG")
     _common(p, guidance_help="guidance of the generation (default: the model's edit default)")
     p.set_defaults(func=cmd_seed)

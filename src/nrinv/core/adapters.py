@@ -5,24 +5,29 @@ which reproduces exactly what the stock pipeline computes inside its sampling lo
 model output at latent ``z`` (already multiplied by ``scale_model_input``), including both
 classifier-free-guidance branches in one batched call.  Outputs are float32 whatever dtype the
 network runs in.
+
+An adapter is also the persistent object of a pipeline: it keeps the prompt embeddings and probed
+schedules it computed (and, on CUDA, captured graphs of the network call), so a caller that keeps
+it (``adapter = nrinv.adapter_for(pipe)``, passed wherever a pipeline is accepted) pays for them
+once.  It never writes onto the pipeline.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import inspect
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Adapter", "Conditioning", "adapter_for", "load_pipeline", "SUPPORTED_PIPELINES", "BUILTIN_PREFIX"]
+from ..errors import InputError
+from .defaults import ModelDefaults, model_defaults
+from .schedulers import Schedule, affine_schedule
 
-BUILTIN_PREFIX = "builtin:"
+__all__ = ["Adapter", "Conditioning", "adapter_for", "SUPPORTED_PIPELINES"]
 
 
 @dataclass
@@ -68,8 +73,11 @@ class Adapter:
     #: whether ``pipe(latents=...)`` multiplies the given latents by ``init_noise_sigma``
     scales_initial_latents = True
 
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, defaults: Optional[ModelDefaults] = None):
         self.pipe = pipe
+        self.defaults: ModelDefaults = defaults if defaults is not None else model_defaults(pipe)
+        self._conditionings: dict[tuple, Conditioning] = {}
+        self._schedules: dict[tuple, Schedule] = {}
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -88,14 +96,9 @@ class Adapter:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
-    def default_settings(self) -> dict:
-        """Steps and guidance a user of this pipeline expects; the built-in model attaches its own."""
-        custom = getattr(self.pipe, "_nrinv_defaults", None)
-        if custom:
-            return dict(custom)
-        return {"num_inference_steps": 50, "guidance_scale": 1.0}
-
     def default_size(self) -> tuple[int, int]:
+        if self.defaults.height and self.defaults.width:
+            return self.defaults.height, self.defaults.width
         size = self.network.config.sample_size
         size = size if isinstance(size, int) else size[0]
         return size * self.vae_scale_factor, size * self.vae_scale_factor
@@ -103,9 +106,11 @@ class Adapter:
     def check_size(self, height: int, width: int) -> None:
         mult = self.size_multiple
         if height % mult or width % mult:
-            raise ValueError(
-                f"image size {width}x{height} is not a multiple of {mult} for this model; "
-                f"resize it (e.g. to {width // mult * mult}x{height // mult * mult})"
+            h, w = self.default_size()
+            raise InputError(
+                f"image size {width}x{height} is not a multiple of {mult} for this model; resize it "
+                f"(e.g. to {max(mult, width // mult * mult)}x{max(mult, height // mult * mult)}; the model's "
+                f"native size is {w}x{h})"
             )
 
     @property
@@ -128,8 +133,24 @@ class Adapter:
         return {"eta": 0.0} if "eta" in accepts else {}
 
     def to_pipeline_latents(self, z_T: Tensor, init_noise_sigma: float) -> Tensor:
-        """The ``latents=`` argument that makes the stock pipeline start from ``z_T``."""
-        return z_T / init_noise_sigma if self.scales_initial_latents else z_T
+        """The ``latents=`` argument that makes the stock pipeline start from ``z_T``: scaled, and in
+        the pipeline's dtype (the stock pipelines do not cast given latents)."""
+        z = z_T / init_noise_sigma if self.scales_initial_latents else z_T
+        return z.to(dtype=self.dtype)
+
+    def schedule(self, num_inference_steps: int, size: tuple[int, int], *, seed: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> Schedule:
+        """The probed affine schedule for ``num_inference_steps`` at image ``size``, with the noise
+        of ``generator`` (else of ``seed``); computed once per adapter."""
+        noise_key = (generator.device.type, bytes(generator.get_state().cpu().numpy())) if generator is not None \
+            else seed
+        key = (num_inference_steps, tuple(size), noise_key, id(self.pipe.scheduler), str(self.dtype), str(self.device))
+        if key not in self._schedules:
+            scheduler = self.prepare_scheduler(num_inference_steps, *size)
+            self._schedules[key] = affine_schedule(
+                scheduler, self.latent_shape(*size), generator=generator, seed=None if generator is not None else seed,
+                device=self.device, noise_dtype=self.dtype, step_kwargs=self.step_kwargs())
+        return self._schedules[key]
 
     # -- VAE ----------------------------------------------------------------------------------
     def _vae_scale(self, latent: Tensor) -> Tensor:
@@ -160,7 +181,16 @@ class Adapter:
     # -- conditioning and the denoiser ----------------------------------------------------------
     def conditioning(self, prompt: str, negative_prompt: Optional[str], guidance_scale: float,
                      size: tuple[int, int]) -> Conditioning:
-        """Prompt embeddings for images of ``size = (height, width)``."""
+        """Prompt embeddings for images of ``size = (height, width)``; computed once per adapter."""
+        key = (prompt, negative_prompt, float(guidance_scale), tuple(size), id(self.network), str(self.dtype),
+               str(self.device))
+        if key not in self._conditionings:
+            with torch.no_grad():
+                self._conditionings[key] = self._embed(prompt, negative_prompt, float(guidance_scale), tuple(size))
+        return self._conditionings[key]
+
+    def _embed(self, prompt: str, negative_prompt: Optional[str], guidance_scale: float,
+               size: tuple[int, int]) -> Conditioning:
         raise NotImplementedError
 
     def _forward(self, x: Tensor, t: Tensor, kw: dict[str, Tensor], shared: dict[str, Any]) -> Tensor:
@@ -192,7 +222,7 @@ class StableDiffusionAdapter(Adapter):
         w = torch.tensor([guidance_scale - 1.0], device="cpu")
         return self.pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=self.device, dtype=self.dtype)
 
-    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
         cfg = guidance_scale > 1 and self.network.config.time_cond_proj_dim is None
         pos, neg = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt)
         cond, uncond = {"encoder_hidden_states": pos}, ({"encoder_hidden_states": neg} if cfg else {})
@@ -210,15 +240,12 @@ class LatentConsistencyAdapter(StableDiffusionAdapter):
 
     family = "lcm"
 
-    def default_settings(self):
-        return {"num_inference_steps": 4, "guidance_scale": 8.5}
-
     def prepare_scheduler(self, num_inference_steps, height, width):
         sched = copy.deepcopy(self.pipe.scheduler)
         sched.set_timesteps(num_inference_steps, device=self.device, original_inference_steps=None)
         return sched
 
-    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
         if negative_prompt:
             raise ValueError("LatentConsistencyModelPipeline does not support negative prompts")
         pos, _ = self.pipe.encode_prompt(prompt, self.device, 1, False, None)
@@ -267,16 +294,8 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
             return super()._vae_unscale(z)
         return z * stats[1] / self.pipe.vae.config.scaling_factor + stats[0]
 
-    def default_settings(self):
-        custom = getattr(self.pipe, "_nrinv_defaults", None)
-        if custom:
-            return dict(custom)
-        spacing = getattr(self.pipe.scheduler.config, "timestep_spacing", "")
-        if type(self.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler" and spacing == "trailing":
-            return {"num_inference_steps": 4, "guidance_scale": 0.0}  # SDXL-Turbo
-        return {"num_inference_steps": 50, "guidance_scale": 1.0}
 
-    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
         cfg = guidance_scale > 1 and self.network.config.time_cond_proj_dim is None
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
@@ -312,8 +331,6 @@ class StableDiffusion3Adapter(Adapter):
     def network(self):
         return self.pipe.transformer
 
-    def default_settings(self):
-        return getattr(self.pipe, "_nrinv_defaults", None) or {"num_inference_steps": 28, "guidance_scale": 1.0}
 
     def latent_shape(self, height, width, batch=1):
         f = self.vae_scale_factor
@@ -322,6 +339,12 @@ class StableDiffusion3Adapter(Adapter):
     @property
     def size_multiple(self):
         return self.vae_scale_factor * self.network.config.patch_size
+
+    @staticmethod
+    def _max_sequence_length(tokenizer: Any, default: int) -> int:
+        """The stock pipeline's default T5 length, or the tokenizer's own limit where it is shorter."""
+        limit = getattr(tokenizer, "model_max_length", None)
+        return min(default, int(limit)) if limit else default
 
     def _vae_scale(self, latent):
         cfg = self.pipe.vae.config
@@ -346,12 +369,12 @@ class StableDiffusion3Adapter(Adapter):
         sched.set_timesteps(num_inference_steps, device=self.device, **kwargs)
         return sched
 
-    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
         cfg = guidance_scale > 1
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt=prompt, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
             do_classifier_free_guidance=cfg, negative_prompt=negative_prompt,
-            max_sequence_length=getattr(self.pipe, "_nrinv_max_sequence_length", 256),
+            max_sequence_length=self._max_sequence_length(getattr(self.pipe, "tokenizer_3", None), 256),
         )
         cond = {"encoder_hidden_states": pos, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": neg, "pooled_projections": neg_pooled} if cfg else {}
@@ -366,13 +389,6 @@ class FluxAdapter(StableDiffusion3Adapter):
 
     family = "flux"
 
-    def default_settings(self):
-        custom = getattr(self.pipe, "_nrinv_defaults", None)
-        if custom:
-            return dict(custom)
-        if self.network.config.guidance_embeds:
-            return {"num_inference_steps": 28, "guidance_scale": 3.5}  # Flux-dev style
-        return {"num_inference_steps": 4, "guidance_scale": 0.0}  # Flux-schnell style
 
     @property
     def size_multiple(self):
@@ -413,12 +429,12 @@ class FluxAdapter(StableDiffusion3Adapter):
             sched.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
         return sched
 
-    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
         if negative_prompt:
             raise ValueError("the Flux adapter supports distilled guidance only; negative prompts are not used")
         pos, pooled, text_ids = self.pipe.encode_prompt(
             prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
-            max_sequence_length=getattr(self.pipe, "_nrinv_max_sequence_length", 512),
+            max_sequence_length=self._max_sequence_length(getattr(self.pipe, "tokenizer_2", None), 512),
         )
         h, w = self._grid(*size)
         shared = {
@@ -447,40 +463,13 @@ SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {
 
 
 def adapter_for(pipe: Any) -> Adapter:
-    """The adapter of a diffusers pipeline (an Adapter is returned unchanged)."""
+    """The adapter of a diffusers pipeline; an adapter is returned unchanged (keep one to reuse its
+    prompt embeddings, schedules and graphs across calls)."""
     if isinstance(pipe, Adapter) or hasattr(pipe, "denoise") and hasattr(pipe, "prepare_scheduler"):
         return pipe
     for cls in type(pipe).__mro__:
         if cls.__name__ in SUPPORTED_PIPELINES:
             return SUPPORTED_PIPELINES[cls.__name__](pipe)
-    raise ValueError(
+    raise InputError(
         f"pipeline {type(pipe).__name__} is not supported; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
     )
-
-
-def load_pipeline(model: str, *, torch_dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
-    """Load a pipeline by Hugging Face id, local folder, or ``builtin:shapes``; safetensors only."""
-    if model.startswith(BUILTIN_PREFIX):
-        name = model[len(BUILTIN_PREFIX):]
-        if name != "shapes":
-            raise ValueError(f"unknown built-in model {name!r}; the built-in model is 'builtin:shapes'")
-        from .. import shapes
-
-        pipe = shapes.load_pipeline(torch_dtype=torch_dtype, device=device)
-        # inversion defaults: the model's 20 DDIM steps; guidance 1 (generation uses shapes.DEFAULT_GUIDANCE)
-        pipe._nrinv_defaults = {"num_inference_steps": shapes.DEFAULT_STEPS, "guidance_scale": 1.0}
-        return pipe
-    from diffusers import DiffusionPipeline
-
-    path = Path(model).expanduser()
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or os.sep in model and model.count("/") > 1
-    if looks_local and not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(path) if looks_local else model,
-                                                 torch_dtype=torch_dtype, use_safetensors=True)
-    except OSError as exc:
-        raise OSError(f"could not load pipeline {model!r}: {exc}".splitlines()[0]) from exc
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

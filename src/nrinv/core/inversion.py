@@ -4,30 +4,29 @@ Sampling runs ``z_0 = z_T (noise) -> z_1 -> ... -> z_N (image latent)`` with
 ``z_{i+1} = A_i z_i + B_i m_i(s_i z_i) + C_i`` (``schedulers.py``).  Inversion starts from the
 encoded image ``z_N`` and recovers ``z_{N-1}, ..., z_0`` by solving ``z_i = f_i(z_i)`` with a solver
 from ``solvers.SOLVERS``.  Every quantity the solver sees is float32, whatever dtype the network
-runs in.
+runs in.  This module takes tensors (images in [0, 1], or latents) and returns tensors; loading
+images and shaping outputs like diffusers is ``nrinv.api``'s job.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..errors import InputError
 from .adapters import Adapter, Conditioning, adapter_for
-from ..io.images import ImageLike, InputError, load_image, to_tensor
-from .schedulers import AffineStep, Schedule, affine_schedule
-from .solvers import Problem, SolveResult, Status, get_solver, make_options
+from .schedulers import AffineStep, Schedule
+from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
-__all__ = ["InversionResult", "Reconstruction", "invert", "invert_batch", "reconstruct", "sample", "prepare",
-           "DEFAULT_METHOD", "DEFAULT_ITERATIONS"]
+__all__ = ["Setup", "InversionResult", "invert", "invert_batch", "reconstruct", "sample", "prepare",
+           "solver_options"]
 
-# Chosen by measurement on the built-in model (benchmarks/README.md, section 5).
-DEFAULT_METHOD = "anderson"
-DEFAULT_ITERATIONS = 2
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
 
 
@@ -43,17 +42,32 @@ class Setup:
     guidance_scale: float
     seed: Optional[int]
 
+    def denoiser(self, step: AffineStep, cond: Optional[Conditioning] = None) -> Callable[[Tensor], Tensor]:
+        """``z -> m(s z, t)``: the guided network output of sampler step ``step`` (float32)."""
+        cond = self.cond if cond is None else cond
+
+        def model(z: Tensor) -> Tensor:
+            return self.adapter.denoise(step.input_scale * z, step.timestep, cond)
+        return model
+
 
 @dataclass
 class InversionResult:
-    latent: Tensor                      # z_0 of sampling (the noise), scheduler units
-    pipeline_latents: Tensor            # the ``latents=`` argument of the stock pipeline
-    encoded: Tensor                     # z_N, the encoded image latent
-    trajectory: list[Tensor]            # z_0 .. z_N
-    steps: list[SolveResult]            # per sampler step i (sampling order)
-    noises: list[Optional[Tensor]]      # recorded noise per sampler step (None where none is drawn)
+    """The noise an image inverts to, and how it was found.
+
+    ``latents`` is what ``pipe(latents=...)`` takes (scaled by the scheduler's ``init_noise_sigma``
+    where the pipeline multiplies by it, in the pipeline's dtype and device);
+    ``scheduler_latents`` is the same noise in the scheduler's units, float32 (``z_0`` of sampling).
+    """
+
+    scheduler_latents: Tensor            # z_0 of sampling (the noise), scheduler units, float32
+    latents: Tensor                      # the ``latents=`` argument of the stock pipeline
+    encoded: Tensor                      # z_N, the encoded image latent
+    trajectory: list[Tensor]             # z_0 .. z_N
+    steps: list[SolveResult]             # per sampler step i (sampling order)
+    noises: list[Optional[Tensor]]       # recorded noise per sampler step (None where none is drawn)
     nfe: int
-    wall_time: float                    # seconds spent in the solver loop
+    wall_time: float                     # seconds spent in the solver loop
     encode_time: float
     settings: dict[str, Any]
     setup: Optional[Setup] = field(default=None, repr=False)
@@ -64,14 +78,25 @@ class InversionResult:
 
     @property
     def ok(self) -> bool:
-        """Every step converged (residual within the solver's rtol/atol)."""
+        """Every step converged (its residual within the solver's ``rtol``/``atol``)."""
         return self.status is Status.CONVERGED
 
     @property
     def finite(self) -> bool:
-        """A usable answer: no step diverged or produced NaN/Inf (it may have stopped at its
+        """A usable answer: no step diverged or produced NaN/Inf (a step may have stopped at its
         iteration budget before converging)."""
         return self.status.finite
+
+    @property
+    def latent(self) -> Tensor:
+        warnings.warn("InversionResult.latent is deprecated: use .scheduler_latents (scheduler units) or "
+                      ".latents (what pipe(latents=...) takes)", FutureWarning, stacklevel=2)
+        return self.scheduler_latents
+
+    @property
+    def pipeline_latents(self) -> Tensor:
+        warnings.warn("InversionResult.pipeline_latents is deprecated: use .latents", FutureWarning, stacklevel=2)
+        return self.latents
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready summary: settings, per-step solver stats, totals."""
@@ -79,6 +104,7 @@ class InversionResult:
             "version": __version__,
             "settings": self.settings,
             "status": self.status.value,
+            "converged": self.ok,
             "nfe": self.nfe,
             "wall_time_s": round(self.wall_time, 4),
             "encode_time_s": round(self.encode_time, 4),
@@ -86,63 +112,36 @@ class InversionResult:
         }
 
 
-@dataclass
-class Reconstruction:
-    latent: Tensor
-    image: Optional[Tensor]
-
-
 def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_steps: Optional[int] = None,
             guidance_scale: Optional[float] = None, seed: Optional[int] = 0, negative_prompt: Optional[str] = None,
             generator: Optional[torch.Generator] = None) -> Setup:
     """Adapter, probed schedule (with the recorded noise of ``generator``, else of ``seed``) and prompt
-    conditioning."""
+    conditioning; ``None`` steps / guidance take the model's defaults."""
     adapter = adapter_for(pipe)
-    defaults = adapter.default_settings()
-    steps = int(defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
-    guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+    steps = int(adapter.defaults.num_inference_steps if num_inference_steps is None else num_inference_steps)
+    guidance = float(adapter.defaults.guidance_scale if guidance_scale is None else guidance_scale)
     if steps < 1:
         raise InputError(f"num_inference_steps must be >= 1, got {steps}")
     if not isinstance(prompt, str):
         raise InputError("prompt must be a string")
     adapter.check_size(*size)
-    scheduler = adapter.prepare_scheduler(steps, *size)
-    shape = adapter.latent_shape(*size)
-    if generator is not None:
-        seed = None
-    schedule = affine_schedule(scheduler, shape, generator=generator, seed=seed, device=adapter.device,
-                               noise_dtype=adapter.dtype, step_kwargs=adapter.step_kwargs())
-    with torch.no_grad():
-        cond = adapter.conditioning(prompt, negative_prompt, guidance, size)
-    return Setup(adapter, schedule, cond, size, steps, guidance, seed)
-
-
-def _model_fn(setup: Setup, step: AffineStep, cond: Conditioning):
-    def model(z: Tensor) -> Tensor:
-        return setup.adapter.denoise(step.input_scale * z, step.timestep, cond)
-    return model
+    seed = None if generator is not None else seed
+    schedule = adapter.schedule(steps, size, seed=seed, generator=generator)
+    cond = adapter.conditioning(prompt, negative_prompt, guidance, size)
+    return Setup(adapter, schedule, cond, tuple(size), steps, guidance, seed)
 
 
 def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioning] = None,
            progress: bool = False, stop: Optional[int] = None) -> Tensor:
     """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop)."""
-    cond = cond or setup.cond
     z = z.to(device=setup.schedule.device, dtype=torch.float32)
     with torch.no_grad():
         for step in tqdm(setup.schedule.steps[start:stop], desc="sampling", disable=not progress, leave=False):
-            z = step.apply(z, _model_fn(setup, step, cond)(z))
+            z = step.apply(z, setup.denoiser(step, cond)(z))
     return z
 
 
-def _as_image_tensor(image: ImageLike, size: Optional[tuple[int, int]], max_pixels: Optional[int],
-                     notes: list) -> Tensor:
-    kwargs = {"notes": notes, "size": size}
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    return to_tensor(load_image(image, **kwargs))
-
-
-def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any,
+def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOptions,
                  progress: bool, warm_start: bool = False) -> tuple[list[SolveResult], list[Tensor], float]:
     """Solve the implicit equations from the last sampler step to the first.
 
@@ -162,7 +161,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
     bar = tqdm(list(reversed(steps)), desc=f"inverting ({method})", disable=not progress, leave=False)
     for step in bar:
         z_next = z
-        model = _model_fn(setup, step, setup.cond)
+        model = setup.denoiser(step)
 
         def fixed_point_map(zz: Tensor, step=step, z_next=z_next, model=model) -> Tensor:
             return step.fixed_point_map(z_next, model(zz))
@@ -173,13 +172,14 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, solver_options: Any
         problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
                           guidance_beta=step.guidance_beta, precision=precision)
         with grad_ctx():
-            res = spec.fn(problem, solver_options)
+            res = spec.fn(problem, options)
         results.append(res)
         z = res.z.detach()
         if warm_start and step.B != 0:
             implied = (z_next - step.A * z - (0 if step.C is None else step.C)) / step.B
         trajectory.append(z)
-        bar.set_postfix(status=res.status.value, nfe=res.nfe)
+        if progress:
+            bar.set_postfix(status=res.status.value, nfe=res.nfe)
         if res.status is Status.NONFINITE:
             break
     wall = time.perf_counter() - t0
@@ -198,43 +198,61 @@ def _auto_warm(warm_start: Optional[bool], setup: Setup) -> bool:
     return (not getattr(setup.cond, "cfg", False)) if warm_start is None else bool(warm_start)
 
 
-def _solver_options(method: str, options: Any, max_iterations: Optional[int]) -> Any:
-    """Options of ``method``; the default method runs DEFAULT_ITERATIONS unless told otherwise."""
-    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
+def solver_options(pipe: Any, method: Optional[str], options: Any = None,
+                   max_iterations: Optional[int] = None) -> tuple[str, SolverOptions]:
+    """``(method, options)`` with the model's defaults filled in: its method, and its iterations per
+    step unless ``max_iterations`` or ``options`` set them (``ddim`` is one evaluation)."""
+    defaults = adapter_for(pipe).defaults
+    method = defaults.method if method is None else method
+    get_solver(method)
     given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
-    if method == DEFAULT_METHOD and "max_iterations" not in given and not overrides:
-        overrides["max_iterations"] = DEFAULT_ITERATIONS
-    return make_options(method, options, **overrides)
+    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
+    if method != "ddim" and "max_iterations" not in given and not overrides:
+        overrides["max_iterations"] = defaults.max_iterations
+    return method, make_options(method, options, **overrides)
 
 
-def _settings(setup: Setup, method: str, solver_options: Any, prompt: str, negative_prompt: Optional[str],
-              notes: list[str]) -> dict[str, Any]:
+def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, negative_prompt: Optional[str],
+              notes: list[str], generator: Optional[torch.Generator]) -> dict[str, Any]:
     """The JSON-ready record of what an inversion did (sidecars, benchmarks)."""
     adapter = setup.adapter
     return {
         "method": method,
-        "options": solver_options.to_dict(),
+        "options": options.to_dict(),
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "num_inference_steps": setup.num_inference_steps,
         "guidance_scale": setup.guidance_scale,
         "seed": setup.seed,
+        "generator": None if generator is None else {"device": str(generator.device),
+                                                     "initial_seed": int(generator.initial_seed())},
         "height": setup.size[0],
         "width": setup.size[1],
+        "model_kind": adapter.defaults.kind,
         "scheduler": setup.schedule.scheduler_name,
         "pipeline": type(adapter.pipe).__name__,
         "dtype": str(adapter.dtype).replace("torch.", ""),
-        "notes": notes,
+        "device": str(adapter.device),
+        "notes": list(notes),
     }
+
+
+def _check_pixels(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise InputError(f"images must be a (B, 3, H, W) tensor in [0, 1]; got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    return images
 
 
 def invert(
     pipe: Any,
-    image: Optional[ImageLike] = None,
+    images: Optional[Tensor] = None,
     prompt: str = "",
     *,
-    latent: Optional[Tensor] = None,
-    method: str = DEFAULT_METHOD,
+    image_latents: Optional[Tensor] = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    method: Optional[str] = None,
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
     seed: int = 0,
@@ -242,55 +260,48 @@ def invert(
     negative_prompt: Optional[str] = None,
     options: Any = None,
     max_iterations: Optional[int] = None,
-    size: Optional[tuple[int, int]] = None,
-    max_pixels: Optional[int] = None,
     warm_start: Optional[bool] = None,
-    progress: bool = True,
+    progress: bool = False,
+    notes: Sequence[str] = (),
 ) -> InversionResult:
-    """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``image``.
+    """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``images``.
 
-    Give either ``image`` (path, PIL, array or (3, H, W) tensor in [0, 1]) or an already encoded
-    ``latent`` (scaled, in the pipeline's latent layout, with ``size`` the image size).  ``method``
-    names a solver of ``nrinv.SOLVERS``; ``options`` (dict or options dataclass) and
-    ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral, LCM) use the noise the
-    stock pipeline draws with ``generator`` (a CPU or a GPU generator; read, not advanced: pass the
-    same one, or one seeded the same, to the pipeline), else with ``torch.Generator().manual_seed(seed)``.  ``warm_start`` starts each
-    step from the model output implied by the previous step (no extra network call; not for ``ddim``);
-    ``None`` turns it on exactly when no classifier-free guidance is used.
+    Give ``images`` ((1, 3, H, W) in [0, 1]) or an already encoded ``image_latents`` (scaled, in the
+    pipeline's latent layout; ``height``/``width`` are then the image size, default the model's).
+    ``method`` names a solver of ``nrinv.SOLVERS`` (default: the model's); ``options`` (dict or
+    options dataclass) and ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral,
+    LCM) use the noise the stock pipeline draws with ``generator`` (CPU or GPU; read, not advanced),
+    else with ``torch.Generator().manual_seed(seed)``.  ``warm_start`` starts each step from the model
+    output implied by the previous step (no extra network call; not for ``ddim``); ``None`` turns it
+    on exactly when no classifier-free guidance is used.
     """
-    solver_options = _solver_options(method, options, max_iterations)
     adapter = adapter_for(pipe)
-    notes: list[str] = []
-
+    method, options = solver_options(adapter, method, options, max_iterations)
     t0 = time.perf_counter()
-    if latent is None:
-        if image is None:
-            raise InputError("pass an image or a latent to invert")
-        pixels = _as_image_tensor(image, size, max_pixels, notes)
-        size = (pixels.shape[-2], pixels.shape[-1])
+    if image_latents is None:
+        if images is None:
+            raise InputError("pass an image or image latents to invert")
+        images = _check_pixels(images)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
         adapter.check_size(*size)
         with torch.no_grad():
-            encoded = adapter.encode(pixels)
+            encoded = adapter.encode(images)
     else:
-        encoded = latent.detach().to(device=adapter.device, dtype=torch.float32)
-        if size is None:
-            size = adapter.default_size()
+        encoded = image_latents.detach().to(device=adapter.device, dtype=torch.float32)
+        size = adapter.default_size() if height is None or width is None else (int(height), int(width))
     encode_time = time.perf_counter() - t0
 
-    setup = prepare(pipe, prompt, size=size, num_inference_steps=num_inference_steps,
+    setup = prepare(adapter, prompt, size=size, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
-    expected = setup.adapter.latent_shape(*size, batch=encoded.shape[0])
+    expected = adapter.latent_shape(*size, batch=encoded.shape[0])
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
-    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress,
-                                              _auto_warm(warm_start, setup))
+    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, _auto_warm(warm_start, setup))
     z = trajectory[0]
-
-    settings = _settings(setup, method, solver_options, prompt, negative_prompt, notes)
     return InversionResult(
-        latent=z,
-        pipeline_latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
+        scheduler_latents=z,
+        latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
         encoded=encoded,
         trajectory=trajectory,
         steps=results,
@@ -298,33 +309,29 @@ def invert(
         nfe=sum(r.nfe for r in results),
         wall_time=wall,
         encode_time=encode_time,
-        settings=settings,
+        settings=_settings(setup, method, options, prompt, negative_prompt, list(notes), generator),
         setup=setup,
     )
 
 
-def reconstruct(pipe: Any, result: InversionResult, *, decode: bool = True, progress: bool = False) -> Reconstruction:
-    """Regenerate the image from an inversion's noise latent with the same prompt, steps and noise."""
+def reconstruct(pipe: Any, result: InversionResult, *, progress: bool = False) -> Tensor:
+    """The final latent ``z_N`` regenerated from an inversion's noise with the same prompt, steps and noise."""
     setup = result.setup
-    if setup is None or (setup.adapter is not pipe and setup.adapter.pipe is not pipe):
+    adapter = adapter_for(pipe)
+    if setup is None or (setup.adapter is not adapter and setup.adapter.pipe is not getattr(adapter, "pipe", None)):
         s = result.settings
-        setup = prepare(pipe, s["prompt"], size=(s["height"], s["width"]),
+        setup = prepare(adapter, s["prompt"], size=(s["height"], s["width"]),
                         num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"],
                         seed=s["seed"], negative_prompt=s.get("negative_prompt"))
-    z = sample(setup, result.latent, progress=progress)
-    image = None
-    if decode:
-        with torch.no_grad():
-            image = setup.adapter.decode(z, setup.size)
-    return Reconstruction(latent=z, image=image)
+    return sample(setup, result.scheduler_latents, progress=progress)
 
 
 def invert_batch(
     pipe: Any,
-    images: Sequence[ImageLike],
+    images: Tensor,
     prompts: Sequence[str] | str,
     *,
-    method: str = DEFAULT_METHOD,
+    method: Optional[str] = None,
     num_inference_steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
     seed: int = 0,
@@ -332,55 +339,48 @@ def invert_batch(
     negative_prompt: Optional[str] = None,
     options: Any = None,
     max_iterations: Optional[int] = None,
-    size: Optional[tuple[int, int]] = None,
-    max_pixels: Optional[int] = None,
     warm_start: Optional[bool] = None,
-    progress: bool = True,
+    progress: bool = False,
+    notes: Optional[Sequence[Sequence[str]]] = None,
 ) -> list[InversionResult]:
-    """Invert several same-size images with one network call per evaluation (batch dimension).
+    """Invert a batch ``images`` (B, 3, H, W) with one network call per evaluation.
 
     Solvers treat samples independently (per-sample norms and stopping), so every image gets the
-    answer it gets alone, up to float rounding.  Stochastic samplers use the same recorded noise
-    (``seed``) for every image, as one-at-a-time inversion with that seed does.  The per-step
-    solver stats are those of the batch (residual norms: the worst sample).
+    answer it gets alone, up to float rounding.  Stochastic samplers use the same recorded noise for
+    every image, as one-at-a-time inversion with that seed / generator does.  The per-step solver
+    stats are those of the batch (residual norms: the worst sample).
     """
+    images = _check_pixels(images)
     if isinstance(prompts, str):
-        prompts = [prompts] * len(images)
-    if len(prompts) != len(images) or not images:
-        raise InputError(f"got {len(images)} images and {len(prompts)} prompts")
-    solver_options = _solver_options(method, options, max_iterations)
+        prompts = [prompts] * images.shape[0]
+    if len(prompts) != images.shape[0] or not len(prompts):
+        raise InputError(f"got {images.shape[0]} images and {len(prompts)} prompts")
     adapter = adapter_for(pipe)
-    notes: list[list[str]] = [[] for _ in images]
-    t0 = time.perf_counter()
-    pixels = [_as_image_tensor(img, size, max_pixels, n) for img, n in zip(images, notes)]
-    sizes = {tuple(p.shape[-2:]) for p in pixels}
-    if len(sizes) != 1:
-        raise InputError(f"a batch needs images of one size, got {sorted(sizes)}; pass size=(h, w) to resize")
-    size = sizes.pop()
+    method, options = solver_options(adapter, method, options, max_iterations)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
     adapter.check_size(*size)
+    t0 = time.perf_counter()
     with torch.no_grad():
-        encoded = adapter.encode(torch.cat(pixels))
+        encoded = adapter.encode(images)
     encode_time = time.perf_counter() - t0
 
-    setup = prepare(pipe, prompts[0], size=size, num_inference_steps=num_inference_steps,
+    setup = prepare(adapter, prompts[0], size=size, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
-    with torch.no_grad():
-        conds = [setup.cond] + [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size)
-                                for p in prompts[1:]]
-    setup.cond = Conditioning.cat(conds)
-    results, trajectory, wall = _solve_steps(setup, encoded, method, solver_options, progress,
-                                              _auto_warm(warm_start, setup))
-
+    conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
+    batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
+                        setup.guidance_scale, setup.seed)
+    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress,
+                                              _auto_warm(warm_start, batch_setup))
     out = []
     for i, prompt in enumerate(prompts):
         single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale,
                        setup.seed)
-        latent = trajectory[0][i:i + 1]
-        settings = dict(_settings(setup, method, solver_options, prompt, negative_prompt, notes[i]),
-                        batch_size=len(prompts))
+        z = trajectory[0][i:i + 1]
+        settings = dict(_settings(setup, method, options, prompt, negative_prompt,
+                                  list(notes[i]) if notes else [], generator), batch_size=len(prompts))
         out.append(InversionResult(
-            latent=latent, pipeline_latents=adapter.to_pipeline_latents(latent, setup.schedule.init_noise_sigma),
-            encoded=encoded[i:i + 1], trajectory=[z[i:i + 1] for z in trajectory], steps=results,
+            scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
+            encoded=encoded[i:i + 1], trajectory=[t[i:i + 1] for t in trajectory], steps=results,
             noises=setup.schedule.noises, nfe=sum(r.nfe for r in results), wall_time=wall / len(prompts),
             encode_time=encode_time / len(prompts), settings=settings, setup=single))
     return out

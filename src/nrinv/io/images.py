@@ -1,9 +1,8 @@
-"""Image and latent I/O: validated loading, atomic writes."""
+"""Images in: validated loading of paths, PIL images, arrays and tensors; conversions."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -11,16 +10,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["InputError", "load_image", "to_tensor", "to_pil", "atomic_write", "save_png", "save_json",
-           "save_latent", "load_latent", "DEFAULT_MAX_PIXELS"]
+from ..errors import InputError
+
+__all__ = ["load_image", "load_pixels", "resolve_size", "to_tensor", "to_pil", "ImageLike", "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 _KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L"}
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
-
-
-class InputError(ValueError):
-    """Bad user input: the message is one line saying what was wrong and what to do."""
 
 
 def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes: Optional[list] = None,
@@ -106,58 +102,22 @@ def to_pil(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -> Path:
-    """Write through ``writer(tmp_path)`` to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def resolve_size(height: Optional[int], width: Optional[int], size: Optional[tuple[int, int]] = None,
+                 where: str = "size") -> Optional[tuple[int, int]]:
+    """``(height, width)`` from diffusers-style arguments; the old ``size=(h, w)`` warns."""
+    if size is not None:
+        warnings.warn(f"{where}: size=(h, w) is deprecated; pass height= and width=", FutureWarning, stacklevel=3)
+        height, width = size
+    if (height is None) != (width is None):
+        raise InputError("give both height and width (or neither)")
+    if height is None:
+        return None
+    if int(height) < 1 or int(width) < 1:
+        raise InputError(f"height and width must be >= 1, got {height}x{width}")
+    return int(height), int(width)
 
 
-def save_png(image: Union[Image.Image, torch.Tensor], path, *, force: bool = True) -> Path:
-    img = image if isinstance(image, Image.Image) else to_pil(image)
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), force=force)
-
-
-def save_json(data: Any, path, *, force: bool = True) -> Path:
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-    return atomic_write(path, write, force=force)
-
-
-def save_latent(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path, *, force: bool = True) -> Path:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), force=force)
-
-
-def load_latent(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"latent file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises several types for corrupt files
-        raise InputError(f"cannot read latent file {path}: {str(exc).splitlines()[0]}") from None
-    if "latent" not in tensors:
-        raise InputError(f"{path} holds no 'latent' tensor; was it written by `nrinv invert`?")
-    return tensors, meta
+def load_pixels(image: ImageLike, *, size: Optional[tuple[int, int]] = None, max_pixels: Optional[int] = None,
+                notes: Optional[list] = None) -> Tensor:
+    """An image of any accepted form as a (1, 3, H, W) float32 tensor in [0, 1] (resized to ``size``)."""
+    return to_tensor(load_image(image, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, notes=notes, size=size))

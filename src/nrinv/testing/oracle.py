@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.adapters import Adapter
+from ..core.defaults import ModelDefaults
 from ..core.schedulers import SUPPORTED_SCHEDULERS, AffineStep
 
 
@@ -92,7 +94,7 @@ class GaussianOracle:
         return sol.reshape(z_next.shape).to(z_next.dtype)
 
 
-class OracleAdapter:
+class OracleAdapter(Adapter):
     """The Gaussian oracle dressed as an adapter, so ``nrinv.invert`` runs its full loop on it.
 
     Latents are the model's own space (``encode``/``decode`` are the identity on (B, C, h, w)).
@@ -105,19 +107,15 @@ class OracleAdapter:
                  seed: int = 0):
         import copy
 
+        super().__init__(self, ModelDefaults("oracle", num_inference_steps, 1.0, height=latent_shape[-2],
+                                             width=latent_shape[-1]))
         self.scheduler = copy.deepcopy(scheduler)
         self.shape = tuple(latent_shape)
-        self.steps = num_inference_steps
         self.oracle = GaussianOracle(scheduler, latent_shape, seed=seed)
-        self.pipe = self
-        self.dtype = torch.float32
-        self.device = torch.device("cpu")
 
-    def default_settings(self) -> dict:
-        return {"num_inference_steps": self.steps, "guidance_scale": 1.0}
-
-    def default_size(self) -> tuple[int, int]:
-        return self.shape[-2], self.shape[-1]
+    device = torch.device("cpu")
+    dtype = torch.float32
+    network = None
 
     def check_size(self, height: int, width: int) -> None:
         if (height, width) != self.default_size():
@@ -136,10 +134,7 @@ class OracleAdapter:
     def step_kwargs(self) -> dict:
         return {}
 
-    def to_pipeline_latents(self, z: Tensor, init_noise_sigma: float) -> Tensor:
-        return z / init_noise_sigma
-
-    def conditioning(self, prompt, negative_prompt, guidance_scale, size):
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
         return None
 
     def denoise(self, z: Tensor, t: Tensor, cond: Any) -> Tensor:

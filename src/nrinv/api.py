@@ -1,0 +1,141 @@
+"""Inversion for people: images in any form (path, PIL, array, tensor), results shaped like diffusers'.
+
+The engine (``nrinv.core``) takes and returns tensors; these entry points load and validate images
+(``nrinv.io``) and format outputs (``output_type`` in ``pil`` | ``np`` | ``pt`` | ``latent``).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .core import inversion as core
+from .core.adapters import adapter_for
+from .core.inversion import InversionResult
+from .errors import InputError
+from .io.images import ImageLike, load_pixels, resolve_size
+from .io.outputs import check_output_type, format_images
+
+__all__ = ["invert", "invert_batch", "reconstruct", "ReconstructionOutput"]
+
+
+def invert(
+    pipe: Any,
+    image: Optional[ImageLike] = None,
+    prompt: str = "",
+    *,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    image_latents: Optional[Tensor] = None,
+    method: Optional[str] = None,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    seed: int = 0,
+    generator: Optional[torch.Generator] = None,
+    negative_prompt: Optional[str] = None,
+    options: Any = None,
+    max_iterations: Optional[int] = None,
+    warm_start: Optional[bool] = None,
+    max_pixels: Optional[int] = None,
+    progress: bool = False,
+    size: Optional[tuple[int, int]] = None,
+    latent: Optional[Tensor] = None,
+) -> InversionResult:
+    """Find the noise from which ``pipe`` regenerates ``image`` (a path, PIL image, array or tensor).
+
+    ``height``/``width`` resize the image first (or give the image size of ``image_latents``, an
+    already encoded latent).  ``result.latents`` is what ``pipe(prompt, latents=..., generator=...)``
+    takes to regenerate the image.  See :func:`nrinv.core.inversion.invert` for the solver arguments.
+    (``size=`` and ``latent=`` are deprecated spellings of ``height``/``width`` and ``image_latents``.)
+    """
+    resized = resolve_size(height, width, size, "invert")
+    if latent is not None:
+        warnings.warn("invert(latent=...) is deprecated; pass image_latents=", FutureWarning, stacklevel=2)
+        image_latents = latent
+    notes: list[str] = []
+    pixels = None
+    if image_latents is None:
+        if image is None:
+            raise InputError("pass an image (or image_latents) to invert")
+        pixels = load_pixels(image, size=resized, max_pixels=max_pixels, notes=notes)
+    h, w = resized if resized else (None, None)
+    return core.invert(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, method=method,
+                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+                       generator=generator, negative_prompt=negative_prompt, options=options,
+                       max_iterations=max_iterations, warm_start=warm_start, progress=progress, notes=notes)
+
+
+def invert_batch(
+    pipe: Any,
+    images: Sequence[ImageLike],
+    prompts: Sequence[str] | str,
+    *,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    method: Optional[str] = None,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    seed: int = 0,
+    generator: Optional[torch.Generator] = None,
+    negative_prompt: Optional[str] = None,
+    options: Any = None,
+    max_iterations: Optional[int] = None,
+    warm_start: Optional[bool] = None,
+    max_pixels: Optional[int] = None,
+    progress: bool = False,
+    size: Optional[tuple[int, int]] = None,
+) -> list[InversionResult]:
+    """Invert several same-size images with one network call per evaluation (see
+    :func:`nrinv.core.inversion.invert_batch`); ``height``/``width`` resize them all first."""
+    resized = resolve_size(height, width, size, "invert_batch")
+    images = list(images)
+    if not images:
+        raise InputError("give at least one image")
+    notes: list[list[str]] = [[] for _ in images]
+    pixels = [load_pixels(img, size=resized, max_pixels=max_pixels, notes=n) for img, n in zip(images, notes)]
+    sizes = {tuple(p.shape[-2:]) for p in pixels}
+    if len(sizes) != 1:
+        raise InputError(f"a batch needs images of one size, got {sorted(sizes)}; pass height= and width= to resize")
+    return core.invert_batch(pipe, torch.cat(pixels), prompts, method=method, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, seed=seed, generator=generator,
+                             negative_prompt=negative_prompt, options=options, max_iterations=max_iterations,
+                             warm_start=warm_start, progress=progress, notes=notes)
+
+
+@dataclass
+class ReconstructionOutput:
+    """``images``: one entry, as ``output_type`` asks; ``latents``: the regenerated image latent (1, ...)."""
+
+    images: list[Any]
+    latents: Tensor
+
+    @property
+    def latent(self) -> Tensor:
+        warnings.warn("Reconstruction.latent is deprecated: use .latents", FutureWarning, stacklevel=2)
+        return self.latents
+
+    @property
+    def image(self) -> Any:
+        warnings.warn("Reconstruction.image is deprecated: use .images[0] (output_type='pt' for a tensor)",
+                      FutureWarning, stacklevel=2)
+        return self.images[0] if self.images else None
+
+
+def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil", progress: bool = False,
+                decode: Optional[bool] = None) -> ReconstructionOutput:
+    """Regenerate the image from an inversion's noise with the same prompt, steps and noise.
+    (``decode=False`` is a deprecated spelling of ``output_type="latent"``.)"""
+    if decode is not None:
+        warnings.warn("reconstruct(decode=...) is deprecated; pass output_type='latent' for no decoding",
+                      FutureWarning, stacklevel=2)
+        output_type = output_type if decode else "latent"
+    check_output_type(output_type)
+    adapter = adapter_for(pipe)
+    z = core.reconstruct(adapter, result, progress=progress)
+    size = (result.settings["height"], result.settings["width"])
+    with torch.no_grad():
+        images = format_images([z], lambda lat: adapter.decode(lat, size), output_type)
+    return ReconstructionOutput(images=images, latents=z)

@@ -1,0 +1,75 @@
+"""Measurement on the machine at hand: peak memory, device synchronisation, what the machine is."""
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..core.adapters import adapter_for
+
+__all__ = ["PeakMemory", "sync", "machine_info"]
+
+
+class PeakMemory:
+    """Peak memory growth in MB during a block: CUDA max allocated, else sampled resident set."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = 0.0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.running = True
+
+        def sample():
+            while self.running:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                time.sleep(0.002)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak_mb = (self.peak - self.base) / 2**20
+        return False
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_info(pipe: Any) -> dict:
+    import diffusers
+
+    adapter = adapter_for(pipe)
+    info = {
+        "nrinv": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
+        "cpu_threads": torch.get_num_threads(), "device": str(adapter.device), "dtype": str(adapter.dtype),
+        "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
+    }
+    if adapter.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(adapter.device)
+    return info

@@ -1,0 +1,129 @@
+"""`nrinv invert`, `nrinv reconstruct`, `nrinv methods`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .._version import __version__
+from .common import (DEFAULT_MODEL, UsageError, add_model_args, add_solver_args, check_output, image_size,
+                     load_model, note, run, solver_args)
+
+#: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
+LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
+
+
+def cmd_invert(args) -> int:
+    from ..api import invert
+    from ..errors import InputError
+    from ..io.files import save_json, save_latent
+    from ..io.images import load_image
+
+    if not args.prompt or not args.prompt.strip():
+        raise UsageError("the prompt is empty; describe the image with --prompt")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    method, options = solver_args(args)
+    image_path = Path(args.image)
+    out = Path(args.output) if args.output else image_path.with_suffix(".latent.safetensors")
+    sidecar = out.with_suffix(".json")
+    check_output(out, args.force)
+    check_output(sidecar, args.force)
+    notes: list[str] = []
+    try:
+        image = load_image(image_path, max_pixels=args.max_pixels, notes=notes, size=args.resize)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    for text in notes:
+        note(text, args.quiet)
+
+    pipe = load_model(args.model, args.dtype, args.device)
+    result = run(invert, pipe=pipe, image=image, prompt=args.prompt, method=method, options=options,
+                 num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                 negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
+                 progress=not args.quiet)
+    stats = result.stats()
+    stats["settings"]["notes"] = notes + stats["settings"]["notes"]
+    stats["model"] = args.model
+    stats["input"] = str(image_path)
+    tensors = dict(zip(LATENT_KEYS, (result.scheduler_latents, result.latents, result.encoded)))
+    save_latent(tensors, {"nrinv": json.dumps(stats)}, out, force=args.force)
+    stats["output"] = str(out)
+    save_json(stats, sidecar, force=args.force)
+    if not args.quiet:
+        print(f"wrote {out} and {sidecar} ({result.status.value}, {result.nfe} NFE, {result.wall_time:.2f} s)")
+    if not result.finite:
+        print(f"error: inversion ended with status {result.status.value}; see {sidecar}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from ..core.inversion import prepare, sample
+    from ..errors import InputError
+    from ..io.files import load_latent, save_json, save_png
+
+    out = Path(args.output)
+    check_output(out, args.force)
+    try:
+        tensors, meta = load_latent(args.latent)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        stats = json.loads(meta["nrinv"])
+        s = stats["settings"]
+    except (KeyError, json.JSONDecodeError):
+        raise UsageError(f"{args.latent} has no nrinv settings; was it written by `nrinv invert`?") from None
+    pipe = load_model(args.model or stats.get("model", DEFAULT_MODEL), args.dtype, args.device)
+    setup = run(prepare, pipe=pipe, prompt=s["prompt"], size=(s["height"], s["width"]),
+                num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], seed=s["seed"],
+                negative_prompt=s.get("negative_prompt"))
+    z = sample(setup, tensors["scheduler_latents"], progress=not args.quiet)
+    with torch.no_grad():
+        image = setup.adapter.decode(z, setup.size)
+    save_png(image, out, force=args.force)
+    save_json({"version": __version__, "latent": str(args.latent), "model": args.model or stats.get("model"),
+               "settings": s}, out.with_suffix(".json"), force=args.force)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from ..core.solvers import SOLVERS
+
+    for name, spec in SOLVERS.items():
+        fields = ", ".join(f"{k}={v}" for k, v in spec.options().to_dict().items())
+        print(f"{name:14s} {spec.summary}\n{'':14s} options: {fields}")
+    return 0
+
+
+def register(sub) -> None:
+    from ..io.images import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser("invert", help="invert an image to its noise latent")
+    p.add_argument("image")
+    p.add_argument("--prompt", required=True, help="text describing the image")
+    p.add_argument("--negative-prompt", default=None)
+    add_solver_args(p)
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="start each step from the known latent instead of the previous step's model output")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW", help="resize the image first")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
+    p.add_argument("-o", "--output", default=None, help="latent file (.safetensors); a .json sidecar is written beside")
+    add_model_args(p)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("reconstruct", help="regenerate the image from an inverted latent")
+    p.add_argument("latent")
+    p.add_argument("-o", "--output", required=True, help="output PNG")
+    add_model_args(p, default=None)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("methods", help="list the inversion methods and their options")
+    p.set_defaults(func=cmd_methods)

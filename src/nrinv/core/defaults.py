@@ -1,0 +1,129 @@
+"""Defaults per kind of model, in one place, keyed by what the model *is*.
+
+A pipeline's kind is read from its classes and configs (pipeline class, scheduler class and
+spacing, the denoiser's configuration), never from the name or folder it was loaded from and never
+from attributes written onto it: the built-in shapes model loaded from a copy of its folder gets
+the built-in defaults, and a user's pipeline is left as it was.
+
+``model_defaults(pipe)`` returns a frozen :class:`ModelDefaults`; an adapter computes it once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .options import Options
+
+__all__ = ["ModelDefaults", "model_defaults", "model_kind", "DEFAULT_METHOD", "DEFAULT_ITERATIONS",
+           "SHAPES_UNET_FINGERPRINT", "MODEL_KINDS"]
+
+#: the default solver and its iterations per step (benchmarks/README.md); a kind may override them
+DEFAULT_METHOD = "anderson"
+DEFAULT_ITERATIONS = 2
+
+
+@dataclass(frozen=True)
+class ModelDefaults(Options):
+    """What a user of this kind of model expects when they pass nothing.
+
+    ``guidance_scale`` is the guidance of inversion and reconstruction (the source prompt describes
+    the image); ``edit_*`` are the edit's regeneration settings (``edit_guidance_scale=None``: the
+    inversion's guidance); ``height``/``width`` the model's native image size (``None``: from the
+    network's sample size).
+    """
+
+    kind: str
+    num_inference_steps: int
+    guidance_scale: float
+    edit_strength: float = 0.6
+    edit_guidance_scale: Optional[float] = None
+    guide_from_source: bool = False
+    mask_threshold: Optional[float] = None
+    method: str = DEFAULT_METHOD
+    max_iterations: int = DEFAULT_ITERATIONS
+    height: Optional[int] = None
+    width: Optional[int] = None
+
+    @property
+    def edit_guidance(self) -> float:
+        return self.guidance_scale if self.edit_guidance_scale is None else self.edit_guidance_scale
+
+
+def _classes(obj: Any) -> set[str]:
+    return {c.__name__ for c in type(obj).__mro__}
+
+
+def _config(module: Any) -> dict:
+    cfg = getattr(module, "config", None)
+    return dict(cfg) if cfg is not None else {}
+
+
+#: the shapes model's denoiser (``nrinv.shapes.components.make_unet``); ``tests/test_defaults.py``
+#: checks that the shipped weights match it
+SHAPES_UNET_FINGERPRINT = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1, "cross_attention_dim": 64, "attention_head_dim": 4, "norm_num_groups": 16,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+}
+
+
+def _is_shapes(pipe: Any) -> bool:
+    cfg = _config(getattr(pipe, "unet", None))
+    return bool(cfg) and all(_as_list(cfg.get(k)) == _as_list(v) for k, v in SHAPES_UNET_FINGERPRINT.items())
+
+
+def _as_list(v: Any) -> Any:
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def _scheduler(pipe: Any) -> tuple[str, dict]:
+    sched = getattr(pipe, "scheduler", None)
+    return type(sched).__name__, _config(sched)
+
+
+def _sdxl_turbo(pipe: Any) -> bool:
+    name, cfg = _scheduler(pipe)
+    return ("StableDiffusionXLPipeline" in _classes(pipe) or "StableDiffusionXLImg2ImgPipeline" in _classes(pipe)) \
+        and name == "EulerAncestralDiscreteScheduler" and cfg.get("timestep_spacing") == "trailing"
+
+
+def _flux(pipe: Any, guidance_embeds: bool) -> bool:
+    cfg = _config(getattr(pipe, "transformer", None))
+    return "FluxPipeline" in _classes(pipe) and bool(cfg.get("guidance_embeds")) == guidance_embeds
+
+
+#: (kind, recogniser, defaults), first match wins
+MODEL_KINDS: list[tuple[str, Callable[[Any], bool], ModelDefaults]] = [
+    # built-in, distilled for 4 steps (LCM); guidance enters through the w-embedding, at no extra cost
+    ("shapes-lcm", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is not None
+     and "LatentConsistencyModelPipeline" in _classes(p),
+     ModelDefaults("shapes-lcm", 4, 5.5, edit_strength=0.75, height=64, width=64)),
+    # built-in, 20 DDIM steps; edits measured by benchmarks/edit_eval.py (README): strength 0.6,
+    # guidance 2, guided from the source prompt
+    ("shapes", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is None,
+     ModelDefaults("shapes", 20, 1.0, edit_strength=0.6, edit_guidance_scale=2.0, guide_from_source=True,
+                   height=64, width=64)),
+    ("sdxl-turbo", _sdxl_turbo, ModelDefaults("sdxl-turbo", 4, 0.0)),
+    ("lcm", lambda p: "LatentConsistencyModelPipeline" in _classes(p), ModelDefaults("lcm", 4, 8.5)),
+    ("flux-schnell", lambda p: _flux(p, False), ModelDefaults("flux-schnell", 4, 0.0)),
+    ("flux-dev", lambda p: _flux(p, True), ModelDefaults("flux-dev", 28, 3.5)),
+    ("sd3", lambda p: "StableDiffusion3Pipeline" in _classes(p), ModelDefaults("sd3", 28, 1.0)),
+    ("sdxl", lambda p: "StableDiffusionXLPipeline" in _classes(p), ModelDefaults("sdxl", 50, 1.0)),
+    ("sd", lambda p: True, ModelDefaults("sd", 50, 1.0)),
+]
+
+
+def model_kind(pipe: Any) -> str:
+    return model_defaults(pipe).kind
+
+
+def model_defaults(pipe: Any) -> ModelDefaults:
+    """The defaults of ``pipe`` (a diffusers pipeline, or an adapter, which carries its own)."""
+    own = getattr(pipe, "defaults", None)
+    if isinstance(own, ModelDefaults):
+        return own
+    for _, matches, defaults in MODEL_KINDS:
+        if matches(pipe):
+            return defaults
+    raise AssertionError("the last kind matches every pipeline")

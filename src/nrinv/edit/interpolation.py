@@ -1,0 +1,141 @@
+"""Interpolation between two images through their inverted noises."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .._version import __version__
+from ..core.adapters import adapter_for
+from ..core.inversion import InversionResult, invert, sample, solver_options
+from ..errors import InputError
+from ..io.images import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_pixels
+from ..io.outputs import check_output_type, format_images
+from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_count, check_steps, encode_pixels,
+                     prompt_list, slerp)
+from .encoding import adjust_encoding
+
+__all__ = ["InterpolationResult", "interpolate", "interpolation_weights"]
+
+
+@dataclass
+class InterpolationResult:
+    images: list[Any]                   # one per frame, as ``output_type`` asked; image A first, image B last
+    latents: list[Tensor]               # final latents per frame
+    weights: list[float]
+    inversions: tuple[InversionResult, InversionResult]
+    settings: dict[str, Any]
+    timings: dict[str, float]
+
+    @property
+    def frames(self) -> list[Any]:
+        warnings.warn("InterpolationResult.frames is deprecated: use .images", FutureWarning, stacklevel=2)
+        return self.images
+
+    def stats(self) -> dict[str, Any]:
+        return {"version": __version__, "kind": "interpolate", "settings": dict(self.settings),
+                "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+                "inversions": [inv.stats() for inv in self.inversions]}
+
+
+def interpolation_weights(n: int) -> list[float]:
+    return [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
+
+
+def interpolate(
+    pipe: Any,
+    image_a: ImageLike,
+    image_b: ImageLike,
+    prompts: Prompts,
+    *,
+    n: int = 5,
+    method: Optional[str] = None,
+    seed: int = 0,
+    generator: Optional[torch.Generator] = None,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    max_iterations: Optional[int] = None,
+    options: Any = None,
+    encode_adjust: Optional[float] = DEFAULT_ENCODE_ADJUST,
+    resize: bool = False,
+    max_pixels: Optional[int] = None,
+    output_type: str = "pil",
+    progress: bool = False,
+    decode: Optional[bool] = None,
+) -> InterpolationResult:
+    """Invert both images, slerp their noises ``z_0``, lerp the prompt embeddings, regenerate ``n`` frames.
+
+    ``prompts`` is one prompt for both images or ``(prompt_a, prompt_b)``.  Both inversions share
+    steps, guidance and seed (so the recorded noise list), and the frames are sampled with that
+    schedule: the first and last frames are the two reconstructions.  ``n == 1`` gives the midpoint.
+    Images of different sizes raise ``InputError`` unless ``resize`` (B is resized to A's size).
+    """
+    if decode is not None:
+        warnings.warn("interpolate(decode=...) is deprecated; pass output_type='latent' for no decoding",
+                      FutureWarning, stacklevel=2)
+        output_type = output_type if decode else "latent"
+    check_output_type(output_type)
+    plist = prompt_list(prompts, "prompt")
+    if len(plist) > 2:
+        raise InputError(f"give one or two prompts, got {len(plist)}")
+    prompt_a, prompt_b = plist[0], plist[-1]
+    n = check_count(n, "n")
+    check_steps(num_inference_steps)
+    encode_adjust = check_adjust(encode_adjust)
+    adapter = adapter_for(pipe)
+    method, solver_opts = solver_options(adapter, method, options, max_iterations)
+
+    timings: dict[str, float] = {}
+    t_total = time.perf_counter()
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    pix_a = load_pixels(image_a, max_pixels=max_pixels, notes=notes)
+    size = (int(pix_a.shape[-2]), int(pix_a.shape[-1]))
+    probe = load_image(image_b, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, notes=notes)
+    if (probe.height, probe.width) != size and not resize:
+        raise InputError(f"the images have different sizes ({size[1]}x{size[0]} and {probe.width}x{probe.height}); "
+                         "resize one to match, or pass --resize (resize=True) to resize the second to the first")
+    pix_b = load_pixels(probe, size=size, max_pixels=max_pixels, notes=notes if resize else [])
+    encoded_a, _ = encode_pixels(adapter, pix_a)
+    encoded_b, _ = encode_pixels(adapter, pix_b)
+    timings["encode"] = time.perf_counter() - t0
+
+    common = dict(height=size[0], width=size[1], method=method, num_inference_steps=num_inference_steps,
+                  guidance_scale=guidance_scale, seed=seed, generator=generator, options=solver_opts,
+                  progress=progress)
+    inversions = []
+    t0 = time.perf_counter()
+    for encoded, prompt in ((encoded_a, prompt_a), (encoded_b, prompt_b)):
+        if encode_adjust is not None:
+            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, seed=seed, generator=generator,
+                                      height=size[0], width=size[1], num_inference_steps=num_inference_steps,
+                                      guidance_scale=guidance_scale)
+        inversions.append(invert(adapter, None, prompt, image_latents=encoded, **common))
+    timings["invert"] = time.perf_counter() - t0
+    inv_a, inv_b = inversions
+    setup = inv_a.setup
+    cond_a, cond_b = inv_a.setup.cond, inv_b.setup.cond
+
+    weights = interpolation_weights(n)
+    latents: list[Tensor] = []
+    t0 = time.perf_counter()
+    for w in weights:
+        z0 = slerp(inv_a.scheduler_latents, inv_b.scheduler_latents, w)
+        cond = cond_a if w == 0 else cond_b if w == 1 else cond_a.lerp(cond_b, w)
+        latents.append(sample(setup, z0, cond=cond, progress=progress))
+    with torch.no_grad():
+        images = format_images(latents, lambda z: adapter.decode(z, size), output_type)
+    timings["regenerate"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_total
+
+    settings = {
+        "method": method, "prompt_a": prompt_a, "prompt_b": prompt_b, "n": n, "weights": weights,
+        "num_inference_steps": setup.num_inference_steps, "guidance_scale": setup.guidance_scale,
+        "seed": inv_a.settings["seed"], "encode_adjust": encode_adjust, "height": size[0], "width": size[1],
+        "output_type": output_type, "notes": notes,
+    }
+    return InterpolationResult(images, latents, weights, (inv_a, inv_b), settings, timings)

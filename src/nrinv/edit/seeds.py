@@ -1,0 +1,137 @@
+"""Rare-concept seeds: generate from the normalised centroid of a few inverted noises."""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .._version import __version__
+from ..core.adapters import adapter_for
+from ..core.inversion import InversionResult, Setup, invert, sample, solver_options
+from ..errors import InputError
+from ..io.images import ImageLike, load_pixels, resolve_size
+from ..io.outputs import check_output_type, format_images
+from .common import (DEFAULT_SEED_SPREAD, check_count, check_prompt, check_spread, check_steps, edit_defaults,
+                     encode_pixels, helper_generator, noise_like, slerp)
+
+__all__ = ["SeedResult", "seed_from_images", "typical_noise_norm"]
+
+
+@dataclass
+class SeedResult:
+    images: list[Any]                   # as ``output_type`` asked; the first is generated from the centroid itself
+    noises: list[Tensor]                # starting noises z_0 (scheduler units)
+    centroid: Tensor                    # the normalised centroid of the inverted noises
+    inversions: list[InversionResult]
+    settings: dict[str, Any]
+    timings: dict[str, float]
+
+    def stats(self) -> dict[str, Any]:
+        return {"version": __version__, "kind": "seed", "settings": dict(self.settings),
+                "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+                "inversions": [inv.stats() for inv in self.inversions]}
+
+
+def typical_noise_norm(setup: Setup) -> float:
+    """Expected norm of the sampler's starting noise: ``init_noise_sigma * sqrt(D)``."""
+    shape = setup.adapter.latent_shape(*setup.size)
+    return float(setup.schedule.init_noise_sigma) * math.sqrt(math.prod(shape))
+
+
+def seed_from_images(
+    pipe: Any,
+    images: Sequence[ImageLike],
+    prompt: str,
+    *,
+    n_samples: int = 4,
+    spread: float = DEFAULT_SEED_SPREAD,
+    seed: int = 0,
+    generator: Optional[torch.Generator] = None,
+    method: Optional[str] = None,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    inversion_guidance: Optional[float] = None,
+    max_iterations: Optional[int] = None,
+    options: Any = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    max_pixels: Optional[int] = None,
+    output_type: str = "pil",
+    progress: bool = False,
+    size: Optional[tuple[int, int]] = None,
+    decode: Optional[bool] = None,
+) -> SeedResult:
+    """Generate ``n_samples`` images of a rare concept from a few example ``images``.
+
+    The examples are inverted with ``prompt`` (at ``inversion_guidance``); the centroid of their
+    noises is rescaled to the typical noise norm.  Sample 0 starts from the centroid itself,
+    sample i >= 1 from ``slerp(centroid, fresh noise, spread)``; all are generated with ``prompt`` at
+    ``guidance_scale`` (default: ``edit_defaults(pipe)``'s guidance).  Examples of different sizes
+    are resized to the first's size (or to ``height`` x ``width``).
+    """
+    if decode is not None:
+        warnings.warn("seed_from_images(decode=...) is deprecated; pass output_type='latent' for no decoding",
+                      FutureWarning, stacklevel=2)
+        output_type = output_type if decode else "latent"
+    check_output_type(output_type)
+    size = resolve_size(height, width, size, "seed_from_images")
+    check_prompt(prompt, "prompt")
+    images = list(images)
+    if not images:
+        raise InputError("give at least one example image")
+    n_samples = check_count(n_samples, "n_samples")
+    spread = check_spread(spread)
+    check_steps(num_inference_steps)
+    adapter = adapter_for(pipe)
+    method, solver_opts = solver_options(adapter, method, options, max_iterations)
+    guidance = float(edit_defaults(adapter)["guidance_scale"] if guidance_scale is None else guidance_scale)
+
+    timings: dict[str, float] = {}
+    t_total = time.perf_counter()
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    encoded = []
+    for img in images:
+        pixels = load_pixels(img, size=size, max_pixels=max_pixels, notes=notes)
+        size = size or (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        encoded.append(encode_pixels(adapter, pixels)[0])
+    timings["encode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    inversions = [invert(adapter, None, prompt, image_latents=z, height=size[0], width=size[1], method=method,
+                         num_inference_steps=num_inference_steps, guidance_scale=inversion_guidance, seed=seed,
+                         generator=generator, options=solver_opts, progress=progress)
+                  for z in encoded]
+    timings["invert"] = time.perf_counter() - t0
+
+    setup = inversions[0].setup
+    norm = typical_noise_norm(setup)
+    mean = torch.stack([inv.scheduler_latents for inv in inversions]).mean(0)
+    centroid = mean * (norm / float(mean.norm()))
+    cond = adapter.conditioning(prompt, None, guidance, setup.size)
+    gen = helper_generator(seed, generator)
+    noises = [centroid]
+    for _ in range(1, n_samples):
+        fresh = noise_like(centroid, gen)
+        fresh = fresh * (norm / float(fresh.norm()))
+        noises.append(slerp(centroid, fresh, spread))
+
+    t0 = time.perf_counter()
+    latents = [sample(setup, z0, cond=cond, progress=progress) for z0 in noises]
+    with torch.no_grad():
+        out_images = format_images(latents, lambda z: adapter.decode(z, setup.size), output_type)
+    timings["generate"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_total
+
+    settings = {
+        "method": method, "prompt": prompt, "n_examples": len(images), "n_samples": n_samples, "spread": spread,
+        "num_inference_steps": setup.num_inference_steps, "guidance_scale": guidance,
+        "inversion_guidance": setup.guidance_scale, "seed": inversions[0].settings["seed"], "height": size[0],
+        "width": size[1], "centroid_norm": float(centroid.norm()), "output_type": output_type, "notes": notes,
+    }
+    return SeedResult(out_images, noises, centroid, inversions, settings, timings)

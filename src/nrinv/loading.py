@@ -1,0 +1,143 @@
+"""Loading pipelines: a Hugging Face id, a local diffusers folder, or a built-in model (``builtin:NAME``).
+
+Safetensors only.  ``device="auto"`` takes CUDA when present (then Apple's MPS, else the CPU);
+``dtype="auto"`` takes float32 on the CPU and half precision on a GPU (bfloat16 for the flow
+transformers, Flux and SD3; float16 otherwise); the solver works in float32 whatever the network
+runs in.  Loading is quiet (no progress bars or notices from diffusers / transformers) and the
+pipeline is returned as diffusers built it: nothing is written onto it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+
+from .errors import InputError
+
+__all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "builtin_models", "BUILTIN_PREFIX", "DTYPES"]
+
+BUILTIN_PREFIX = "builtin:"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_BF16_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+
+
+def builtin_models() -> dict[str, Path]:
+    """The shipped models: name -> diffusers folder (only those present in this installation)."""
+    from . import shapes
+
+    folders = {"shapes": shapes.MODEL_DIR, "shapes-lcm": getattr(shapes, "LCM_MODEL_DIR", None)}
+    return {name: path for name, path in folders.items() if path is not None and (Path(path) / "model_index.json").is_file()}
+
+
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``auto``: CUDA when present, then MPS, else the CPU; anything else is checked to exist."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available here; use --device auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' asked for, but MPS is not available here; use --device auto or cpu")
+    return dev
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, pipeline_class: str = "") -> torch.dtype:
+    """``auto``: float32 on the CPU (and MPS); on CUDA bfloat16 for Flux / SD3, float16 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if pipeline_class in _BF16_PIPELINES else torch.float16
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers' and transformers' progress bars and notices off for the duration (restored after)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m, _, _ in saved:
+        m.set_verbosity_error()
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, level, bar in saved:
+            m.set_verbosity(level)
+            (m.enable_progress_bar if bar else m.disable_progress_bar)()
+
+
+def _pipeline_class(source: str, local: bool) -> str:
+    """The pipeline class named by a folder's ``model_index.json`` (or the hub's cached copy)."""
+    try:
+        if local:
+            return str(json.loads((Path(source) / "model_index.json").read_text()).get("_class_name", ""))
+        from diffusers import DiffusionPipeline
+
+        return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
+    except Exception:  # unknown here: the dtype falls back to float16 on CUDA
+        return ""
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    try:  # diffusers >= 0.35 renamed `torch_dtype` to `dtype` and warns about the old name
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+        return {"dtype": dtype}
+    except ImportError:
+        return {"torch_dtype": dtype}
+
+
+def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", device: Any = "auto",
+                  torch_dtype: Optional[torch.dtype] = None) -> Any:
+    """Load a diffusers pipeline by Hugging Face id, local folder, or ``builtin:shapes`` (and the other
+    names of :func:`builtin_models`); safetensors only.  ``torch_dtype`` is the deprecated spelling
+    of ``dtype``."""
+    if torch_dtype is not None:
+        import warnings
+
+        warnings.warn("load_pipeline(torch_dtype=...) is deprecated; pass dtype=", FutureWarning, stacklevel=2)
+        dtype = torch_dtype
+    dev = resolve_device(device)
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        available = builtin_models()
+        if name not in available:
+            raise InputError(f"unknown built-in model {name!r}; built-in models: "
+                             + ", ".join(BUILTIN_PREFIX + n for n in available))
+        source, local = str(available[name]), True
+    else:
+        path = Path(model).expanduser()
+        local = path.exists() or model.startswith((".", "/", "~")) or os.sep in model and model.count("/") > 1
+        if local and not (path / "model_index.json").is_file():
+            raise InputError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        source = str(path) if local else model
+    dt = resolve_dtype(dtype, dev, _pipeline_class(source, local))
+    with quiet_libraries():
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=True, local_files_only=local,
+                                                     **_dtype_kwarg(dt))
+        except (OSError, EnvironmentError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"could not load pipeline {model!r}: {first}") from None
+        return pipe.to(dev)
