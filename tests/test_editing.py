@@ -264,7 +264,7 @@ def cli_pipe(tiny, monkeypatch):
 
     loaded = []
 
-    def fake_load(model, dtype, device):
+    def fake_load(model, dtype, device, cuda_graphs=True):
         loaded.append(model)
         return tiny("sd")
 

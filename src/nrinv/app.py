@@ -23,10 +23,11 @@ class EditorApp:
     """Models (loaded on first use), the work lock and the UI handlers; no module-level state."""
 
     def __init__(self, default_model: str = "builtin:shapes", *, device: str = "auto", dtype: str = "auto",
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cuda_graphs: bool = True):
         self.default_model = default_model
         self.device = device
         self.dtype = dtype
+        self.cuda_graphs = cuda_graphs
         self.max_pixels = max_pixels
         self.pipes: dict[str, Any] = {}
         self.lock = threading.Lock()
@@ -41,7 +42,8 @@ class EditorApp:
         model = (model or self.default_model).strip()
         if model not in self.pipes:
             try:
-                self.pipes[model] = adapter_for(load_pipeline(model, dtype=self.dtype, device=self.device))
+                self.pipes[model] = adapter_for(load_pipeline(model, dtype=self.dtype, device=self.device),
+                                                cuda_graphs=None if self.cuda_graphs else False)
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
         return self.pipes[model]
@@ -237,8 +239,8 @@ class EditorApp:
 
 def launch(model: str = "builtin:shapes", *, host: str = "127.0.0.1", port: int = 7860,
            max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto",
-           dtype: str = "auto", block: bool = True):
-    app = EditorApp(model, device=device, dtype=dtype, max_pixels=max_pixels)
+           dtype: str = "auto", cuda_graphs: bool = True, block: bool = True):
+    app = EditorApp(model, device=device, dtype=dtype, max_pixels=max_pixels, cuda_graphs=cuda_graphs)
     demo = app.build()
     demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb", show_error=True,
                 prevent_thread_lock=not block, quiet=True)

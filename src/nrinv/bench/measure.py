@@ -68,7 +68,8 @@ def machine_info(pipe: Any) -> dict:
         "nrinv": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
         "cpu_threads": torch.get_num_threads(), "device": str(adapter.device), "dtype": str(adapter.dtype),
-        "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
+        "pipeline": type(adapter.pipe).__name__, "scheduler": type(adapter.pipe.scheduler).__name__,
+        "model_kind": adapter.defaults.kind, "cuda_graphs": adapter.graphs is not None,
     }
     if adapter.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(adapter.device)

@@ -14,7 +14,8 @@ def cmd_app(args) -> int:
               "(no authentication)", file=sys.stderr)
     print(f"nrinv app on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     launch(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-           max_pixels=args.max_pixels, device=args.device, dtype=args.dtype)
+           max_pixels=args.max_pixels, device=args.device, dtype=args.dtype,
+           cuda_graphs=args.cuda_graphs)
     return 0
 
 
@@ -30,4 +31,6 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help="network dtype; auto: float32 on the CPU, half precision on a GPU")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="run the network eagerly on CUDA instead of replaying captured CUDA graphs")
     p.set_defaults(func=cmd_app)

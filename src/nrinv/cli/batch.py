@@ -35,7 +35,7 @@ def cmd_invert_dir(args) -> int:
         device = str(state.device) if args.device in ("auto", "cuda") else args.device
     except Exception:  # accelerate missing or not launched: one process
         state, rank, world, device = None, 0, 1, str(wanted)
-    pipe = load_model(args.model, args.dtype, device)
+    pipe = load_model(args.model, args.dtype, device, args.cuda_graphs)
     summary = invert_dir(pipe, Path(args.folder), Path(args.output), prompt=args.prompt, captions=captions,
                          model=args.model, batch_size=args.batch_size, rank=rank, world_size=world,
                          retry_failed=args.retry_failed, size=args.resize, max_pixels=args.max_pixels,

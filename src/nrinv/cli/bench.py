@@ -42,7 +42,7 @@ def cmd_bench(args) -> int:
         clip = load_clip_score(args.clip) if args.clip else None
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    pipe = load_model(args.model, args.dtype, args.device)
+    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     if args.edits:
         from ..core.defaults import model_kind
 

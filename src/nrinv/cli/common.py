@@ -41,13 +41,15 @@ def check_outputs(paths: Sequence[Path], force: bool) -> None:
         check_output(path, force)
 
 
-def load_model(model: str, dtype: str, device: str) -> Any:
-    """Load a pipeline for a subcommand; load errors become UsageError (exit 2)."""
+def load_model(model: str, dtype: str, device: str, cuda_graphs: bool = True) -> Any:
+    """Load a pipeline for a subcommand, as its adapter (one per run: embeddings, schedules and CUDA
+    graphs are computed once); load errors become UsageError (exit 2)."""
+    from ..core.adapters import adapter_for
     from ..errors import InputError
     from ..loading import load_pipeline
 
     try:
-        return load_pipeline(model, dtype=dtype, device=device)
+        return adapter_for(load_pipeline(model, dtype=dtype, device=device), cuda_graphs=None if cuda_graphs else False)
     except (InputError, OSError, ValueError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
 
@@ -101,6 +103,8 @@ def add_model_args(p: argparse.ArgumentParser, default: Optional[str] = DEFAULT_
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help="network dtype; auto: float32 on the CPU, half precision on a GPU (the solver is float32)")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="run the network eagerly on CUDA instead of replaying captured CUDA graphs")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only errors")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 

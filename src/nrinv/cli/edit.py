@@ -83,7 +83,7 @@ def cmd_edit(args) -> int:
     check_outputs([p for png in pngs for p in (png, _sidecar(png))], args.force)
     (image,) = _load_images([args.image], args.max_pixels, args.quiet, args.resize)
 
-    pipe = load_model(args.model, args.dtype, args.device)
+    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
                   strength=args.strength, guidance_scale=args.guidance, method=method, seed=args.seed,
                   num_inference_steps=args.steps, inversion_guidance=args.inversion_guidance, options=options,
@@ -162,7 +162,7 @@ def cmd_interpolate(args) -> int:
                          f"{image_b.width}x{image_b.height}); resize one to match, or pass --resize to resize "
                          "the second to the first")
 
-    pipe = load_model(args.model, args.dtype, args.device)
+    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     prompts = [args.prompt] if args.prompt_b is None else [args.prompt, args.prompt_b]
     result = run(interpolate, pipe=pipe, image_a=image_a, image_b=image_b, prompts=prompts, n=args.n,
                   method=method, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
@@ -197,7 +197,7 @@ def cmd_seed(args) -> int:
     images = _load_images(args.images, args.max_pixels, args.quiet, args.resize)
     size = args.resize or (images[0].height, images[0].width)
 
-    pipe = load_model(args.model, args.dtype, args.device)
+    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(seed_from_images, pipe=pipe, images=images, prompt=args.prompt, n_samples=args.n,
                   spread=args.spread, seed=args.seed, method=method, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, inversion_guidance=args.inversion_guidance, options=options,

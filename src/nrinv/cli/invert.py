@@ -37,7 +37,7 @@ def cmd_invert(args) -> int:
     for text in notes:
         note(text, args.quiet)
 
-    pipe = load_model(args.model, args.dtype, args.device)
+    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(invert, pipe=pipe, image=image, prompt=args.prompt, method=method, options=options,
                  num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
                  negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
@@ -76,7 +76,7 @@ def cmd_reconstruct(args) -> int:
         s = stats["settings"]
     except (KeyError, json.JSONDecodeError):
         raise UsageError(f"{args.latent} has no nrinv settings; was it written by `nrinv invert`?") from None
-    pipe = load_model(args.model or stats.get("model", DEFAULT_MODEL), args.dtype, args.device)
+    pipe = load_model(args.model or stats.get("model", DEFAULT_MODEL), args.dtype, args.device, args.cuda_graphs)
     setup = run(prepare, pipe=pipe, prompt=s["prompt"], size=(s["height"], s["width"]),
                 num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], seed=s["seed"],
                 negative_prompt=s.get("negative_prompt"))

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .defaults import ModelDefaults, model_defaults
+from .graphs import GraphedNetwork
 from .schedulers import Schedule, affine_schedule
 
 __all__ = ["Adapter", "Conditioning", "adapter_for", "SUPPORTED_PIPELINES"]
@@ -73,11 +74,37 @@ class Adapter:
     #: whether ``pipe(latents=...)`` multiplies the given latents by ``init_noise_sigma``
     scales_initial_latents = True
 
-    def __init__(self, pipe: Any, defaults: Optional[ModelDefaults] = None):
+    def __init__(self, pipe: Any, defaults: Optional[ModelDefaults] = None, *, cuda_graphs: Optional[bool] = None):
         self.pipe = pipe
         self.defaults: ModelDefaults = defaults if defaults is not None else model_defaults(pipe)
+        #: replay the network call from captured CUDA graphs: None = on when the network is on CUDA
+        self.cuda_graphs = cuda_graphs
+        self._graphs: Optional[GraphedNetwork] = None
         self._conditionings: dict[tuple, Conditioning] = {}
         self._schedules: dict[tuple, Schedule] = {}
+
+    @property
+    def graphs(self) -> Optional[GraphedNetwork]:
+        """The graph-replayed network call, when on (CUDA only)."""
+        on = self.device.type == "cuda" if self.cuda_graphs is None else bool(self.cuda_graphs)
+        if not on:
+            return None
+        if self._graphs is None:
+            if self.device.type != "cuda":
+                return None
+            self._graphs = GraphedNetwork(self._forward)
+        return self._graphs
+
+    @property
+    def capture_time(self) -> float:
+        """Seconds spent capturing graphs so far."""
+        return self._graphs.capture_time if self._graphs is not None else 0.0
+
+    def _network(self, x: Tensor, t: Tensor, kw: dict[str, Tensor], shared: dict[str, Any]) -> Tensor:
+        graphs = self.graphs
+        if graphs is not None and not torch.is_grad_enabled():
+            return graphs(x, t, kw, shared)
+        return self._forward(x, t, kw, shared)
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -202,11 +229,11 @@ class Adapter:
         x = z.to(self.dtype)
         if cond.cfg:
             kw = {k: torch.cat([_expand(cond.uncond[k], batch), _expand(cond.cond[k], batch)]) for k in cond.cond}
-            out = self._forward(torch.cat([x, x]), t, kw, cond.shared).float()
+            out = self._network(torch.cat([x, x]), t, kw, cond.shared).float()
             uncond, text = out.chunk(2)
             return uncond + cond.guidance_scale * (text - uncond)
         kw = {k: _expand(v, batch) for k, v in cond.cond.items()}
-        return self._forward(x, t, kw, cond.shared).float()
+        return self._network(x, t, kw, cond.shared).float()
 
 
 class StableDiffusionAdapter(Adapter):
@@ -462,14 +489,17 @@ SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {
 }
 
 
-def adapter_for(pipe: Any) -> Adapter:
+def adapter_for(pipe: Any, *, cuda_graphs: Optional[bool] = None) -> Adapter:
     """The adapter of a diffusers pipeline; an adapter is returned unchanged (keep one to reuse its
-    prompt embeddings, schedules and graphs across calls)."""
+    prompt embeddings, schedules and graphs across calls).  ``cuda_graphs``: replay the network
+    call from captured CUDA graphs (``None``: on when the network is on CUDA; ``False``: off)."""
     if isinstance(pipe, Adapter) or hasattr(pipe, "denoise") and hasattr(pipe, "prepare_scheduler"):
+        if cuda_graphs is not None:
+            pipe.cuda_graphs = cuda_graphs
         return pipe
     for cls in type(pipe).__mro__:
         if cls.__name__ in SUPPORTED_PIPELINES:
-            return SUPPORTED_PIPELINES[cls.__name__](pipe)
+            return SUPPORTED_PIPELINES[cls.__name__](pipe, cuda_graphs=cuda_graphs)
     raise InputError(
         f"pipeline {type(pipe).__name__} is not supported; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
     )

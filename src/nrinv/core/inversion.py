@@ -67,10 +67,11 @@ class InversionResult:
     steps: list[SolveResult]             # per sampler step i (sampling order)
     noises: list[Optional[Tensor]]       # recorded noise per sampler step (None where none is drawn)
     nfe: int
-    wall_time: float                     # seconds spent in the solver loop
+    wall_time: float                     # seconds spent in the solver loop, graph captures excluded
     encode_time: float
     settings: dict[str, Any]
     setup: Optional[Setup] = field(default=None, repr=False)
+    capture_time: float = 0.0            # seconds spent capturing CUDA graphs during this inversion
 
     @property
     def status(self) -> Status:
@@ -108,6 +109,7 @@ class InversionResult:
             "nfe": self.nfe,
             "wall_time_s": round(self.wall_time, 4),
             "encode_time_s": round(self.encode_time, 4),
+            "graph_capture_time_s": round(self.capture_time, 4),
             "steps": [dict(step=i, **s.to_dict()) for i, s in enumerate(self.steps)],
         }
 
@@ -233,6 +235,7 @@ def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, ne
         "pipeline": type(adapter.pipe).__name__,
         "dtype": str(adapter.dtype).replace("torch.", ""),
         "device": str(adapter.device),
+        "cuda_graphs": adapter.graphs is not None,
         "notes": list(notes),
     }
 
@@ -297,7 +300,9 @@ def invert(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
+    captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, _auto_warm(warm_start, setup))
+    capture = adapter.capture_time - captured
     z = trajectory[0]
     return InversionResult(
         scheduler_latents=z,
@@ -307,10 +312,11 @@ def invert(
         steps=results,
         noises=setup.schedule.noises,
         nfe=sum(r.nfe for r in results),
-        wall_time=wall,
+        wall_time=wall - capture,
         encode_time=encode_time,
         settings=_settings(setup, method, options, prompt, negative_prompt, list(notes), generator),
         setup=setup,
+        capture_time=capture,
     )
 
 
@@ -369,8 +375,10 @@ def invert_batch(
     conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
+    captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress,
                                               _auto_warm(warm_start, batch_setup))
+    capture = adapter.capture_time - captured
     out = []
     for i, prompt in enumerate(prompts):
         single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale,
@@ -381,6 +389,7 @@ def invert_batch(
         out.append(InversionResult(
             scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
             encoded=encoded[i:i + 1], trajectory=[t[i:i + 1] for t in trajectory], steps=results,
-            noises=setup.schedule.noises, nfe=sum(r.nfe for r in results), wall_time=wall / len(prompts),
-            encode_time=encode_time / len(prompts), settings=settings, setup=single))
+            noises=setup.schedule.noises, nfe=sum(r.nfe for r in results), wall_time=(wall - capture) / len(prompts),
+            encode_time=encode_time / len(prompts), settings=settings, setup=single,
+            capture_time=capture / len(prompts)))
     return out

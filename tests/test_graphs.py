@@ -1,0 +1,99 @@
+"""The graph-replayed network call, checked on the CPU with a capture that behaves like a CUDA graph:
+the captured function reads only its static input buffers and replay rewrites the static output.
+(The CUDA capture itself is exercised by tests/test_cuda.py on a GPU.)"""
+import pytest
+import torch
+
+import nrinv
+from nrinv.core.graphs import GraphedNetwork
+
+PROMPT = "a photo of a cat"
+
+
+def fake_capture(run):
+    output = run()
+    eager = run()
+
+    def replay():
+        output.copy_(run())
+    return output, replay, eager
+
+
+def graphed(pipe, capture=fake_capture):
+    adapter = nrinv.adapter_for(pipe, cuda_graphs=True)
+    adapter._graphs = GraphedNetwork(adapter._forward, capture=capture)
+    return adapter
+
+
+@pytest.mark.parametrize("kind, guidance", [("sd", 3.0), ("sdxl", 0.0), ("flux", 0.0)])
+def test_replayed_calls_give_the_eager_answers(tiny, astronaut32, kind, guidance):
+    pipe = tiny(kind)
+    kw = dict(num_inference_steps=4, guidance_scale=guidance, max_iterations=3, seed=2)
+    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
+    adapter = graphed(pipe)
+    replayed = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
+    assert torch.allclose(replayed.scheduler_latents, eager.scheduler_latents, atol=1e-6)
+    g = adapter.graphs
+    assert g.captures == 1 and g.replays == replayed.nfe and not g.fallbacks  # one graph, every call replayed
+    # other prompts, timesteps and strengths reuse that graph (the conditioning is an input buffer)
+    common = dict(strength=0.5, guidance_scale=guidance, inversion_guidance=guidance, num_inference_steps=4,
+                  max_iterations=3, output_type="latent")
+    edited = nrinv.edit(adapter, astronaut32, PROMPT, ["a photo of a dog", "a red cat"], **common)
+    reference = nrinv.edit(pipe, astronaut32, PROMPT, ["a photo of a dog", "a red cat"], **common)
+    for a, b in zip(edited.latents, reference.latents):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert g.captures == 1
+
+
+def test_a_new_signature_is_captured_once_more(tiny, astronaut32):
+    adapter = graphed(tiny("sd"))
+    nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=3)
+    nrinv.invert_batch(adapter, [astronaut32, astronaut32.rotate(90)], PROMPT, num_inference_steps=3)
+    nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=3)
+    assert adapter.graphs.captures == 2  # batch 1 and batch 2
+
+
+def test_failed_or_inexact_captures_fall_back_to_eager(tiny, astronaut32):
+    pipe = tiny("sd")
+    reference = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=3)
+
+    def failing(run):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def inexact(run):
+        output, replay, eager = fake_capture(run)
+        return output, lambda: (replay(), output.add_(1.0)), eager
+
+    for capture, why in ((failing, "capture failed"), (inexact, "differs")):
+        adapter = graphed(pipe, capture)
+        res = nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=3)
+        assert torch.allclose(res.scheduler_latents, reference.scheduler_latents, atol=1e-6)
+        assert adapter.graphs.captures == 0 and adapter.graphs.replays == 0
+        assert why in adapter.graphs.fallbacks[0] and len(adapter.graphs.fallbacks) == 1  # tried once
+
+
+def test_autograd_calls_run_eagerly(tiny, astronaut32):
+    adapter = graphed(tiny("sd"))
+    res = nrinv.invert(adapter, astronaut32, PROMPT, method="gnri_grad", num_inference_steps=3, max_iterations=2)
+    assert res.finite and adapter.graphs.replays == 0
+
+
+def test_conditioning_changed_in_place_is_copied_again():
+    calls = []
+
+    def forward(x, t, kw, shared):
+        calls.append(1)
+        return x * t + kw["c"].sum()
+
+    g = GraphedNetwork(forward, capture=fake_capture)
+    x, t, c = torch.ones(2), torch.tensor(2.0), torch.ones(3)
+    assert torch.equal(g(x, t, {"c": c}, {}), torch.full((2,), 5.0))
+    c.mul_(2)  # same tensor, new contents
+    assert torch.equal(g(x, t, {"c": c}, {}), torch.full((2,), 8.0))
+    assert torch.equal(g(x * 3, t + 1, {"c": torch.zeros(3)}, {}), torch.full((2,), 9.0))
+    assert g.captures == 1 and g.replays == 3
+
+
+def test_graphs_are_off_on_the_cpu_and_can_be_switched_off(tiny):
+    assert nrinv.adapter_for(tiny("sd")).graphs is None  # nothing to capture on the CPU
+    assert nrinv.adapter_for(tiny("sd"), cuda_graphs=False).graphs is None
