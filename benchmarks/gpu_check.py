@@ -1,0 +1,331 @@
+"""One-command GPU check: the cuda tests, then full-size SDXL-Turbo (float16) and Flux-schnell (bfloat16)
+at 512x512, 4 steps, eager and graph-replayed.
+
+    python benchmarks/gpu_check.py                  # on one CUDA GPU; about 5 minutes
+    python benchmarks/gpu_check.py --tiny           # the same code, scaled-down networks, on the CPU
+
+Real weights cannot be downloaded here, so the networks are built from the published configs with
+random weights: a forward pass costs the same whatever the values.  Per model it measures, in one
+run on one machine: one network call eager and replayed from a CUDA graph; the stock pipeline's 4-step
+generation (seconds and peak memory); per method (ddim, fixed_point, renoise, gnri, anderson and the
+model's default) the seconds per inversion eager and replayed, the NFE, the overhead against
+NFE x one replayed call, and peak memory against the stock generation's; an edit regenerated from a
+cached inversion; and batch-8 inversion throughput.  Writes ``results.json`` and ``results.md`` to
+``--out`` (default ``benchmarks/gpu``; ``benchmarks/gpu-tiny`` with ``--tiny``).  Without a GPU and
+without ``--tiny`` it says so and exits 0: GPU numbers are measured, never estimated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["ddim", "fixed_point", "renoise", "gnri", "anderson"]
+PROMPT = "a photo of an astronaut"
+
+
+# ------------------------------------------------------------------------------------------ models
+def _clip(hidden: int, **kw):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=1,
+                          num_attention_heads=max(1, hidden // 64), vocab_size=64, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1, **kw)
+
+
+def sdxl_turbo(tiny: bool):
+    """stabilityai/sdxl-turbo's UNet (and a VAE with its 4 blocks, factor 8); 1-layer text encoders."""
+    import diffusers
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from nrinv.testing import clip_tokenizer
+
+    if tiny:
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1), attention_head_dim=(2, 4), cross_attention_dim=64,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80, norm_num_groups=8)
+        h1, h2, vae_channels = 32, 32, (8, 8, 8, 8)
+    else:  # unet/config.json of stabilityai/sdxl-turbo
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=64, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+        h1, h2, vae_channels = 768, 1280, (128, 256, 512, 512)
+    vae = diffusers.AutoencoderKL(block_out_channels=vae_channels, down_block_types=["DownEncoderBlock2D"] * 4,
+                                  up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2,
+                                  norm_num_groups=min(32, vae_channels[0]), scaling_factor=0.13025)
+    sched = diffusers.EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                                      beta_schedule="scaled_linear", timestep_spacing="trailing")
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(_clip(h1)), text_encoder_2=CLIPTextModelWithProjection(
+            _clip(h2, projection_dim=h2)), tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
+        scheduler=sched)
+    return pipe, (32 if tiny else 512)
+
+
+def flux_schnell(tiny: bool):
+    """black-forest-labs/FLUX.1-schnell's transformer (and a 4-block, 16-channel VAE); 1-layer text encoders."""
+    import diffusers
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    from nrinv.testing import clip_tokenizer, t5_tokenizer
+
+    if tiny:
+        tr = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+        d_model, clip_h, vae_channels = 32, 32, (8, 8, 8, 8)
+    else:  # transformer/config.json of black-forest-labs/FLUX.1-schnell
+        tr = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                             pooled_projection_dim=768, guidance_embeds=False,
+                                             axes_dims_rope=[16, 56, 56])
+        d_model, clip_h, vae_channels = 4096, 768, (128, 256, 512, 512)
+    vae = diffusers.AutoencoderKL(block_out_channels=vae_channels, down_block_types=["DownEncoderBlock2D"] * 4,
+                                  up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=16, layers_per_block=2,
+                                  norm_num_groups=min(32, vae_channels[0]), use_quant_conv=False,
+                                  use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)
+    clip = CLIPTextModel(_clip(clip_h, projection_dim=clip_h))
+    t5 = T5EncoderModel(T5Config(vocab_size=32, d_model=d_model, d_kv=64, d_ff=2 * d_model, num_layers=1,
+                                 num_heads=max(1, d_model // 64)))
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = diffusers.FluxPipeline(scheduler=sched, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer(),
+                                  text_encoder_2=t5, tokenizer_2=t5_tokenizer(), transformer=tr)
+    return pipe, (32 if tiny else 512)
+
+
+MODELS = {"sdxl-turbo": (sdxl_turbo, torch.float16), "flux-schnell": (flux_schnell, torch.bfloat16)}
+
+
+def build(name: str, tiny: bool, device: torch.device):
+    """Random weights made directly on the device in the model's dtype (schedulers stay on the CPU)."""
+    builder, dtype = MODELS[name]
+    dtype = torch.float32 if tiny else dtype
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            pipe, size = builder(tiny)
+    finally:
+        torch.set_default_dtype(previous)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return pipe.to(device=device, dtype=dtype), size
+
+
+# ----------------------------------------------------------------------------------------- measure
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``fn()`` after one warm-up call, and its last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+class Peak:
+    """Peak memory in MB above what was allocated at entry (CUDA), or resident-set growth (CPU)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            from nrinv.bench.measure import PeakMemory
+
+            self.cpu = PeakMemory(self.device).__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        else:
+            self.cpu.__exit__(*exc)
+            self.mb = self.cpu.peak_mb
+        return False
+
+
+def network_call(adapter, size: int, device, repeats: int) -> float:
+    """Median seconds of one guided network call at the middle step of the 4-step schedule."""
+    from nrinv.core.inversion import prepare
+    from nrinv.core.schedulers import draw_noise, seeded_generator
+
+    setup = prepare(adapter, PROMPT, size=(size, size), num_inference_steps=4, guidance_scale=0.0)
+    step = setup.schedule.steps[2]
+    z = draw_noise(adapter.latent_shape(size, size), seeded_generator(0), device=device, dtype=torch.float32)
+    with torch.no_grad():
+        seconds, _ = timed(lambda: adapter.denoise(step.input_scale * z, step.timestep, setup.cond), device, repeats)
+    return seconds
+
+
+def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) -> dict:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    import nrinv
+
+    pipe, size = build(name, tiny, device)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(data.astronaut()).resize((size, size), Image.LANCZOS)
+    images8 = [image.rotate(45 * i) for i in range(8)]
+    eager = nrinv.adapter_for(pipe, cuda_graphs=False)
+    graphed = nrinv.adapter_for(pipe)  # graphs on where the network is on CUDA
+    default = graphed.defaults
+    row: dict = {"model": name, "size": size, "steps": 4, "dtype": str(graphed.dtype).replace("torch.", ""),
+                 "kind": default.kind, "cuda_graphs": graphed.graphs is not None}
+    row["call_eager_s"] = network_call(eager, size, device, repeats)
+    row["call_replayed_s"] = network_call(graphed, size, device, repeats)
+    if graphed.graphs is not None:
+        row["graph_fallbacks"] = list(graphed.graphs.fallbacks)
+    log(f"{name}: {size}x{size}, {row['dtype']}, one network call {row['call_eager_s'] * 1e3:.1f} ms eager, "
+        f"{row['call_replayed_s'] * 1e3:.1f} ms replayed")
+
+    extra = {"max_sequence_length": 64} if name.startswith("flux") else {}
+    stock = lambda: pipe(PROMPT, num_inference_steps=4, guidance_scale=0.0, height=size, width=size,  # noqa: E731
+                         generator=torch.Generator().manual_seed(0), output_type="latent", **extra)
+    with Peak(device) as peak:
+        row["stock_generation_s"], _ = timed(stock, device, repeats)
+    row["stock_peak_mb"] = round(peak.mb, 1)
+    log(f"  stock 4-step generation {row['stock_generation_s']:.3f} s, peak {peak.mb:.0f} MB")
+
+    methods = METHODS + ([default.method] if default.method not in METHODS else [])
+    row["methods"] = []
+    for method in methods:
+        kw = dict(method=method, num_inference_steps=4, guidance_scale=0.0, seed=0,
+                  max_iterations=None if method == "ddim" else default.max_iterations)
+        entry = {"method": method, "default": method == default.method}
+        for label, adapter in (("eager", eager), ("replayed", graphed)):
+            with Peak(device) as peak:
+                seconds, res = timed(lambda: nrinv.invert(adapter, image, PROMPT, **kw), device, repeats)
+            entry[f"{label}_s"] = round(seconds, 4)
+            entry[f"{label}_peak_mb"] = round(peak.mb, 1)
+            entry[f"{label}_solve_s"] = round(res.wall_time, 4)
+        entry["nfe"] = res.nfe
+        entry["status"] = res.status.value
+        entry["overhead"] = round(entry["replayed_solve_s"] / (res.nfe * row["call_replayed_s"]), 3)
+        entry["peak_vs_stock"] = round(entry["replayed_peak_mb"] / max(row["stock_peak_mb"], 1e-9), 3)
+        row["methods"].append(entry)
+        log(f"  {method:12s} NFE {res.nfe:2d}: {entry['eager_s']:.3f} s eager, {entry['replayed_s']:.3f} s replayed "
+            f"(solve {entry['replayed_solve_s']:.3f} s = {entry['overhead']:.2f} x NFE x call), "
+            f"peak {entry['replayed_peak_mb']:.0f} MB = {entry['peak_vs_stock']:.2f} x stock")
+
+    inv = nrinv.invert(graphed, image, PROMPT, num_inference_steps=4, guidance_scale=0.0)
+    edit = lambda output_type: nrinv.regenerate(inv, "a photo of a robot", strength=0.6,  # noqa: E731
+                                                guidance_scale=default.edit_guidance, output_type=output_type)
+    row["edit_latent_s"], _ = timed(lambda: edit("latent"), device, repeats)
+    row["edit_decoded_s"], _ = timed(lambda: edit("pil"), device, repeats)
+    seconds, results = timed(lambda: nrinv.invert_batch(graphed, images8, PROMPT, num_inference_steps=4,
+                                                        guidance_scale=0.0), device, max(1, repeats // 2))
+    row["batch8_s"] = round(seconds, 4)
+    row["batch8_images_per_s"] = round(8 / seconds, 2)
+    log(f"  edit from the cached inversion {row['edit_latent_s']:.3f} s (+ decode: {row['edit_decoded_s']:.3f} s); "
+        f"batch of 8: {seconds:.3f} s = {row['batch8_images_per_s']:.1f} images/s")
+    del pipe, eager, graphed, inv
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_cuda_tests(log) -> dict:
+    """``pytest -m cuda`` on this machine; the counts from its closing line."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "test_cuda.py")], capture_output=True, text=True, cwd=ROOT)
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    log(f"cuda tests: {last} ({time.perf_counter() - t0:.0f} s)")
+    return {"returncode": done.returncode, "summary": last, "tail": done.stdout[-4000:]}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# GPU check: {results['device']}", "",
+             f"torch {results['torch']}, diffusers {results['diffusers']}, nrinv {results['nrinv']}; "
+             f"cuda tests: {results.get('cuda_tests', {}).get('summary', 'not run')}", ""]
+    for row in results["models"]:
+        lines += [f"## {row['model']} ({row['dtype']}, {row['size']}x{row['size']}, {row['steps']} steps)", "",
+                  f"One network call: {row['call_eager_s'] * 1e3:.1f} ms eager, {row['call_replayed_s'] * 1e3:.1f} ms "
+                  f"replayed. Stock generation: {row['stock_generation_s']:.3f} s, peak {row['stock_peak_mb']:.0f} MB. "
+                  f"Edit from a cached inversion: {row['edit_latent_s']:.3f} s ({row['edit_decoded_s']:.3f} s with "
+                  f"decoding). Batch of 8: {row['batch8_images_per_s']:.1f} images/s.", "",
+                  "| method | NFE | eager s | replayed s | solve / (NFE x replayed call) | peak MB | peak / stock |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in row["methods"]:
+            name = m["method"] + (" (default)" if m["default"] else "")
+            lines.append(f"| {name} | {m['nfe']} | {m['eager_s']:.3f} | {m['replayed_s']:.3f} | {m['overhead']:.2f} | "
+                         f"{m['replayed_peak_mb']:.0f} | {m['peak_vs_stock']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="scaled-down networks on the CPU (checks the code path)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 1 with --tiny)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--skip-tests", action="store_true", help="do not run the cuda tests first")
+    ap.add_argument("--out", default=None, help="folder for results.json and results.md")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not args.tiny and not torch.cuda.is_available():
+        print("no CUDA device here: nothing measured (GPU numbers are measured, never estimated); "
+              "--tiny checks the code path on the CPU")
+        return 0
+    import diffusers
+
+    import nrinv
+
+    device = torch.device("cpu" if args.tiny else "cuda")
+    if args.tiny:
+        torch.set_num_threads(1)  # tiny networks gain nothing from threads, and lose much on a busy machine
+    repeats = args.repeats or (1 if args.tiny else 5)
+    out = Path(args.out or ROOT / "benchmarks" / ("gpu-tiny" if args.tiny else "gpu"))
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor()})",
+               "torch": torch.__version__, "diffusers": diffusers.__version__, "nrinv": nrinv.__version__,
+               "tiny": args.tiny, "repeats": repeats, "models": []}
+    t0 = time.perf_counter()
+    if not args.skip_tests and not args.tiny:
+        results["cuda_tests"] = run_cuda_tests(log)
+    for name in args.models.split(","):
+        results["models"].append(check_model(name.strip(), args.tiny, device, repeats, log))
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results) + "\n")
+    log(f"wrote {out}/results.json and results.md ({results['wall_s']} s)")
+    return 0 if results.get("cuda_tests", {}).get("returncode", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
