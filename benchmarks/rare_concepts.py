@@ -10,7 +10,7 @@ torch.set_num_threads(2)
 import nrinv
 from nrinv.shapes import sample_scene, render
 from nrinv.shapes.judge import judge_batch
-from nrinv.metrics import as_numpy
+
 pipe = nrinv.load_pipeline("builtin:shapes")
 rng = np.random.default_rng(0)
 prompt = "an object"
@@ -26,7 +26,7 @@ for c in range(10):
         s = s.replace(shape=base.shape, color=base.color, size=base.size)
         exs.append(render(s, 60_100_000 + 10 * c + j))
     res = nrinv.seed_from_images(pipe, exs, prompt, n_samples=4, seed=c, progress=False)
-    imgs = np.stack([(as_numpy(im[0]) * 255).round().astype(np.uint8) for im in res.images])
+    imgs = np.stack([np.asarray(im) for im in res.images])
     reads = judge_batch(imgs)
     seeded_hits += sum(r["shape"] == base.shape and r["color"] == base.color for r in reads); n_s += len(reads)
     out = pipe([prompt] * 4, num_inference_steps=20, guidance_scale=2.0, generator=torch.Generator().manual_seed(c), output_type="np").images

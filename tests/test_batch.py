@@ -67,8 +67,8 @@ def test_batched_equals_one_at_a_time(tiny, kind, guidance):
 def test_killed_run_resumes_to_identical_outputs(workdir):
     full, resumed = workdir / "full", workdir / "resumed"
     proc = subprocess.run(_cmd(workdir, full, "--quiet"), env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "zz_broken.png" in proc.stderr  # reported, not fatal
+    assert proc.returncode == 1, proc.stderr  # an image failed: the run says so in its exit status
+    assert "failed: zz_broken.png" in proc.stderr  # reported, and the other images are done
     reference = _latents(full)
     assert len(reference) == len(NAMES)
 
@@ -86,8 +86,8 @@ def test_killed_run_resumes_to_identical_outputs(workdir):
     assert 0 < sum(r["status"] == "done" for r in partial.values()) < len(NAMES)
     assert not list(resumed.glob(".*.tmp"))  # no half-written file under a real name...
     proc = subprocess.run(_cmd(workdir, resumed), env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "already done" in proc.stdout
+    assert proc.returncode == 1, proc.stderr  # the broken image was retried, and failed again
+    assert "already done" in proc.stdout and "1 failed" in proc.stdout and "failed: zz_broken.png" in proc.stderr
     again = _latents(resumed)
     assert again.keys() == reference.keys()
     for name in reference:
@@ -103,7 +103,7 @@ def test_accelerate_two_processes_cover_every_image_once(workdir):
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nrinv", *_cmd(workdir, out, "--quiet")[3:]]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode != 0 and "failed: zz_broken.png" in proc.stderr  # the rank with the broken image says so
     seen = []
     for rank in (0, 1):
         lines = (out / f"manifest-{rank}.jsonl").read_text().splitlines()
@@ -124,3 +124,22 @@ def test_invert_dir_bad_input(workdir, tmp_path, capsys):
     assert main(["invert-dir", str(workdir / "in"), "-o", str(tmp_path / "o")]) == 2
     assert "--prompt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_failed_images_are_retried_on_resume_and_the_exit_status_follows(workdir, tmp_path):
+    from nrinv.cli import main
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(workdir / "in" / "astronaut.png", folder / "a.png")
+    (folder / "b.png").write_text("not an image yet")
+    argv = ["invert-dir", str(folder), "-o", str(out), "--prompt", "a photo", "--model", str(workdir / "model"),
+            "--steps", "2", "--quiet"]
+    assert main(argv) == 1
+    assert main(argv + ["--skip-failed"]) == 1  # kept failed, and still counted as failed
+    assert read_manifest(out)["b.png"]["status"] == "failed"
+    shutil.copy(workdir / "in" / "coffee.png", folder / "b.png")  # the user fixes the file
+    assert main(argv) == 0  # retried on resume: now every image is done
+    records = read_manifest(out)
+    assert records["a.png"]["status"] == records["b.png"]["status"] == "done"
+    assert (out / "b.latent.safetensors").is_file()

@@ -3,7 +3,9 @@ import csv
 import json
 
 import pytest
+import torch
 
+import nrinv
 import nrinv.bench.harness as bench
 from nrinv.bench.harness import COLUMNS, run_bench
 from nrinv.bench.images import load_image_set
@@ -35,6 +37,22 @@ def test_outputs_rows_and_columns(bench_run):
     for key in ("torch", "diffusers", "device", "dtype"):
         assert meta["machine"][key]
     assert meta["forward_s"] > 0 and len(meta["rows"]) == 6
+    # the overhead ratio is a timed measurement: the first image's rows have it, the others leave it empty
+    for r in table:
+        assert (r["overhead"] != "") == (r["timed"] == "1"), r
+
+
+def test_bench_measures_what_invert_runs_by_default(tiny, astronaut32):
+    """anderson x1 in the bench is the default inversion's anderson x1 (warm start and all), not DDIM."""
+    from nrinv.bench.harness import invert_kwargs, parse_method
+
+    pipe = tiny("sd")
+    kwargs = invert_kwargs(parse_method("anderson"), 1, steps=6, guidance=1.0, seed=0)
+    bench = nrinv.invert(pipe, astronaut32, "a photo of a cat", **kwargs)
+    default = nrinv.invert(pipe, astronaut32, "a photo of a cat", num_inference_steps=6, max_iterations=1)
+    ddim = nrinv.invert(pipe, astronaut32, "a photo of a cat", num_inference_steps=6, method="ddim")
+    assert torch.equal(bench.scheduler_latents, default.scheduler_latents)
+    assert not torch.allclose(bench.scheduler_latents, ddim.scheduler_latents, atol=1e-4)
 
 
 def test_vae_ceiling_bounds_every_method_and_anderson_beats_ddim(bench_run):

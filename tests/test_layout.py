@@ -19,7 +19,7 @@ ALLOWED = {
     "metrics": set(),
     "api": {"core", "io", "errors"},
     "edit": {"core", "io", "errors", "_version"},
-    "loading": {"errors", "shapes"},
+    "loading": {"core", "errors", "shapes"},
     "batch": {"api", "io", "errors", "_version"},
     "demo": {"api", "core", "edit", "io", "loading", "metrics", "shapes", "_version"},
     "bench": {"api", "core", "edit", "io", "errors", "metrics", "shapes", "_version"},

@@ -8,7 +8,8 @@ Layout of the output folder::
 
 A run killed at any moment loses at most the images in flight: their files are either complete
 (renamed into place) or absent, and an image counts as done only when the manifest says so *and*
-its latent exists.  Re-running skips done images (and, unless ``retry_failed``, failed ones).
+its latent exists.  Re-running skips done images and retries failed ones (unless ``retry_failed`` is
+False: then they stay failed, and are still counted as failed).
 With ``accelerate launch --num_processes K`` each process takes every K-th image.
 """
 from __future__ import annotations
@@ -32,9 +33,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 @dataclass
 class BatchSummary:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)          # inverted by this run
+    skipped: list[str] = field(default_factory=list)       # done by an earlier run
+    failed: dict[str, str] = field(default_factory=dict)   # failed in this run (or earlier, not retried)
+
+    @property
+    def ok(self) -> bool:
+        """Every image of this share has its latent."""
+        return not self.failed
 
     def line(self) -> str:
         return f"{len(self.done)} inverted, {len(self.skipped)} already done, {len(self.failed)} failed"
@@ -96,7 +102,7 @@ def invert_dir(
     batch_size: int = 1,
     rank: int = 0,
     world_size: int = 1,
-    retry_failed: bool = False,
+    retry_failed: bool = True,
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
     progress: bool = True,
@@ -119,8 +125,11 @@ def invert_dir(
     for path in files:
         rec = records.get(path.name)
         latent_path = out / f"{path.stem}.latent.safetensors"
-        if rec and rec["status"] == "done" and latent_path.is_file() or rec and rec["status"] == "failed" and not retry_failed:
+        if rec and rec["status"] == "done" and latent_path.is_file():
             summary.skipped.append(path.name)
+            continue
+        if rec and rec["status"] == "failed" and not retry_failed:
+            summary.failed[path.name] = f"failed in an earlier run: {rec.get('error', 'unknown error')}"
             continue
         todo.append(path)
 

@@ -18,7 +18,8 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "builtin_models", "BUILTIN_PREFIX", "DTYPES"]
+__all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "builtin_models", "model_geometry", "BUILTIN_PREFIX",
+           "DTYPES"]
 
 BUILTIN_PREFIX = "builtin:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -31,6 +32,35 @@ def builtin_models() -> dict[str, Path]:
 
     folders = {"shapes": shapes.MODEL_DIR, "shapes-lcm": getattr(shapes, "LCM_MODEL_DIR", None)}
     return {name: path for name, path in folders.items() if path is not None and (Path(path) / "model_index.json").is_file()}
+
+
+def _model_folder(model: str) -> Optional[Path]:
+    if model.startswith(BUILTIN_PREFIX):
+        return builtin_models().get(model[len(BUILTIN_PREFIX):])
+    path = Path(model).expanduser()
+    return path if (path / "model_index.json").is_file() else None
+
+
+def model_geometry(model: str) -> Optional[dict]:
+    """What a model's config files say about image sizes, read without loading any weights:
+    ``{"multiple": m, "native": (h, w)}``; None where the configs are not on disk (a hub id)."""
+    folder = _model_folder(model)
+    if folder is None:
+        return None
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        net_dir = folder / ("unet" if (folder / "unet").is_dir() else "transformer")
+        net = json.loads((net_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    sample = net.get("sample_size") or 64
+    sample = sample[0] if isinstance(sample, (list, tuple)) else int(sample)
+    cls = index.get("_class_name", "")
+    multiple = factor * (2 if cls == "FluxPipeline" else int(net.get("patch_size", 1) or 1) if net_dir.name == "transformer" else 1)
+    native = sample * factor * (2 if cls == "FluxPipeline" else 1)
+    return {"multiple": multiple, "native": (native, native)}
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:

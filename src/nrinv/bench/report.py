@@ -46,7 +46,8 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "psnr": statistics.mean(float(r["psnr"]) for r in rs),
             "ssim": statistics.mean(float(r["ssim"]) for r in rs),
             "vae_ceiling_psnr": statistics.mean(float(r["vae_ceiling_psnr"]) for r in rs),
-            "wall_s": float(timed[0]["wall_s"]), "overhead": float(timed[0]["overhead"]),
+            "wall_s": float(timed[0]["wall_s"]),
+            "overhead": float(timed[0]["overhead"]) if timed[0].get("overhead") not in (None, "") else None,
             "peak_mem_mb": max(float(r["peak_mem_mb"]) for r in rs), "statuses": statuses, "n": len(rs),
             **{k: mean_present(rs, k) for k in ("lpips", "clip_score")},
         })
@@ -67,7 +68,8 @@ def markdown_table(summary: list[dict]) -> str:
     for s in summary:
         cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
         lines.append(f"| {s['method']} | {s['iterations']} | {s['nfe']:.0f} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
-                     f"{cells}{s['wall_s']:.3f} | {s['overhead']:.2f} | {s['peak_mem_mb']:.0f} |")
+                     f"{cells}{s['wall_s']:.3f} | {'' if s['overhead'] is None else format(s['overhead'], '.2f')} | "
+                     f"{s['peak_mem_mb']:.0f} |")
     return "\n".join(lines)
 
 

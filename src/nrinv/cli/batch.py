@@ -1,6 +1,7 @@
 """`nrinv invert-dir`: resumable batch inversion of a folder (``accelerate launch`` splits it)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from .common import UsageError, add_model_args, add_solver_args, image_size, loa
 def cmd_invert_dir(args) -> int:
     from ..batch import invert_dir, list_images, read_captions
     from ..errors import InputError
+    from ..io.files import writable_target
     from ..loading import resolve_device
 
     if args.prompt is None and args.captions is None:
@@ -19,6 +21,12 @@ def cmd_invert_dir(args) -> int:
     if args.batch_size < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--batch-size and --steps must be >= 1")
     method, options = solver_args(args)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; give the output folder")
+    problem = writable_target(out / ".nrinv-write-check")
+    if problem:
+        raise UsageError(problem)
     try:
         list_images(Path(args.folder))
         captions = read_captions(Path(args.captions)) if args.captions else None
@@ -47,7 +55,7 @@ def cmd_invert_dir(args) -> int:
         print(f"failed: {name}: {reason}", file=sys.stderr)
     if state is not None and world > 1:
         state.wait_for_everyone()
-    return 0
+    return 0 if summary.ok else 1
 
 
 def register(sub) -> None:
@@ -65,6 +73,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    p.add_argument("--retry-failed", action="store_true", help="retry images that failed before")
+    p.add_argument("--skip-failed", dest="retry_failed", action="store_false",
+                   help="do not retry images that failed in an earlier run (they still count as failed)")
+    p.add_argument("--retry-failed", dest="retry_failed", action="store_true", help=argparse.SUPPRESS)
     add_model_args(p)
     p.set_defaults(func=cmd_invert_dir)

@@ -41,6 +41,74 @@ def check_outputs(paths: Sequence[Path], force: bool) -> None:
         check_output(path, force)
 
 
+def check_target(path: Path, force: bool, suffixes: Sequence[str] = (), what: str = "output") -> None:
+    """Before any work: the file type the command writes, not an existing file unless --force, and a
+    place that can be written (a folder that exists or can be made, with room to create a file)."""
+    from ..io.files import writable_target
+
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{path}: the {what} is written as {suffixes[0]}; give a name ending in "
+                         + " or ".join(suffixes))
+    check_output(path, force)
+    problem = writable_target(path)
+    if problem:
+        raise UsageError(problem)
+
+
+def check_guidances(args) -> None:
+    """--guidance / --inversion-guidance: finite and within the documented range, before any work."""
+    from ..core.inversion import check_guidance
+
+    for flag in ("guidance", "inversion_guidance"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            run(check_guidance, value=value, what="--" + flag.replace("_", "-"))
+
+
+def check_device(device: str) -> None:
+    """The device exists here (checked before anything is loaded)."""
+    from ..errors import InputError
+    from ..loading import resolve_device
+
+    try:
+        resolve_device(device)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_image(path: str, max_pixels: int, model: Optional[str], quiet: bool,
+               resize: Optional[tuple[int, int]] = None, what: str = "") -> tuple[Any, list[str]]:
+    """Open and validate an input image before the model loads: readable, within the pixel limit, and
+    (when the model's configs are on disk) of a size the model takes, with advice in its terms.
+    Returns the image and the notes printed about it."""
+    from ..core.adapters import size_error, size_notes
+    from ..errors import InputError
+    from ..io.images import load_image
+    from ..loading import model_geometry
+
+    notes: list[str] = []
+    try:
+        image = load_image(path, max_pixels=max_pixels, notes=notes, size=resize)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    geometry = model_geometry(model) if model else None
+    if geometry is not None:
+        problem = size_error(image.height, image.width, geometry["multiple"], geometry["native"])
+        if problem:
+            raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
+        notes += size_notes(image.height, image.width, geometry["native"])
+    for text in notes:
+        note(f"{what or path}: {text}", quiet)
+    return image, notes
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line and exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def load_model(model: str, dtype: str, device: str, cuda_graphs: bool = True) -> Any:
     """Load a pipeline for a subcommand, as its adapter (one per run: embeddings, schedules and CUDA
     graphs are computed once); load errors become UsageError (exit 2)."""
@@ -116,11 +184,13 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
 
 
 def image_size(text: str) -> tuple[int, int]:
-    """``HxW`` -> (H, W)."""
+    """``HxW`` -> (H, W), both >= 1."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x512, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"height and width must be >= 1, got {text!r}")
     return h, w
 
 

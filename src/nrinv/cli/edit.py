@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .._version import __version__
-from .common import (UsageError, add_model_args, add_solver_args, check_outputs, image_size, load_model, note, run,
-                     solver_args, validate)
+from .common import (UsageError, add_model_args, add_solver_args, check_device, check_guidances, check_target,
+                     image_size, load_model,
+open_image, run, solver_args, validate)
 
 
 def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
@@ -27,21 +28,10 @@ def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
     add_model_args(p)
 
 
-def _load_images(paths: Sequence[str], max_pixels: int, quiet: bool, size: Optional[tuple[int, int]] = None):
-    """Open every input before any work (unreadable / oversized -> UsageError); print conversion notes."""
-    from ..errors import InputError
-    from ..io.images import load_image
-
-    images = []
-    for path in paths:
-        notes: list[str] = []
-        try:
-            images.append(load_image(path, max_pixels=max_pixels, notes=notes, size=size))
-        except InputError as exc:
-            raise UsageError(str(exc)) from None
-        for text in notes:
-            note(f"{path}: {text}", quiet)
-    return images
+def _load_images(args, paths: Sequence[str], size: Optional[tuple[int, int]] = None):
+    """Open every input before any work (unreadable, oversized or a size the model cannot take ->
+    UsageError); print conversion notes."""
+    return [open_image(path, args.max_pixels, args.model, args.quiet, size)[0] for path in paths]
 
 
 def _sidecar(png: Path) -> Path:
@@ -77,11 +67,15 @@ def cmd_edit(args) -> int:
     validate(checks.check_adjust, args.encode_adjust)
     validate(checks.check_mask_threshold, args.mask_threshold)
     method, options = solver_args(args)
+    check_guidances(args)
     image_path = Path(args.image)
     output = Path(args.output) if args.output else image_path.with_name(image_path.stem + ".edit.png")
     pngs = edit_output_paths(output, len(args.target))
-    check_outputs([p for png in pngs for p in (png, _sidecar(png))], args.force)
-    (image,) = _load_images([args.image], args.max_pixels, args.quiet, args.resize)
+    for png in pngs:
+        check_target(png, args.force, (".png",), "edited image")
+        check_target(_sidecar(png), args.force)
+    check_device(args.device)
+    (image,) = _load_images(args, [args.image], args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
@@ -153,10 +147,14 @@ def cmd_interpolate(args) -> int:
     validate(checks.check_steps, args.steps)
     validate(checks.check_adjust, args.encode_adjust)
     method, options = solver_args(args)
+    check_guidances(args)
     out = Path(args.output)
-    outputs = [out, _sidecar(out)] + ([Path(args.gif)] if args.gif else [])
-    check_outputs(outputs, args.force)
-    image_a, image_b = _load_images([args.image_a, args.image_b], args.max_pixels, args.quiet)
+    check_target(out, args.force, (".png",), "strip")
+    check_target(_sidecar(out), args.force)
+    if args.gif:
+        check_target(Path(args.gif), args.force, (".gif",), "animation")
+    check_device(args.device)
+    image_a, image_b = _load_images(args, [args.image_a, args.image_b])
     if image_a.size != image_b.size and not args.resize:
         raise UsageError(f"the images have different sizes ({image_a.width}x{image_a.height} and "
                          f"{image_b.width}x{image_b.height}); resize one to match, or pass --resize to resize "
@@ -192,9 +190,12 @@ def cmd_seed(args) -> int:
     validate(checks.check_spread, args.spread)
     validate(checks.check_count, args.columns, "--columns")
     method, options = solver_args(args)
+    check_guidances(args)
     out = Path(args.output)
-    check_outputs([out, _sidecar(out)], args.force)
-    images = _load_images(args.images, args.max_pixels, args.quiet, args.resize)
+    check_target(out, args.force, (".png",), "grid")
+    check_target(_sidecar(out), args.force)
+    check_device(args.device)
+    images = _load_images(args, args.images, args.resize)
     size = args.resize or (images[0].height, images[0].width)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from .common import (DEFAULT_MODEL, UsageError, add_model_args, add_solver_args, check_output, image_size,
-                     load_model, note, run, solver_args)
+from .common import (DEFAULT_MODEL, UsageError, add_model_args, add_solver_args, check_device, check_guidances,
+                     check_target,
+                     image_size, load_model, open_image, run, solver_args)
 
 #: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
 LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
@@ -15,27 +16,21 @@ LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
 
 def cmd_invert(args) -> int:
     from ..api import invert
-    from ..errors import InputError
     from ..io.files import save_json, save_latent
-    from ..io.images import load_image
 
     if not args.prompt or not args.prompt.strip():
         raise UsageError("the prompt is empty; describe the image with --prompt")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    check_guidances(args)
     method, options = solver_args(args)
+    check_device(args.device)
     image_path = Path(args.image)
     out = Path(args.output) if args.output else image_path.with_suffix(".latent.safetensors")
     sidecar = out.with_suffix(".json")
-    check_output(out, args.force)
-    check_output(sidecar, args.force)
-    notes: list[str] = []
-    try:
-        image = load_image(image_path, max_pixels=args.max_pixels, notes=notes, size=args.resize)
-    except InputError as exc:
-        raise UsageError(str(exc)) from None
-    for text in notes:
-        note(text, args.quiet)
+    check_target(out, args.force, (".safetensors",), "latent file")
+    check_target(sidecar, args.force)
+    image, notes = open_image(args.image, args.max_pixels, args.model, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(invert, pipe=pipe, image=image, prompt=args.prompt, method=method, options=options,
@@ -66,7 +61,9 @@ def cmd_reconstruct(args) -> int:
     from ..io.files import load_latent, save_json, save_png
 
     out = Path(args.output)
-    check_output(out, args.force)
+    check_target(out, args.force, (".png",), "image")
+    check_target(out.with_suffix(".json"), args.force)
+    check_device(args.device)
     try:
         tensors, meta = load_latent(args.latent)
     except InputError as exc:

@@ -1,14 +1,14 @@
 """The ``nrinv`` command line.  Bad input exits with status 2 and a one-line reason, writing nothing."""
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401  (the parser classes)
 import importlib
 import os
 import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
-from .common import UsageError
+from .common import OneLineParser, UsageError
 
 #: each module has ``register(subparsers)`` adding parsers whose ``func(args) -> int`` may raise UsageError
 SUBCOMMAND_MODULES = ("nrinv.cli.invert", "nrinv.cli.edit", "nrinv.cli.batch", "nrinv.cli.bench", "nrinv.cli.demo",
@@ -16,7 +16,7 @@ SUBCOMMAND_MODULES = ("nrinv.cli.invert", "nrinv.cli.edit", "nrinv.cli.batch", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nrinv", description="Fast, exact diffusion inversion and editing.")
+    parser = OneLineParser(prog="nrinv", description="Fast, exact diffusion inversion and editing.")
     parser.add_argument("--version", action="version", version=f"nrinv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
@@ -36,7 +36,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # installed, using the PIL image processor") are noise here; a user's own setting wins
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line argument error (status 2)
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -28,7 +28,32 @@ from .defaults import ModelDefaults, model_defaults
 from .graphs import GraphedNetwork
 from .schedulers import Schedule, affine_schedule
 
-__all__ = ["Adapter", "Conditioning", "adapter_for", "SUPPORTED_PIPELINES"]
+__all__ = ["Adapter", "Conditioning", "adapter_for", "SUPPORTED_PIPELINES", "size_error", "size_notes"]
+
+
+def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) -> Optional[str]:
+    """Why a ``height`` x ``width`` image cannot go through this model (None if it can), with advice
+    that fits the model: a nearby multiple, and its native size."""
+    if height % multiple == 0 and width % multiple == 0 and height > 0 and width > 0:
+        return None
+    near_w, near_h = max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple)
+    return (f"image size {width}x{height} is not a multiple of {multiple} for this model; resize it, e.g. to "
+            f"{native[1]}x{native[0]} (the model's native size) or {near_w}x{near_h}")
+
+
+def size_notes(height: int, width: int, native: tuple[int, int]) -> list[str]:
+    """Warnings for sizes far from what the model was trained on (they run, slowly or poorly)."""
+    notes = []
+    ratio = (height * width) / float(native[0] * native[1])
+    if ratio >= 16:
+        notes.append(f"{width}x{height} has {ratio:.0f}x the pixels of this model's native {native[1]}x{native[0]}: "
+                     "expect a long run, and results unlike what the model was trained on")
+    elif ratio <= 1 / 16:
+        notes.append(f"{width}x{height} is far smaller than this model's native {native[1]}x{native[0]}")
+    if max(height, width) >= 4 * min(height, width):
+        notes.append(f"{width}x{height} has an extreme aspect ratio; this model was trained on "
+                     f"{native[1]}x{native[0]}")
+    return notes
 
 
 @dataclass
@@ -126,19 +151,15 @@ class Adapter:
     def default_size(self) -> tuple[int, int]:
         if self.defaults.height and self.defaults.width:
             return self.defaults.height, self.defaults.width
-        size = self.network.config.sample_size
+        # the network's sample size, else the pipeline's default (Flux's transformer has none)
+        size = self.network.config.get("sample_size") or getattr(self.pipe, "default_sample_size", None) or 64
         size = size if isinstance(size, int) else size[0]
         return size * self.vae_scale_factor, size * self.vae_scale_factor
 
     def check_size(self, height: int, width: int) -> None:
-        mult = self.size_multiple
-        if height % mult or width % mult:
-            h, w = self.default_size()
-            raise InputError(
-                f"image size {width}x{height} is not a multiple of {mult} for this model; resize it "
-                f"(e.g. to {max(mult, width // mult * mult)}x{max(mult, height // mult * mult)}; the model's "
-                f"native size is {w}x{h})"
-            )
+        problem = size_error(height, width, self.size_multiple, self.default_size())
+        if problem:
+            raise InputError(problem)
 
     @property
     def size_multiple(self) -> int:
@@ -154,6 +175,19 @@ class Adapter:
         sched = copy.deepcopy(self.pipe.scheduler)
         sched.set_timesteps(num_inference_steps, device=self.device)
         return sched
+
+    @staticmethod
+    def _check_timesteps(scheduler: Any, num_inference_steps: int) -> None:
+        """A variance-preserving scheduler whose timesteps run past its training range (e.g. DDIM with
+        ``steps_offset=1`` at 1000 steps reaches t = 1000) cannot step; say so instead of an IndexError."""
+        train = getattr(scheduler.config, "num_train_timesteps", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if train is None or timesteps is None or not hasattr(scheduler, "alphas_cumprod"):
+            return
+        if len(timesteps) and float(timesteps.max()) > train - 1:
+            offset = int(getattr(scheduler.config, "steps_offset", 0) or 0)
+            raise InputError(f"{type(scheduler).__name__} cannot run {num_inference_steps} steps with this "
+                             f"configuration: its timesteps would pass {train - 1}; use at most {train - offset} steps")
 
     def step_kwargs(self) -> dict:
         accepts = set(inspect.signature(self.pipe.scheduler.step).parameters)
@@ -173,7 +207,12 @@ class Adapter:
             else seed
         key = (num_inference_steps, tuple(size), noise_key, id(self.pipe.scheduler), str(self.dtype), str(self.device))
         if key not in self._schedules:
-            scheduler = self.prepare_scheduler(num_inference_steps, *size)
+            try:
+                scheduler = self.prepare_scheduler(num_inference_steps, *size)
+            except (ValueError, IndexError) as exc:  # diffusers' own limit on the step count
+                raise InputError(f"{type(self.pipe.scheduler).__name__} cannot run {num_inference_steps} steps: "
+                                 f"{str(exc).splitlines()[0]}") from None
+            self._check_timesteps(scheduler, num_inference_steps)
             self._schedules[key] = affine_schedule(
                 scheduler, self.latent_shape(*size), generator=generator, seed=None if generator is not None else seed,
                 device=self.device, noise_dtype=self.dtype, step_kwargs=self.step_kwargs())

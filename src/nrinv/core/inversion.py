@@ -9,6 +9,7 @@ images and shaping outputs like diffusers is ``nrinv.api``'s job.
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,9 +26,23 @@ from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
 __all__ = ["Setup", "InversionResult", "invert", "invert_batch", "reconstruct", "sample", "prepare",
-           "solver_options"]
+           "solver_options", "check_guidance", "MAX_GUIDANCE"]
 
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
+#: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
+#: guided prediction (guidance 1e9 gave noise of size 1e5 and a black image)
+MAX_GUIDANCE = 50.0
+
+
+def check_guidance(value: Any, what: str = "guidance_scale") -> float:
+    """A guidance scale: a finite number in [0, MAX_GUIDANCE]."""
+    try:
+        g = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number in [0, {MAX_GUIDANCE:g}], got {value!r}") from None
+    if not math.isfinite(g) or not 0.0 <= g <= MAX_GUIDANCE:
+        raise InputError(f"{what} must be a finite number in [0, {MAX_GUIDANCE:g}], got {value!r}")
+    return g
 
 
 @dataclass
@@ -121,7 +136,7 @@ def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_step
     conditioning; ``None`` steps / guidance take the model's defaults."""
     adapter = adapter_for(pipe)
     steps = int(adapter.defaults.num_inference_steps if num_inference_steps is None else num_inference_steps)
-    guidance = float(adapter.defaults.guidance_scale if guidance_scale is None else guidance_scale)
+    guidance = check_guidance(adapter.defaults.guidance_scale if guidance_scale is None else guidance_scale)
     if steps < 1:
         raise InputError(f"num_inference_steps must be >= 1, got {steps}")
     if not isinstance(prompt, str):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import InversionResult, Setup, invert, sample, solver_options
+from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -98,7 +98,7 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     check_output_type(output_type)
     targets = prompt_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
-    latents = _regenerate(inversion, targets, start, float(guidance_scale), negative_prompt, progress,
+    latents = _regenerate(inversion, targets, start, check_guidance(guidance_scale), negative_prompt, progress,
                           check_mask_threshold(mask_threshold), guide_from_source)
     return latents, _images(inversion.setup, latents, output_type)
 
@@ -184,7 +184,7 @@ def edit(
     adapter = adapter_for(pipe)
     defaults = edit_defaults(adapter)
     strength = check_strength(defaults["strength"] if strength is None else strength)
-    target_guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+    target_guidance = check_guidance(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
     guide_from_source = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
     mask_threshold = check_mask_threshold(defaults["mask_threshold"] if mask_threshold is None else mask_threshold)
     check_steps(num_inference_steps)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import InversionResult, Setup, invert, sample, solver_options
+from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -89,7 +89,7 @@ def seed_from_images(
     check_steps(num_inference_steps)
     adapter = adapter_for(pipe)
     method, solver_opts = solver_options(adapter, method, options, max_iterations)
-    guidance = float(edit_defaults(adapter)["guidance_scale"] if guidance_scale is None else guidance_scale)
+    guidance = check_guidance(edit_defaults(adapter)["guidance_scale"] if guidance_scale is None else guidance_scale)
 
     timings: dict[str, float] = {}
     t_total = time.perf_counter()

@@ -3,10 +3,11 @@ so a reader (or a run killed half-way) never sees a partial file."""
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from PIL import Image
@@ -14,7 +15,20 @@ from PIL import Image
 from ..errors import InputError
 from .images import to_pil
 
-__all__ = ["atomic_write", "save_png", "save_json", "save_latent", "load_latent"]
+__all__ = ["atomic_write", "save_png", "save_json", "save_latent", "load_latent", "writable_target", "strict_json"]
+
+
+def _create_beside(path: Path) -> str:
+    """A new, empty temporary file beside ``path``, created with mode 0666 so the user's umask applies
+    (``tempfile.mkstemp`` would force 0600 on every output)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
 
 
 def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -> Path:
@@ -23,8 +37,7 @@ def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_beside(path)
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:
@@ -37,6 +50,38 @@ def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -
     return path
 
 
+def writable_target(path: Union[str, os.PathLike]) -> Optional[str]:
+    """Why ``path`` cannot be written (one line), or None: checked before any work by creating and
+    removing a temporary file in the folder it would go to (its nearest existing ancestor)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is a file, not a folder"
+    try:
+        os.unlink(_create_beside(parent / path.name))
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror or type(exc).__name__} in {parent}"
+    return None
+
+
+def strict_json(data: Any) -> Any:
+    """``data`` with every non-finite float as None: JSON has no NaN or Infinity, and strict parsers
+    reject files that contain them."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def save_png(image: Union[Image.Image, torch.Tensor], path, *, force: bool = True) -> Path:
     img = image if isinstance(image, Image.Image) else to_pil(image)
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), force=force)
@@ -45,16 +90,23 @@ def save_png(image: Union[Image.Image, torch.Tensor], path, *, force: bool = Tru
 def save_json(data: Any, path, *, force: bool = True) -> Path:
     def write(tmp):
         with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, default=str)
+            json.dump(strict_json(json.loads(json.dumps(data, default=str))), fh, indent=2, allow_nan=False)
             fh.write("\n")
     return atomic_write(path, write, force=force)
 
 
 def save_latent(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path, *, force: bool = True) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), force=force)
+    metadata = {k: json.dumps(strict_json(json.loads(v)), allow_nan=False) if k == "nrinv" else v
+                for k, v in metadata.items()}
+    data = save(tensors, metadata=metadata)  # bytes: safetensors' save_file would make the file 0600
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    return atomic_write(path, write, force=force)
 
 
 def load_latent(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

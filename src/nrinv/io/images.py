@@ -9,14 +9,67 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["load_image", "load_pixels", "resolve_size", "to_tensor", "to_pil", "ImageLike", "DEFAULT_MAX_PIXELS"]
+__all__ = ["load_image", "load_pixels", "resolve_size", "check_size", "to_tensor", "to_pil", "ImageLike",
+           "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
-_KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L"}
+_KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
+                "I;16N"}
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+
+def check_size(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "resize to") -> None:
+    """A target ``(h, w)``: positive, and within the pixel limit."""
+    if size is None:
+        return
+    h, w = size
+    if int(h) < 1 or int(w) < 1:
+        raise InputError(f"cannot {what} {w}x{h}: width and height must be >= 1")
+    if int(h) * int(w) > max_pixels:
+        raise InputError(f"cannot {what} {w}x{h} = {int(h) * int(w)} pixels: over the limit of {max_pixels} "
+                         "(raise --max-pixels to allow it)")
+
+
+def _open_file(path: Path, max_pixels: int) -> Image.Image:
+    """Decode a file completely; any failure of the decoder is an unreadable image (one line)."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns about corrupt metadata and large images as it decodes: the pixel limit below and
+            # the errors raised decide, and a command line stays at one line
+            warnings.simplefilter("ignore")
+            with Image.open(path) as probe:
+                w, h = probe.size
+                if w * h > max_pixels:
+                    raise InputError(f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}; "
+                                     "downscale it or raise --max-pixels")
+                probe.load()
+                return probe.copy()
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path} declares an image too large to decode ({str(exc).split(' exceeds')[0]}); "
+                         "downscale it") from None
+    except MemoryError:
+        raise InputError(f"cannot read image {path}: it does not fit in memory") from None
+    except Exception as exc:  # PIL's decoders raise many types for corrupt input (OSError, SyntaxError, struct.error...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not an image format PIL can read"
+        raise InputError(f"cannot read image {path}: {reason}") from None
+
+
+def _from_16bit(img: Image.Image, notes: list) -> Image.Image:
+    """16-bit grayscale scaled by the format's range (65535 -> 255), not by the image's own maximum."""
+    arr = np.asarray(img).astype(np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0 or hi > 65535:
+        raise InputError(f"{img.mode} image with values {lo:g}..{hi:g} is not 16-bit; convert it to 8-bit RGB first")
+    notes.append(f"converted {img.mode} (16-bit) image to 8-bit RGB (values scaled by 255/65535)")
+    return Image.fromarray(np.round(arr * (255.0 / 65535.0)).astype(np.uint8)).convert("RGB")
 
 
 def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes: Optional[list] = None,
@@ -24,35 +77,28 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
     """Open and validate an image, returning 8-bit RGB.
 
     RGBA (composited on white), grayscale and 16-bit images are converted, with a note appended to
-    ``notes``; unreadable, truncated or oversized files raise ``InputError``.  ``size=(h, w)`` resizes.
+    ``notes``; unreadable, truncated, empty or oversized files raise ``InputError``.  ``size=(h, w)``
+    resizes (and is held to ``max_pixels`` too).
     """
     notes = notes if notes is not None else []
+    check_size(size, max_pixels)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as probe:
-                w, h = probe.size
-                if w * h > max_pixels:
-                    raise InputError(f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}; "
-                                     "downscale it or raise --max-pixels")
-                probe.load()
-                img = probe.copy()
-        except InputError:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        img = _open_file(path, max_pixels)
     elif isinstance(source, Image.Image):
         img = source
     elif isinstance(source, np.ndarray):
         arr = source
         if arr.dtype != np.uint8:
             if arr.dtype.kind == "f":
-                arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+                arr = (np.clip(np.nan_to_num(arr), 0, 1) * 255).round().astype(np.uint8)
             else:
                 raise InputError(f"array images must be uint8 or float in [0, 1], got {arr.dtype}")
-        img = Image.fromarray(arr)
+        if arr.ndim not in (2, 3) or arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+            raise InputError(f"array images must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+        img = Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
     elif isinstance(source, torch.Tensor):
         t = source.detach().float().cpu()
         if t.dim() == 4:
@@ -61,19 +107,19 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
             t = t[0]
         if t.dim() != 3 or t.shape[0] not in (1, 3):
             raise InputError(f"tensor images must be (3, H, W) in [0, 1], got shape {tuple(source.shape)}")
-        img = to_pil(t.expand(3, -1, -1))
+        img = to_pil(torch.nan_to_num(t).expand(3, -1, -1))
     else:
         raise InputError(f"unsupported image type {type(source).__name__}")
 
+    if img.width * img.height == 0:
+        raise InputError(f"the image is empty ({img.width}x{img.height})")
     if img.width * img.height > max_pixels:
         raise InputError(f"image is {img.width}x{img.height}, over the limit of {max_pixels} pixels")
     mode = img.mode
-    if mode == "F" or mode.startswith("I;16") is False and mode not in _KNOWN_MODES:
+    if mode not in _KNOWN_MODES:
         raise InputError(f"unsupported image mode {mode}; convert the image to 8-bit RGB first")
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray((arr / max(arr.max(), 1) * 255).round().astype(np.uint8)).convert("RGB")
-        notes.append(f"converted {mode} (16-bit) image to 8-bit RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = _from_16bit(img, notes)
     elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

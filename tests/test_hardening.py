@@ -1,0 +1,199 @@
+"""Hostile and odd input gets a clean answer (issue 15): each case here gave wrong output with exit 0,
+a traceback, or a late failure before its fix."""
+import json
+import os
+import stat
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nrinv
+from nrinv.cli import main
+from nrinv.errors import InputError
+
+PROMPT = "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from nrinv.testing import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_pipeline("sd", smooth=None).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture
+def image_path(tmp_path, astronaut32):
+    path = tmp_path / "astronaut.png"
+    astronaut32.save(path)
+    return path
+
+
+def _one_line_error(capsys, code, expected):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and expected in err, err
+    return err
+
+
+def _no_model(monkeypatch):
+    """Fail the test if a command gets as far as loading a model."""
+    import nrinv.cli.common as common
+
+    def forbidden(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+    for module in ("invert", "edit", "batch"):
+        monkeypatch.setattr(f"nrinv.cli.{module}.load_model", forbidden)
+    monkeypatch.setattr(common, "load_model", forbidden)
+
+
+def test_decompression_bomb_is_one_line(tmp_path, capsys, monkeypatch):
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = lambda k, d: struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d) & 0xFFFFFFFF)  # noqa
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    _no_model(monkeypatch)
+    code = main(["invert", str(bomb), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors")])
+    _one_line_error(capsys, code, "pixels")
+    with pytest.raises(InputError):
+        nrinv.invert(None, bomb, PROMPT)
+
+
+def test_16_bit_images_keep_their_range(tmp_path):
+    # 8-bit values 35..215 stored as 16-bit: scaled by 255/65535 they come back as 35..215 (not 42..255)
+    arr = (np.linspace(35, 215, 32 * 32).reshape(32, 32).round().astype(np.uint16) * 257)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(arr).save(path)
+    notes = []
+    out = np.asarray(nrinv.io.images.load_image(path, notes=notes))
+    assert out.min() == 35 and out.max() == 215 and "65535" in notes[0]
+    dark = tmp_path / "dark16.png"
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(dark)  # a dark image stays dark
+    assert np.asarray(nrinv.io.images.load_image(dark)).max() == 4
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-3", "1e9", "-inf"])
+def test_guidance_must_be_finite_and_in_range(value, image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, f"--guidance={value}", "-o",
+                 str(tmp_path / "x.safetensors")])
+    _one_line_error(capsys, code, "must be a finite number in [0, 50]")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_guidance_range_in_the_api(tiny, astronaut32):
+    pipe = tiny("sd")
+    for bad in (float("inf"), float("nan"), -3.0, 1e9):
+        with pytest.raises(InputError, match="finite number"):
+            nrinv.invert(pipe, astronaut32, PROMPT, guidance_scale=bad, num_inference_steps=2)
+        with pytest.raises(InputError, match="finite number"):
+            nrinv.edit(pipe, astronaut32, PROMPT, "a dog", guidance_scale=bad, num_inference_steps=2)
+    assert nrinv.invert(pipe, astronaut32, PROMPT, guidance_scale=0.0, num_inference_steps=2).finite
+
+
+def test_sidecars_are_strict_json(tmp_path):
+    from nrinv.io.files import save_json, save_latent
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+    save_json({"residual": float("nan"), "list": [1.0, float("inf")], "ok": 1.5}, tmp_path / "s.json")
+    data = strict((tmp_path / "s.json").read_text())
+    assert data == {"residual": None, "list": [1.0, None], "ok": 1.5}
+    save_latent({"scheduler_latents": torch.zeros(1)}, {"nrinv": json.dumps({"x": float("nan")})},
+                tmp_path / "l.safetensors")
+    tensors, meta = nrinv.io.files.load_latent(tmp_path / "l.safetensors")
+    assert strict(meta["nrinv"]) == {"x": None}
+
+
+@pytest.mark.parametrize("output, expected", [("lat.png", "ending in .safetensors"),
+                                               ("lat.json", "ending in .safetensors")])
+def test_latent_output_needs_its_extension(output, expected, image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "-o", str(tmp_path / output)])
+    _one_line_error(capsys, code, expected)
+    assert not (tmp_path / output).exists()
+
+
+def test_edit_outputs_need_their_extensions(image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    code = main(["edit", str(image_path), "--source", PROMPT, "--target", "a dog", "-o", str(tmp_path / "e.jpg")])
+    _one_line_error(capsys, code, "ending in .png")
+    code = main(["interpolate", str(image_path), str(image_path), "--prompt", PROMPT, "-o", str(tmp_path / "s.png"),
+                 "--gif", str(tmp_path / "a.png")])
+    _one_line_error(capsys, code, "ending in .gif")
+
+
+@pytest.mark.parametrize("where", ["proc", "file-as-folder"])
+def test_unwritable_output_is_refused_before_any_work(where, image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    if where == "proc":
+        target = "/proc/nrinv-test.safetensors"
+    else:
+        (tmp_path / "existing_file").write_text("x")
+        target = str(tmp_path / "existing_file" / "x.safetensors")
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "-o", target])
+    _one_line_error(capsys, code, "cannot write")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--resize", "0x0"], "must be >= 1"),
+    (["--resize", "4096x4096", "--max-pixels", "1000000"], "over the limit of 1000000"),
+])
+def test_resize_is_checked_and_held_to_max_pixels(argv, expected, image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"), *argv])
+    _one_line_error(capsys, code, expected)
+
+
+def test_sizes_far_from_the_native_one_get_a_note(tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    Image.new("RGB", (2000, 16)).save(tmp_path / "strip.png")
+    with pytest.raises(AssertionError, match="model was loaded"):  # the note is printed before the model loads
+        main(["invert", str(tmp_path / "strip.png"), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
+              "--model", "builtin:shapes"])
+    err = capsys.readouterr().err
+    assert "note:" in err and "extreme aspect ratio" in err and "2000x16" in err
+
+
+def test_odd_sizes_get_advice_in_the_models_terms_before_it_loads(tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    Image.new("RGB", (7, 5)).save(tmp_path / "small.png")
+    code = main(["invert", str(tmp_path / "small.png"), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
+                 "--model", "builtin:shapes"])
+    _one_line_error(capsys, code, "pass --resize 64x64 (the model's native size)")
+
+
+def test_too_many_steps_and_a_missing_device_are_one_line(model_dir, image_path, tmp_path, capsys):
+    out = str(tmp_path / "x.safetensors")
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--steps", "1000",
+                 "-o", out, "--quiet"])
+    _one_line_error(capsys, code, "use at most 999 steps")
+    if not torch.cuda.is_available():
+        code = main(["invert", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--device", "cuda",
+                     "-o", out])
+        _one_line_error(capsys, code, "CUDA is not available")
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "--steps", "oops"])
+    _one_line_error(capsys, code, "invalid int value")  # argparse errors are one line too
+
+
+def test_outputs_follow_the_umask(model_dir, image_path, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "x.latent.safetensors"
+        assert main(["invert", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--steps", "2",
+                     "-o", str(out), "--quiet"]) == 0
+        for path in (out, out.with_suffix(".json")):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        os.umask(0o077)
+        out2 = tmp_path / "y.latent.safetensors"
+        assert main(["invert", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--steps", "2",
+                     "-o", str(out2), "--quiet"]) == 0
+        assert stat.S_IMODE(out2.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
