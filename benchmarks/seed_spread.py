@@ -20,17 +20,19 @@ from nrinv.shapes import render, sample_scene
 from nrinv.shapes.judge import judge_batch
 
 SPREADS = [float(x) for x in sys.argv[1:]] or [0.15, 0.3, 0.45, 0.6, 0.75]
-torch.set_num_threads(2)
+SET = int(__import__("os").environ.get("CONCEPT_SET", "0"))  # 0: concepts 0-9, 1: concepts 10-19, ...
+torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
 pipe = nrinv.adapter_for(nrinv.load_pipeline("builtin:shapes"))
 concepts = []
-for c in range(10):
+for c in range(10 * SET, 10 * SET + 10):
     base = sample_scene(60_000_000 + c)
     examples = []
     for j in range(3):
         s = sample_scene(60_100_000 + 10 * c + j)
-        if s.background_color == base.color:
-            s = s.replace(background_color=[x for x in ("blue", "white", "black") if x != base.color][0])
-        examples.append(render(s.replace(shape=base.shape, color=base.color, size=base.size), 60_100_000 + 10 * c + j))
+        background = s.background_color if s.background_color != base.color else \
+            [x for x in ("blue", "white", "black") if x != base.color][0]
+        s = s.replace(shape=base.shape, color=base.color, size=base.size, background_color=background)
+        examples.append(render(s, 60_100_000 + 10 * c + j))
     concepts.append((base, examples))
 rows = []
 for spread in SPREADS:
@@ -45,5 +47,5 @@ for spread in SPREADS:
         variety += [float(np.abs(a.astype(float) - b.astype(float)).mean()) for a, b in itertools.combinations(images[1:], 2)]
     rows.append({"spread": spread, "fidelity": hits / n, "hits": hits, "samples": n, "variety": float(np.mean(variety))})
     print(rows[-1], flush=True)
-out = Path(__file__).resolve().parent / "results" / "seed_spread.json"
+out = Path(__file__).resolve().parent / "results" / f"seed_spread_set{SET}.json"
 out.write_text(json.dumps({"setting": __doc__.split("\n\n")[1], "rows": rows}, indent=2) + "\n")
