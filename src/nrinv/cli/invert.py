@@ -38,7 +38,7 @@ def cmd_invert(args) -> int:
                  negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
                  progress=not args.quiet)
     stats = result.stats()
-    stats["settings"]["notes"] = notes + stats["settings"]["notes"]
+    stats["settings"]["notes"] = notes + [n for n in stats["settings"]["notes"] if n not in notes]
     stats["model"] = args.model
     stats["input"] = str(image_path)
     tensors = dict(zip(LATENT_KEYS, (result.scheduler_latents, result.latents, result.encoded)))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import InputError
-from .adapters import Adapter, Conditioning, adapter_for
+from .adapters import Adapter, Conditioning, adapter_for, size_notes
 from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
@@ -308,6 +308,7 @@ def invert(
         encoded = image_latents.detach().to(device=adapter.device, dtype=torch.float32)
         size = adapter.default_size() if height is None or width is None else (int(height), int(width))
     encode_time = time.perf_counter() - t0
+    notes = list(notes) + [n for n in size_notes(*size, adapter.default_size()) if n not in notes]
 
     setup = prepare(adapter, prompt, size=size, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
