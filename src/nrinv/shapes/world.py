@@ -269,16 +269,25 @@ def _object_alpha(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     return m.reshape(IMAGE_SIZE, _SS, IMAGE_SIZE, _SS).mean(axis=(1, 3))
 
 
-def render(scene: Scene, seed: int = 0) -> np.ndarray:
-    """Render a scene to a uint8 (64, 64, 3) image; the seed drives jitter/texture phase."""
-    # independent streams: changing the background kind does not move the object (and vice versa)
+def _placement(scene: Scene, seed: int) -> tuple[float, float, float]:
+    """Centre and radius of the object of ``scene`` rendered with ``seed`` (its own random stream)."""
     rng = np.random.default_rng([int(seed), 104729, 1])
-    bg = _background(scene.background, scene.background_color, np.random.default_rng([int(seed), 104729, 2]))
     cx, cy = _CENTERS[scene.position]
     cx += rng.uniform(-2.0, 2.0)
     cy += rng.uniform(-2.0, 2.0)
-    r = _RADIUS[scene.size] * rng.uniform(0.95, 1.05)
-    a = _object_alpha(scene.shape, cx, cy, r)[..., None]
+    return cx, cy, _RADIUS[scene.size] * rng.uniform(0.95, 1.05)
+
+
+def object_mask(scene: Scene, seed: int = 0) -> np.ndarray:
+    """The object's exact coverage in ``render(scene, seed)``: a (64, 64) float array in [0, 1]."""
+    return _object_alpha(scene.shape, *_placement(scene, seed))
+
+
+def render(scene: Scene, seed: int = 0) -> np.ndarray:
+    """Render a scene to a uint8 (64, 64, 3) image; the seed drives jitter/texture phase."""
+    # independent streams: changing the background kind does not move the object (and vice versa)
+    bg = _background(scene.background, scene.background_color, np.random.default_rng([int(seed), 104729, 2]))
+    a = object_mask(scene, seed)[..., None]
     col = np.asarray(COLORS[scene.color], dtype=np.float64)[None, None, :]
     img = bg * (1 - a) + col * a
     return np.clip(np.round(img), 0, 255).astype(np.uint8)

@@ -1,0 +1,121 @@
+"""Solvers at equal network-call budgets in the few-step regime: `python benchmarks/few_step.py REGIME ...`.
+
+Regimes (the built-in models, held-out scenes of the shapes world, the model's own guidance):
+  lcm4      builtin:shapes-lcm, LCMScheduler, 4 steps
+  ddim20    builtin:shapes, DDIM, 20 steps
+  eulera4   builtin:shapes with its scheduler swapped to Euler-ancestral (trailing spacing), 4 steps
+
+Per method and budget: reconstruction PSNR against the input (the stock pipeline's regeneration from
+the inverted noise, decoded), the VAE ceiling PSNR(x, D(E(x))), and the relative latent error of the
+regeneration; then each method's latent error against renoise's and gnri's at the same budget.
+Writes results.csv / results.json / plots (nrinv bench's) and summary.md under
+benchmarks/results/few_step/REGIME.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+REGIMES = {"lcm4": ("builtin:shapes-lcm", None, 4), "ddim20": ("builtin:shapes", None, 20),
+           "eulera4": ("builtin:shapes", "euler_a", 4)}
+#: NFE per step -> method specs at that cost (newton_krylov costs 1 + krylov_dim per iteration)
+METHODS_BY_COST = {
+    1: ["ddim"],
+    2: ["fixed_point", "renoise", "gnri", "anderson", "newton_krylov[krylov_dim=1]"],
+    3: ["fixed_point", "renoise", "gnri", "anderson", "newton_krylov[krylov_dim=2]"],
+}
+
+
+def pipeline(regime: str):
+    import nrinv
+
+    model, scheduler, steps = REGIMES[regime]
+    pipe = nrinv.load_pipeline(model, device="cpu")
+    if scheduler == "euler_a":
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    return pipe, steps
+
+
+def rows_for(regime: str, n_images: int, per_step: list[int], extra: list[str], out: Path) -> list[dict]:
+    from nrinv.bench.harness import run_bench
+    from nrinv.bench.images import load_image_set
+
+    pipe, steps = pipeline(regime)
+    images = load_image_set("shapes", size=(64, 64), n=n_images, seed=7000)
+    rows = []
+    for cost in per_step:
+        methods = METHODS_BY_COST.get(cost, []) + extra
+        for spec in methods:
+            name = spec.split("[")[0]
+            its = 1 if name == "ddim" or (name == "newton_krylov") else cost
+            if name == "newton_krylov" and cost == 1:
+                continue
+            rows += run_bench(pipe, images, out=out, methods=[spec], iterations=[its], steps=steps, repeats=0,
+                              progress=False, plots=False)
+    return rows
+
+
+def summarize(rows: list[dict], steps: int) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], int(float(r["nfe"]))), []).append(r)
+    out = []
+    for (method, nfe), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        out.append({"method": method, "nfe": nfe, "nfe_per_step": nfe / steps,
+                    "psnr": statistics.mean(float(r["psnr"]) for r in rs),
+                    "ceiling": statistics.mean(float(r["vae_ceiling_psnr"]) for r in rs),
+                    "latent_error": statistics.mean(float(r["latent_error"]) for r in rs), "n": len(rs)})
+    by_nfe: dict[int, dict[str, dict]] = {}
+    for s in out:
+        by_nfe.setdefault(s["nfe"], {})[s["method"]] = s
+    for s in out:
+        peers = by_nfe[s["nfe"]]
+        for ref in ("renoise", "gnri"):
+            if ref in peers:
+                s[f"vs_{ref}"] = peers[ref]["latent_error"] / max(s["latent_error"], 1e-12)
+    return out
+
+
+def markdown(summary: list[dict], regime: str) -> str:
+    lines = [f"### {regime}", "",
+             "| method | NFE | PSNR dB | below VAE ceiling dB | latent error | renoise / this | gnri / this |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        ratios = [f"{s[k]:.1f}x" if k in s else "" for k in ("vs_renoise", "vs_gnri")]
+        lines.append(f"| {s['method']} | {s['nfe']} | {s['psnr']:.2f} | {s['ceiling'] - s['psnr']:.2f} | "
+                     f"{s['latent_error']:.4f} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("regime", choices=sorted(REGIMES))
+    ap.add_argument("--n-images", type=int, default=8)
+    ap.add_argument("--per-step", default="1,2,3", help="NFE per step budgets")
+    ap.add_argument("--extra", default="", help="more method specs (semicolon-separated), run at every budget")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / "few_step" / args.regime)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = [m for m in args.extra.split(";") if m.strip()]
+    rows = rows_for(args.regime, args.n_images, [int(x) for x in args.per_step.split(",")], extra, out)
+    steps = REGIMES[args.regime][2]
+    summary = summarize(rows, steps)
+    table = markdown(summary, args.regime)
+    (out / "summary.md").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
