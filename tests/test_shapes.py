@@ -135,3 +135,25 @@ def test_train_script_runs(tmp_path):
     p = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"), safety_checker=None,
                                                 requires_safety_checker=False)
     assert p.unet.config.sample_size == 16
+
+
+def test_preservation_is_measured_on_exactly_the_pixels_an_edit_must_keep():
+    from nrinv.shapes.editeval import kept_region, region_psnr, score_edit
+
+    for item in edit_set(6, seed=5):
+        region = kept_region(item)
+        assert 0 < region.sum() < 64 * 64
+        read = item["target"].as_dict()
+        # the exactly rendered target equals the source on the kept region (same render seed)
+        assert score_edit(item["target_image"], item, read)["preservation"] == pytest.approx(100.0)
+        # a change there is measured exactly: +10 on every kept pixel is PSNR 20 log10(255 / 10)
+        changed = item["source_image"].astype(np.int16)
+        changed[region] += 10
+        changed = np.clip(changed, 0, 255).astype(np.uint8)
+        exact = region_psnr(changed, item["source_image"], region)
+        clipped = (item["source_image"][region].astype(int) > 245).any()
+        assert clipped or exact == pytest.approx(20 * np.log10(255 / 10), abs=1e-6)
+        # and a change outside it is not counted
+        outside = item["source_image"].copy()
+        outside[~region] = 0
+        assert region_psnr(outside, item["source_image"], region) == pytest.approx(100.0)

@@ -24,8 +24,8 @@ from ..metrics import as_numpy
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
 
 EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method", "iterations", "steps", "strength",
-                "guidance", "guide_from_source", "nfe", "target", "preserved", "all_kept", "psnr_target", "lpips_target", "clip_target",
-                "wall_s"]
+                "guidance", "guide_from_source", "mask_threshold", "nfe", "target", "preserved", "all_kept", "psnr_target",
+                "preservation", "lpips_target", "clip_target", "wall_s"]
 
 
 def _flag(value: Any) -> bool:
@@ -33,9 +33,14 @@ def _flag(value: Any) -> bool:
     return str(value) in ("True", "1", "true")
 
 
+def _threshold(value: Any) -> Optional[float]:
+    """The mask threshold column as written (None / a float) or read back (``""`` / ``"0.3"``)."""
+    return None if value in (None, "", "None") else float(value)
+
+
 def _key(row: dict) -> tuple:
     return (int(row["item"]), row["method"], int(row["iterations"]), int(row["steps"]), float(row["strength"]),
-            float(row["guidance"]), _flag(row["guide_from_source"]))
+            float(row["guidance"]), _flag(row["guide_from_source"]), _threshold(row.get("mask_threshold")))
 
 
 def run_edit_bench(
@@ -49,6 +54,7 @@ def run_edit_bench(
     strength: Optional[float] = None,
     guidance_scale: Optional[float] = None,
     guide_from_source: Optional[bool] = None,
+    mask_threshold: Optional[float] = -1.0,
     seed: int = 0,
     method_options: Optional[dict[str, dict]] = None,
     lpips: Any = None,
@@ -76,6 +82,8 @@ def run_edit_bench(
     strength = float(defaults["strength"] if strength is None else strength)
     target_guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
     contrast = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
+    # -1: the model's default (None there means a global edit)
+    threshold = defaults["mask_threshold"] if mask_threshold == -1.0 else mask_threshold
     steps = int(adapter.defaults.num_inference_steps if steps is None else steps)
     inv_guidance = float(adapter.defaults.guidance_scale)
     parsed = {m: parse_method(m) for m in methods}
@@ -85,7 +93,7 @@ def run_edit_bench(
     jobs = [(i, m, it) for i in range(n) for m in methods for it in ((1,) if parsed[m][0] == "ddim" else iterations)]
     bar = tqdm(jobs, desc="edits", disable=not progress)
     for i, method, its in bar:
-        if (i, method, its, steps, strength, target_guidance, contrast) in done:
+        if (i, method, its, steps, strength, target_guidance, contrast, threshold) in done:
             continue
         item = items[i]
         bar.set_postfix(item=i, method=method, it=its)
@@ -94,7 +102,7 @@ def run_edit_bench(
         t0 = time.perf_counter()
         inv = invert(adapter, item["source_image"], item["source_caption"], **kwargs)
         _, images = regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance,
-                               guide_from_source=contrast, output_type="pt")
+                               guide_from_source=contrast, mask_threshold=threshold, output_type="pt")
         wall = time.perf_counter() - t0
         edited = as_numpy(images[0])
         as_uint8 = (edited * 255).round().astype(np.uint8)
@@ -105,32 +113,37 @@ def run_edit_bench(
         rows.append({
             "item": i, "changed": item["changed"], "source_caption": item["source_caption"],
             "target_caption": item["target_caption"], "method": method, "iterations": its, "steps": steps,
-            "strength": strength, "guidance": target_guidance, "guide_from_source": contrast, "nfe": inv.nfe, "target": scores["target"],
+            "strength": strength, "guidance": target_guidance, "guide_from_source": contrast,
+            "mask_threshold": "" if threshold is None else threshold, "nfe": inv.nfe, "target": scores["target"],
             "preserved": scores["preserved"], "all_kept": scores["all_kept"], "psnr_target": round(scores["psnr"], 3),
-            "lpips_target": extra["lpips"], "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
+            "preservation": round(scores["preservation"], 3), "lpips_target": extra["lpips"],
+            "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
         })
         write_rows(rows, out / "edits.csv", EDIT_COLUMNS)
     return rows
 
 
 def summarize_edits(rows: Sequence[dict]) -> list[dict]:
-    """Means per (method, iterations, strength, guidance), with the target rate per changed attribute."""
+    """Means per (method, iterations, strength, guidance, guide_from_source, mask_threshold), with the
+    target rate per changed attribute; ``preservation`` is the mean over the rows that have it."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (r["method"], int(r["iterations"]), float(r["strength"]), float(r["guidance"]),
-               _flag(r["guide_from_source"]))
+               _flag(r["guide_from_source"]), _threshold(r.get("mask_threshold")))
         groups.setdefault(key, []).append(r)
     out = []
-    for (method, its, strength, guidance, contrast), rs in sorted(groups.items()):
+    for (method, its, strength, guidance, contrast, threshold), rs in sorted(
+            groups.items(), key=lambda kv: tuple(-1 if v is None else v for v in kv[0])):
         by_attr = {}
         for attr in sorted({r["changed"] for r in rs}):
             sel = [float(r["target"]) for r in rs if r["changed"] == attr]
             by_attr[attr] = statistics.mean(sel)
         out.append({
             "method": method, "iterations": its, "strength": strength, "guidance": guidance,
-            "guide_from_source": contrast, "n": len(rs),
+            "guide_from_source": contrast, "mask_threshold": threshold, "n": len(rs),
             "nfe": statistics.mean(float(r["nfe"]) for r in rs),
             **{k: statistics.mean(float(r[k]) for r in rs) for k in ("target", "preserved", "all_kept", "psnr_target")},
+            "preservation": mean_present(rs, "preservation"),
             "lpips_target": mean_present(rs, "lpips_target"), "clip_target": mean_present(rs, "clip_target"),
             "target_by_attribute": by_attr,
         })
@@ -140,13 +153,15 @@ def summarize_edits(rows: Sequence[dict]) -> list[dict]:
 def markdown_edit_table(summary: Sequence[dict]) -> str:
     titles = {"lpips_target": "LPIPS to target", "clip_target": "CLIP score (target caption)"}
     extra = [k for k in titles if any(s.get(k) is not None for s in summary)]
-    lines = ["| method | iterations | strength / guidance | NFE | target attribute | preserved (pos/size/bg) | all other attributes | "
-             "PSNR to target dB | " + "".join(f"{titles[k]} | " for k in extra) + "target by attribute |",
-             "|---" * (9 + len(extra)) + "|"]
+    lines = ["| method | iterations | strength / guidance | NFE | target attribute | preserved (pos/size/bg) | "
+             "all other attributes | preservation dB | PSNR to target dB | " + "".join(f"{titles[k]} | " for k in extra)
+             + "target by attribute |", "|---" * (10 + len(extra)) + "|"]
     for s in summary:
         cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
         attrs = ", ".join(f"{a} {v:.0%}" for a, v in s["target_by_attribute"].items())
-        setting = f"{s['strength']:g} / {s['guidance']:g}" + (" vs source" if s["guide_from_source"] else "")
-        lines.append(f"| {s['method']} | {s['iterations']} | {setting} | {s['nfe']:.0f} | {s['target']:.0%} | {s['preserved']:.0%} | "
-                     f"{s['all_kept']:.0%} | {s['psnr_target']:.2f} | {cells}{attrs} |")
+        setting = f"{s['strength']:g} / {s['guidance']:g}" + (" vs source" if s["guide_from_source"] else "") \
+            + (f", mask {s['mask_threshold']:g}" if s.get("mask_threshold") is not None else "")
+        kept = "n/a" if s.get("preservation") is None else f"{s['preservation']:.2f}"
+        lines.append(f"| {s['method']} | {s['iterations']} | {setting} | {s['nfe']:.0f} | {s['target']:.0%} | "
+                     f"{s['preserved']:.0%} | {s['all_kept']:.0%} | {kept} | {s['psnr_target']:.2f} | {cells}{attrs} |")
     return "\n".join(lines)
