@@ -30,13 +30,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nrinv  # noqa: E402
-from nrinv.edit import editing  # noqa: E402
-from nrinv.core.inversion import DEFAULT_METHOD  # noqa: E402
+from nrinv.workflows import editing  # noqa: E402
+from nrinv.core.defaults import DEFAULT_METHOD  # noqa: E402
 from nrinv.metrics import psnr  # noqa: E402
 from nrinv.shapes.editeval import judge_confident, score_edit  # noqa: E402
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    return (img[0].detach().float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+def to_uint8(img) -> np.ndarray:
+    """A PIL image, or a (3, H, W) / (1, 3, H, W) tensor in [0, 1], as uint8 (H, W, 3)."""
+    if not isinstance(img, torch.Tensor):
+        return np.asarray(img)
+    img = img[0] if img.dim() == 4 else img
+    return (img.detach().float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def pixel_psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,7 +68,8 @@ class Runner:
             if latent is None:
                 inv = nrinv.invert(self.pipe, item["source_image"], item["source_caption"], **kw)
             else:
-                inv = nrinv.invert(self.pipe, None, item["source_caption"], latent=latent, size=(64, 64), **kw)
+                inv = nrinv.invert(self.pipe, None, item["source_caption"], image_latents=latent, height=64, width=64,
+                                   **kw)
             inv.settings["bench_time_s"] = time.perf_counter() - t0
             if latent is not None:
                 return inv
@@ -85,7 +90,7 @@ class Runner:
         return rows
 
     def recon_psnr(self, inv, source_image: np.ndarray) -> float:
-        img = nrinv.reconstruct(self.pipe, inv).image
+        img = nrinv.reconstruct(self.pipe, inv).images[0]
         return pixel_psnr(to_uint8(img), source_image)
 
 
@@ -123,13 +128,7 @@ def main(argv=None) -> int:
     from nrinv.shapes import render, sample_scene
     from nrinv.shapes.editset import edit_set
 
-    if args.model == "builtin:shapes":
-        pipe = nrinv.load_pipeline("builtin:shapes")
-    else:
-        from nrinv import shapes
-
-        pipe = shapes.load_pipeline(model_dir=args.model)
-        pipe._nrinv_defaults = {"num_inference_steps": shapes.DEFAULT_STEPS, "guidance_scale": 1.0}
+    pipe = nrinv.load_pipeline(args.model, device="cpu")  # builtin:NAME or a folder; defaults follow the weights
     methods = args.methods or list(dict.fromkeys([DEFAULT_METHOD, "newton_krylov", "anderson", "ddim"]))
     items = edit_set(args.n, seed=args.seed)
     if args.guide_from_source is None:
@@ -154,7 +153,7 @@ def main(argv=None) -> int:
             row = {"vae_ceiling": ceiling, "off": run.recon_psnr(run.invert(DEFAULT_METHOD, idx, item), src)}
             for s in args.adjust:
                 adj = editing.adjust_encoding(pipe, enc, item["source_caption"], strength=s, seed=args.seed,
-                                              size=(64, 64))
+                                              height=64, width=64)
                 row[f"adjust_{s:g}"] = run.recon_psnr(run.invert(DEFAULT_METHOD, idx, item, latent=adj), src)
                 row[f"adjusted_latent_only_{s:g}"] = pixel_psnr(to_uint8(adapter.decode(adj, (64, 64))), src)
             rows.append(row)
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
             ia, ib = render(sa, 90_000_000 + 2 * k), render(sb, 90_000_001 + 2 * k)
             res = nrinv.interpolate(pipe, ia, ib, [sa.caption(), sb.caption()], n=args.interp_frames,
                                     seed=args.seed, max_iterations=args.iterations, progress=False)
-            reads = judge_confident([to_uint8(f) for f in res.frames])
+            reads = judge_confident([to_uint8(f) for f in res.images])
             for read, conf in reads:
                 valid.append(float(conf >= 0.5 and read["color"] != read["background_color"]))
                 conf_all.append(conf)

@@ -180,7 +180,7 @@ def edit_run(tmp_path_factory):
 def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
     import nrinv.api
     from nrinv.bench.edits import EDIT_COLUMNS, run_edit_bench, summarize_edits
-    from nrinv.edit import edit_defaults
+    from nrinv.workflows import edit_defaults
 
     pipe, out, rows, lp = edit_run
     with open(out / "edits.csv", newline="") as fh:

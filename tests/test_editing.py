@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import nrinv
-from nrinv.edit import editing
+from nrinv.workflows import editing
 from nrinv.cli import main
 from nrinv.errors import InputError
 

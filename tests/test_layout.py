@@ -18,16 +18,16 @@ ALLOWED = {
     "_version": set(),
     "metrics": set(),
     "api": {"core", "io", "errors"},
-    "edit": {"core", "io", "errors", "_version"},
+    "workflows": {"core", "io", "errors", "_version"},
     "loading": {"core", "errors", "shapes"},
     "batch": {"api", "io", "errors", "_version"},
-    "demo": {"api", "core", "edit", "io", "loading", "metrics", "shapes", "_version"},
-    "bench": {"api", "core", "edit", "io", "errors", "metrics", "shapes", "_version"},
-    "app": {"api", "core", "edit", "io", "errors", "loading", "metrics", "shapes"},
-    "cli": {"api", "app", "batch", "bench", "core", "demo", "edit", "errors", "io", "loading", "_version"},
+    "demo": {"api", "core", "workflows", "io", "loading", "metrics", "shapes", "_version"},
+    "bench": {"api", "core", "workflows", "io", "errors", "metrics", "shapes", "_version"},
+    "app": {"api", "core", "workflows", "io", "errors", "loading", "metrics", "shapes"},
+    "cli": {"api", "app", "batch", "bench", "core", "demo", "workflows", "errors", "io", "loading", "_version"},
     "shapes": {"metrics", "errors"},
     "testing": {"core", "bench"},
-    "__init__": {"api", "core", "edit", "errors", "loading", "_version"},
+    "__init__": {"api", "core", "workflows", "errors", "loading", "_version"},
     "__main__": {"cli"},
 }
 
@@ -125,6 +125,6 @@ def test_no_private_names_imported_across_packages():
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("layer", ["core", "io", "edit", "bench", "cli", "testing"])
+@pytest.mark.parametrize("layer", ["core", "io", "workflows", "bench", "cli", "testing"])
 def test_layers_are_packages(layer):
     assert (SRC / layer / "__init__.py").is_file()

@@ -7,7 +7,7 @@
 
 Layers (dependencies point one way): ``nrinv.core`` is the engine (schedulers, solvers, adapters,
 the inversion loop; tensors in and out); ``nrinv.io`` loads images and writes files; ``nrinv.api``
-and ``nrinv.edit`` are what users call (images in, diffusers-shaped results out); ``nrinv.cli``,
+and ``nrinv.workflows`` are what users call (images in, diffusers-shaped results out); ``nrinv.cli``,
 ``nrinv.app`` and ``nrinv.bench`` sit on top; ``nrinv.shapes`` is the built-in model and world.
 """
 from ._version import __version__
@@ -17,7 +17,7 @@ from .core.defaults import DEFAULT_ITERATIONS, DEFAULT_METHOD, ModelDefaults, mo
 from .core.inversion import InversionResult, Setup, prepare, sample
 from .core.schedulers import SUPPORTED_SCHEDULERS, affine_schedule
 from .core.solvers import SOLVERS, Problem, SolveResult, Status, get_solver, make_options
-from .edit import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, edit_defaults, interpolate,
+from .workflows import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, edit_defaults, interpolate,
                    regenerate, seed_from_images, slerp)
 from .errors import InputError
 from .loading import load_pipeline

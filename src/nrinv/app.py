@@ -181,7 +181,7 @@ class EditorApp:
 
     def invert(self, path, model, dtype, method, source_prompt, steps, iterations, seed, state):
         from .api import invert, reconstruct
-        from .edit import edit_defaults
+        from .workflows import edit_defaults
         from .metrics import image_psnr
 
         if not source_prompt or not source_prompt.strip():
@@ -203,7 +203,7 @@ class EditorApp:
 
     def edit(self, target_prompt, strength, guidance, state):
         from .core.inversion import check_guidance
-        from .edit import regenerate
+        from .workflows import regenerate
 
         if not state or "result" not in state:
             raise InputError("invert an image first (the edit reuses its inversion)")
@@ -221,7 +221,7 @@ class EditorApp:
     def interpolate(self, path_a, path_b, model, dtype, method, prompt_a, prompt_b, n, iterations, seed, state):
         import gradio as gr
 
-        from .edit import interpolate
+        from .workflows import interpolate
 
         if not prompt_a or not prompt_a.strip():
             raise InputError("type a prompt for image A")

@@ -53,7 +53,7 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
     from . import shapes
     from .api import reconstruct
     from .core.adapters import adapter_for
-    from .edit import edit
+    from .workflows import edit
     from .loading import load_pipeline
     out_dir = Path(out_dir)
     t_start = time.perf_counter()

@@ -71,7 +71,7 @@ def run_edit_bench(
 
     from ..api import invert
     from ..core.adapters import adapter_for
-    from ..edit import edit_defaults, regenerate
+    from ..workflows import edit_defaults, regenerate
     from ..shapes.editeval import judge_confident, score_edit
     from ..shapes.editset import edit_set
 

@@ -1,4 +1,4 @@
-"""`nrinv edit`, `nrinv interpolate`, `nrinv seed`: the editing subcommands (see ``nrinv.edit``).
+"""`nrinv edit`, `nrinv interpolate`, `nrinv seed`: the editing subcommands (see ``nrinv.workflows``).
 
 Every output is written atomically with a JSON sidecar beside it (same name, ``.json``); all outputs
 are checked before any work, and existing ones need ``--force``.  Bad input exits with status 2 and
@@ -54,8 +54,8 @@ def edit_output_paths(output: Path, n_targets: int) -> list[Path]:
 
 
 def cmd_edit(args) -> int:
-    from ..edit import common as checks
-    from ..edit import edit
+    from ..workflows import common as checks
+    from ..workflows import edit
     from ..io.files import save_json, save_png
 
     validate(checks.check_prompt, args.source, "source prompt")
@@ -136,8 +136,8 @@ def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
 
 
 def cmd_interpolate(args) -> int:
-    from ..edit import common as checks
-    from ..edit import interpolate
+    from ..workflows import common as checks
+    from ..workflows import interpolate
     from ..io.files import save_json, save_png
 
     validate(checks.check_prompt, args.prompt, "prompt")
@@ -180,8 +180,8 @@ def cmd_interpolate(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- seed
 def cmd_seed(args) -> int:
-    from ..edit import common as checks
-    from ..edit import seed_from_images
+    from ..workflows import common as checks
+    from ..workflows import seed_from_images
     from ..io.files import save_json, save_png
 
     validate(checks.check_prompt, args.prompt, "prompt")
@@ -215,7 +215,7 @@ def cmd_seed(args) -> int:
 
 # ------------------------------------------------------------------------------------------ register
 def register(sub) -> None:
-    from ..edit.common import DEFAULT_SEED_SPREAD
+    from ..workflows.common import DEFAULT_SEED_SPREAD
 
     p = sub.add_parser("edit", help="edit an image by changing its prompt",
                        description="Invert IMAGE with the source prompt, regenerate with each target prompt. "
