@@ -163,12 +163,16 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     """Solve the implicit equations from the last sampler step to the first.
 
     ``warm_start``: start each step's solver not from the known latent but from the DDIM-style guess
-    made with the model output implied by the step solved just before (free: it is
-    ``(z_next - A z - C) / B`` at that step's answer), so the first iteration is already a corrector.
+    made with a predicted model output, so the first iteration is already a corrector.  The prediction
+    is free: the model output implied by a solved step is ``(z_next - A z - C) / B`` at its answer, and
+    the outputs implied by the two steps solved just before are extrapolated linearly in the timestep
+    (the last one alone after the first step).  Measured against the last implied output alone: latent
+    error 0.120 -> 0.094 with Euler-ancestral at 4 steps, 0.022 -> 0.019 with DDIM at 20 steps and one
+    iteration (the built-in model, ``benchmarks/README.md``).
     """
     spec = get_solver(method)
     precision = float(torch.finfo(setup.adapter.dtype).eps)
-    implied: Optional[Tensor] = None
+    implied: list[tuple[float, Tensor]] = []  # (t, model output implied by the solved step), last two
     steps = setup.schedule.steps
     trajectory: list[Tensor] = [encoded]
     results: list[SolveResult] = []
@@ -184,8 +188,8 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
             return step.fixed_point_map(z_next, model(zz))
 
         start = z_next
-        if warm_start and implied is not None and method != "ddim":
-            start = step.fixed_point_map(z_next, implied)
+        if warm_start and implied and method != "ddim":
+            start = step.fixed_point_map(z_next, _predicted_output(implied, step.t))
         problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
                           guidance_beta=step.guidance_beta, precision=precision)
         with grad_ctx():
@@ -193,7 +197,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         results.append(res)
         z = res.z.detach()
         if warm_start and step.B != 0:
-            implied = (z_next - step.A * z - (0 if step.C is None else step.C)) / step.B
+            implied = (implied + [(step.t, (z_next - step.A * z - (0 if step.C is None else step.C)) / step.B)])[-2:]
         trajectory.append(z)
         if progress:
             bar.set_postfix(status=res.status.value, nfe=res.nfe)
@@ -206,6 +210,14 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         results = [results[0]] * (len(steps) - len(results)) + results
         trajectory = [trajectory[0]] * (len(steps) + 1 - len(trajectory)) + trajectory
     return results, trajectory, wall
+
+
+def _predicted_output(implied: list[tuple[float, Tensor]], t: float) -> Tensor:
+    """The model output at timestep ``t``, extrapolated linearly from the last two implied outputs."""
+    if len(implied) < 2 or implied[-1][0] == implied[-2][0]:
+        return implied[-1][1]
+    (t2, m2), (t1, m1) = implied
+    return m1 + (m1 - m2) * ((t - t1) / (t1 - t2))
 
 
 def _auto_warm(warm_start: Optional[bool], setup: Setup) -> bool:

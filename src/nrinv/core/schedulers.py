@@ -52,6 +52,7 @@ class AffineStep:
     input_scale: float
     guidance_mean_scale: float  # GNRI: mu = guidance_mean_scale * z_next
     guidance_beta: float        # GNRI: G = ||z - mu|| / guidance_beta
+    t: float = 0.0              # the timestep as a number (host side), for extrapolating across steps
 
     def apply(self, z: Tensor, model_output: Tensor) -> Tensor:
         out = self.A * z + self.B * model_output
@@ -241,6 +242,7 @@ def affine_schedule(
                 input_scale=scale,
                 guidance_mean_scale=mean_scale,
                 guidance_beta=beta,
+                t=float(t),
             )
         )
     return Schedule(
