@@ -146,3 +146,18 @@ def test_warm_start_costs_nothing_and_helps(tiny, astronaut32, kind):
     assert warm.nfe == cold.nfe
     err = lambda r: float((nrinv.reconstruct(pipe, r, output_type="latent").latents - r.encoded).norm() / r.encoded.norm())
     assert err(warm) < 0.8 * err(cold)  # measured: sd 1.2e-2 vs 1.8e-2, flux 2.4e-3 vs 6.0e-3
+
+
+def test_warm_start_modes(tiny, astronaut32):
+    pipe = tiny("sd")
+    kw = dict(num_inference_steps=6, max_iterations=1)
+    last = nrinv.invert(pipe, astronaut32, PROMPT, warm_start="last", **kw)
+    linear = nrinv.invert(pipe, astronaut32, PROMPT, warm_start="linear", **kw)
+    auto = nrinv.invert(pipe, astronaut32, PROMPT, **kw)  # no CFG: on, in the model's mode ("last" for this one)
+    assert (last.settings["warm_start"], linear.settings["warm_start"], auto.settings["warm_start"]) == \
+        ("last", "linear", nrinv.model_defaults(pipe).warm_start)
+    assert torch.equal(auto.scheduler_latents, last.scheduler_latents)
+    assert not torch.allclose(last.scheduler_latents, linear.scheduler_latents)
+    assert nrinv.invert(pipe, astronaut32, PROMPT, warm_start=False, **kw).settings["warm_start"] is None
+    with pytest.raises(nrinv.InputError, match="warm_start"):
+        nrinv.invert(pipe, astronaut32, PROMPT, warm_start="quadratic", **kw)

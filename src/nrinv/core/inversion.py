@@ -159,16 +159,17 @@ def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioni
 
 
 def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOptions,
-                 progress: bool, warm_start: bool = False) -> tuple[list[SolveResult], list[Tensor], float]:
+                 progress: bool, warm_start: Optional[str] = None) -> tuple[list[SolveResult], list[Tensor], float]:
     """Solve the implicit equations from the last sampler step to the first.
 
     ``warm_start``: start each step's solver not from the known latent but from the DDIM-style guess
     made with a predicted model output, so the first iteration is already a corrector.  The prediction
-    is free: the model output implied by a solved step is ``(z_next - A z - C) / B`` at its answer, and
-    the outputs implied by the two steps solved just before are extrapolated linearly in the timestep
-    (the last one alone after the first step).  Measured against the last implied output alone: latent
-    error 0.120 -> 0.094 with Euler-ancestral at 4 steps, 0.022 -> 0.019 with DDIM at 20 steps and one
-    iteration (the built-in model, ``benchmarks/README.md``).
+    is free: the model output implied by a solved step is ``(z_next - A z - C) / B`` at its answer.
+    ``"last"`` uses the one implied by the step solved just before; ``"linear"`` extrapolates the two
+    before it linearly in the timestep.  Measured on the built-in 20-step model, "linear" against
+    "last": latent error 0.120 -> 0.094 with Euler-ancestral at 4 steps and 8 NFE, 0.022 -> 0.019 with
+    DDIM at 20 steps and 20 NFE; on the tiny random test models it is worse, so each model's
+    defaults say which (``ModelDefaults.warm_start``).
     """
     spec = get_solver(method)
     precision = float(torch.finfo(setup.adapter.dtype).eps)
@@ -189,7 +190,8 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
 
         start = z_next
         if warm_start and implied and method != "ddim":
-            start = step.fixed_point_map(z_next, _predicted_output(implied, step.t))
+            start = step.fixed_point_map(z_next, _predicted_output(implied if warm_start == "linear" else implied[-1:],
+                                                                   step.t))
         problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
                           guidance_beta=step.guidance_beta, precision=precision)
         with grad_ctx():
@@ -220,11 +222,17 @@ def _predicted_output(implied: list[tuple[float, Tensor]], t: float) -> Tensor:
     return m1 + (m1 - m2) * ((t - t1) / (t1 - t2))
 
 
-def _auto_warm(warm_start: Optional[bool], setup: Setup) -> bool:
-    """``None`` = on without classifier-free guidance, off with it: measured on the built-in model,
-    the warm start helps at guidance 1 and can hurt at guidance 3-7.5 with few steps
-    (benchmarks/README.md, section 4)."""
-    return (not getattr(setup.cond, "cfg", False)) if warm_start is None else bool(warm_start)
+def _auto_warm(warm_start: Any, setup: Setup) -> Optional[str]:
+    """The warm start mode, or None for off.  ``None`` = on without classifier-free guidance, off with
+    it: measured on the built-in model, the warm start helps at guidance 1 and can hurt at guidance
+    3-7.5 with few steps (benchmarks/README.md, section 4).  ``True`` / on: the model's mode
+    (``ModelDefaults.warm_start``); ``"last"`` / ``"linear"``: that mode."""
+    if warm_start in ("last", "linear"):
+        return warm_start
+    if warm_start is not None and not isinstance(warm_start, bool):
+        raise InputError(f"warm_start must be None, True, False, 'last' or 'linear'; got {warm_start!r}")
+    on = (not getattr(setup.cond, "cfg", False)) if warm_start is None else warm_start
+    return setup.adapter.defaults.warm_start if on else None
 
 
 def solver_options(pipe: Any, method: Optional[str], options: Any = None,
@@ -290,7 +298,7 @@ def invert(
     negative_prompt: Optional[str] = None,
     options: Any = None,
     max_iterations: Optional[int] = None,
-    warm_start: Optional[bool] = None,
+    warm_start: Any = None,
     progress: bool = False,
     notes: Sequence[str] = (),
 ) -> InversionResult:
@@ -301,9 +309,10 @@ def invert(
     ``method`` names a solver of ``nrinv.SOLVERS`` (default: the model's); ``options`` (dict or
     options dataclass) and ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral,
     LCM) use the noise the stock pipeline draws with ``generator`` (CPU or GPU; read, not advanced),
-    else with ``torch.Generator().manual_seed(seed)``.  ``warm_start`` starts each step from the model
-    output implied by the previous step (no extra network call; not for ``ddim``); ``None`` turns it
-    on exactly when no classifier-free guidance is used.
+    else with ``torch.Generator().manual_seed(seed)``.  ``warm_start`` starts each step from a model
+    output predicted from the steps solved before (no extra network call; not for ``ddim``; see
+    ``_solve_steps``): ``None`` turns it on exactly when no classifier-free guidance is used, in the
+    model's mode; ``True`` / ``False`` force it; ``"last"`` / ``"linear"`` choose the mode.
     """
     adapter = adapter_for(pipe)
     method, options = solver_options(adapter, method, options, max_iterations)
@@ -328,8 +337,9 @@ def invert(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
+    warm = _auto_warm(warm_start, setup)
     captured = adapter.capture_time
-    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, _auto_warm(warm_start, setup))
+    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, warm)
     capture = adapter.capture_time - captured
     z = trajectory[0]
     return InversionResult(
@@ -342,7 +352,8 @@ def invert(
         nfe=sum(r.nfe for r in results),
         wall_time=wall - capture,
         encode_time=encode_time,
-        settings=_settings(setup, method, options, prompt, negative_prompt, list(notes), generator),
+        settings=dict(_settings(setup, method, options, prompt, negative_prompt, list(notes), generator),
+                      warm_start=warm if method != "ddim" else None),
         setup=setup,
         capture_time=capture,
     )
@@ -373,7 +384,7 @@ def invert_batch(
     negative_prompt: Optional[str] = None,
     options: Any = None,
     max_iterations: Optional[int] = None,
-    warm_start: Optional[bool] = None,
+    warm_start: Any = None,
     progress: bool = False,
     notes: Optional[Sequence[Sequence[str]]] = None,
 ) -> list[InversionResult]:
@@ -403,9 +414,9 @@ def invert_batch(
     conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
+    warm = _auto_warm(warm_start, batch_setup)
     captured = adapter.capture_time
-    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress,
-                                              _auto_warm(warm_start, batch_setup))
+    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm)
     capture = adapter.capture_time - captured
     out = []
     for i, prompt in enumerate(prompts):
@@ -413,7 +424,8 @@ def invert_batch(
                        setup.seed)
         z = trajectory[0][i:i + 1]
         settings = dict(_settings(setup, method, options, prompt, negative_prompt,
-                                  list(notes[i]) if notes else [], generator), batch_size=len(prompts))
+                                  list(notes[i]) if notes else [], generator), batch_size=len(prompts),
+                        warm_start=warm if method != "ddim" else None)
         out.append(InversionResult(
             scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
             encoded=encoded[i:i + 1], trajectory=[t[i:i + 1] for t in trajectory], steps=results,
