@@ -23,10 +23,10 @@ def judge_confident(images: list[np.ndarray]) -> list[tuple[dict, float]]:
     """Judge reads of uint8 (H, W, 3) images plus, per image, the lowest softmax confidence."""
     import torch
 
-    from .judge import ATTRIBUTE_VALUES, ATTRIBUTES, _load_model, _to_tensor
+    from .judge import ATTRIBUTE_VALUES, ATTRIBUTES, images_to_tensor, load_judge_model
 
     with torch.no_grad():
-        logits = _load_model()(_to_tensor(np.stack(images)))
+        logits = load_judge_model()(images_to_tensor(np.stack(images)))
     out = []
     for j in range(len(images)):
         read, conf = {}, 1.0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .imaging import save_grid
 from .judge import judge_accuracy, judge_batch, score
 from .world import render, sample_scene
 
@@ -64,8 +65,6 @@ def evaluate_model(model_dir=None, n=200, guidances=None, steps=20, seed=0, log=
         res["by_guidance"][str(g)] = acc
         log(f"guidance {g}: " + ", ".join(f"{k}={v:.3f}" for k, v in acc.items()) + f" ({time.time() - t0:.0f}s)")
         if grid_dir is not None:
-            from .train import save_grid
-
             save_grid(imgs[:64], Path(grid_dir) / f"eval_g{g}.png")
     res["default_guidance"] = DEFAULT_GUIDANCE
     if str(DEFAULT_GUIDANCE) in res["by_guidance"]:

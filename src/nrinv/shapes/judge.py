@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .imaging import images_to_tensor
 from .world import ATTRIBUTE_VALUES, ATTRIBUTES, IMAGE_SIZE, render, sample_scene
 
 JUDGE_PATH = Path(__file__).resolve().parent / "model" / "judge.safetensors"
@@ -57,14 +58,8 @@ def _build():
     return JudgeNet()
 
 
-def _to_tensor(images: np.ndarray):
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2)
-    return x / 127.5 - 1.0
-
-
-def _load_model():
+def load_judge_model():
+    """The judge network with the shipped weights, in eval mode (loaded once, then cached)."""
     global _model
     if _model is None:
         from safetensors.torch import load_file
@@ -92,11 +87,11 @@ def judge_batch(images: np.ndarray, batch_size: int = 256) -> list[dict]:
     if images.dtype != np.uint8:
         images = np.clip(np.round(images), 0, 255).astype(np.uint8)
     images = images[..., :3]
-    m = _load_model()
+    m = load_judge_model()
     out: list[dict] = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            logits = m(_to_tensor(images[i : i + batch_size]))
+            logits = m(images_to_tensor(images[i : i + batch_size]))
             idx = {a: logits[a].argmax(1).tolist() for a in ATTRIBUTES}
             for j in range(len(idx["shape"])):
                 out.append({a: ATTRIBUTE_VALUES[a][idx[a][j]] for a in ATTRIBUTES})
@@ -178,7 +173,7 @@ def train_judge(steps: int = 3000, batch: int = 128, pool: int = 30000, seed: in
     pbar = tqdm(range(steps), desc="judge")
     for step in pbar:
         idx = torch.randint(0, pool, (batch,), generator=gen)
-        x = augment(_to_tensor(X[idx].numpy()), gen)
+        x = augment(images_to_tensor(X[idx].numpy()), gen)
         logits = m(x)
         loss = sum(ce(logits[a], Y[a][idx]) for a in ATTRIBUTES)
         opt.zero_grad(set_to_none=True)

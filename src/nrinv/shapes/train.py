@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from . import components as C
-from .world import render, sample_scene
+from .evaluate import EVAL_SEED0, VAE_VAL_SEED0, evaluate_model
+from .imaging import images_to_tensor, psnr_uint8, render_pool, save_grid, tensor_to_uint8
+from .world import sample_scene
 
 PACKAGE_MODEL_DIR = Path(__file__).resolve().parent / "model"
-# scene/render seed ranges (disjoint): training pool / VAE validation / generation evaluation
+# scene/render seed ranges (disjoint): training pool here; VAE validation / generation evaluation in evaluate.py
 TRAIN_SEED0 = 0
-VAE_VAL_SEED0 = 90_000_000
-EVAL_SEED0 = 91_000_000
 
 GRID_CAPTION_SEED0 = 92_000_000
 
@@ -48,46 +48,6 @@ def _log_fn(path: Path):
         f.write(time.strftime("%H:%M:%S ") + s + "\n")
 
     return log
-
-
-def _to_tensor(images):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
-
-
-def _to_uint8(x):
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
-    return x.numpy()
-
-
-def save_grid(images: np.ndarray, path: Path, ncol: int = 8, scale: int = 2):
-    from PIL import Image
-
-    n = len(images)
-    nrow = math.ceil(n / ncol)
-    h, w = images.shape[1:3]
-    grid = np.full((nrow * (h + 2), ncol * (w + 2), 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, ncol)
-        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean per-image PSNR (dB) between uint8 image batches."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-
-
-def render_pool(n: int, seed0: int, desc="render"):
-    from tqdm import tqdm
-
-    scenes = [sample_scene(seed0 + i) for i in range(n)]
-    imgs = np.stack([render(s, seed0 + i) for i, s in enumerate(tqdm(scenes, desc=desc, mininterval=5))])
-    return scenes, imgs
 
 
 # ------------------------------------------------------------------------------------------ VAE
@@ -190,14 +150,14 @@ def vae_reconstruct(vae, imgs, batch=64, use_mean=True):
     outs = []
     with torch.no_grad():
         for i in range(0, len(imgs), batch):
-            x = _to_tensor(imgs[i : i + batch])
+            x = images_to_tensor(imgs[i : i + batch])
             post = vae.encode(x).latent_dist
-            outs.append(_to_uint8(vae.decode(post.mean).sample))
+            outs.append(tensor_to_uint8(vae.decode(post.mean).sample))
     return np.concatenate(outs)
 
 
 def vae_psnr(vae, imgs) -> float:
-    return psnr(vae_reconstruct(vae, imgs), imgs)
+    return psnr_uint8(vae_reconstruct(vae, imgs), imgs)
 
 
 def encode_pool(vae, imgs, batch=128):
@@ -207,7 +167,7 @@ def encode_pool(vae, imgs, batch=128):
     lat = []
     with torch.no_grad():
         for i in tqdm(range(0, len(imgs), batch), desc="encode", mininterval=5):
-            lat.append(vae.encode(_to_tensor(imgs[i : i + batch])).latent_dist.mean)
+            lat.append(vae.encode(images_to_tensor(imgs[i : i + batch])).latent_dist.mean)
     return torch.cat(lat)
 
 
@@ -238,7 +198,7 @@ def generate(unet, text_encoder, tokenizer, vae, scheduler_config, captions, ste
             eps = eu + guidance * (ec - eu)
             lat = sch.step(eps, t, lat).prev_sample
         img = vae.decode(lat / vae.config.scaling_factor).sample
-    return _to_uint8(img)
+    return tensor_to_uint8(img)
 
 
 def train_unet(latents, captions, tokenizer, vae, steps, batch, lr, gen, log, run_dir, grid_every,
@@ -460,8 +420,6 @@ def main(argv=None):
         install(mdir)
         log(f"installed into {PACKAGE_MODEL_DIR}")
     if a.eval:
-        from .evaluate import evaluate_model
-
         res = evaluate_model(mdir, n=a.eval, guidances=a.guidance, log=log, write=mdir / "metrics.json",
                              grid_dir=out)
         if a.install:
