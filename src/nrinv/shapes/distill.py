@@ -1,6 +1,6 @@
 """Distil the shipped shapes model into a few-step latent consistency model (LCM).
 
-    python -m nrinv.shapes.distill [--out runs/lcm] [--threads 2] [--time-budget-min 87] [--install]
+    python -m nrinv.shapes.distill [--out runs/lcm] [--threads 1] [--time-budget-min 87] [--install]
 
 Latent consistency distillation (LCD) with a guidance-scale embedding, Luo et al. 2023, "Latent
 Consistency Models" (arXiv:2310.04378), Algorithm 1:
@@ -46,6 +46,7 @@ import numpy as np
 from .evaluate import EVAL_SEED0, SECOND_EVAL_SEED0, evaluate_model
 from .imaging import render_pool, save_grid
 from .train import TRAIN_SEED0, encode_pool, make_log, tokenize
+from .world import sample_scene
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BASE_MODEL_DIR = PACKAGE_DIR / "model"
@@ -257,8 +258,6 @@ def train_lcd(student, teacher, vae, text_encoder, tokenizer, sched_cfg, latents
     ctx_uncond = encode_text(text_encoder, tokenizer, [""])
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     scheduler = lcm_scheduler(sched_cfg, solver_steps, timestep_scaling)
-    from .world import sample_scene
-
     check_scenes = [sample_scene(CHECK_CAPTION_SEED0 + i) for i in range(check_n)]
 
     def check(step):
@@ -278,13 +277,14 @@ def train_lcd(student, teacher, vae, text_encoder, tokenizer, sched_cfg, latents
         f = lr_factor(step, max_steps, time.time() - t0, limit_s, warmup)
         for grp in opt.param_groups:
             grp["lr"] = lr * f
-        idx = torch.randint(0, len(latents), (batch,), generator=gen)
+        # random draws come from the seeded CPU generator, then move to the data's device
+        idx = torch.randint(0, len(latents), (batch,), generator=gen).to(latents.device)
         x0 = latents[idx]
         ctx = ctx_all[idx]
-        w = (g_lo - 1) + (g_hi - g_lo) * torch.rand(batch, generator=gen)  # LCM w = pipeline guidance - 1
-        start_t = grid[torch.randint(0, len(grid), (batch,), generator=gen)]
+        w = ((g_lo - 1) + (g_hi - g_lo) * torch.rand(batch, generator=gen)).to(x0)  # LCM w = pipeline guidance - 1
+        start_t = grid[torch.randint(0, len(grid), (batch,), generator=gen).to(grid.device)]
         noise = torch.randn(x0.shape, generator=gen).to(x0)
-        loss = lcd_loss(student, teacher, target, x0, noise, ctx, ctx_uncond.expand(batch, -1, -1), w.to(x0),
+        loss = lcd_loss(student, teacher, target, x0, noise, ctx, ctx_uncond.expand(batch, -1, -1), w,
                         start_t, k, ac, timestep_scaling, huber_c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -356,7 +356,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/lcm_seed{seed})")
     p.add_argument("--base", default=str(BASE_MODEL_DIR), help="teacher model folder (default: the shipped model)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: with another job on the 2 cores, 2 spin-waiting threads were "
+                        "measured up to 15x slower per step, 1 thread steady)")
     p.add_argument("--pool", type=int, default=12000, help="rendered + VAE-encoded training scenes")
     p.add_argument("--steps", type=int, default=20000, help="distillation steps at most (the clock usually ends first)")
     p.add_argument("--batch", type=int, default=32)
@@ -372,7 +374,7 @@ def main(argv=None):
     p.add_argument("--time-budget-min", type=float, default=87.0,
                    help="whole run incl. the final evaluation; training gets what is left (0: no budget)")
     p.add_argument("--train-time-limit-min", type=float, default=None, help="training phase length (overrides)")
-    p.add_argument("--reserve-min", type=float, default=7.5,
+    p.add_argument("--reserve-min", type=float, default=6.0,
                    help="minutes of the budget kept for saving and the final evaluation")
     p.add_argument("--check-every", type=int, default=1000)
     p.add_argument("--check-n", type=int, default=128)
