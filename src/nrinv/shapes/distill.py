@@ -19,7 +19,8 @@ Consistency Models" (arXiv:2310.04378), Algorithm 1:
 * consistency function ``f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t)`` (paper Eq. 9) with
   ``LCMScheduler``'s boundary scalings (:func:`boundary_scalings`);
 * target network: an EMA of the student (decay ``--target-decay``); the shipped weights are a slower
-  EMA of the student (``--ema-decay``);
+  EMA of the student (``--ema-decay``), taken at the periodic check (4-step samples of held-out check
+  captions, judged) that scored best;
 * loss: pseudo-Huber ``sqrt(d^2 + c^2) - c`` between student and target outputs.
 
 The text encoder, tokenizer and VAE are the shipped ones (frozen); the training data are cached VAE
@@ -245,8 +246,13 @@ def _fmt(acc: dict) -> str:
 # ------------------------------------------------------------------------------------ training
 def train_lcd(student, teacher, vae, text_encoder, tokenizer, sched_cfg, latents, ctx_all, gen, log, run_dir, *,
               max_steps, batch, lr, time_limit_min, guidance_range, solver_steps, timestep_scaling, huber_c,
-              target_decay, ema_decay, check_every, check_n, check_guidance, warmup=100):
-    """LCD training loop; returns (ema student, target student, steps done)."""
+              target_decay, ema_decay, check_every, check_n, check_guidance, keep_best=True, warmup=100):
+    """LCD training loop; returns (shipped student, steps done, step of the shipped weights).
+
+    The shipped student is the EMA student; with ``keep_best`` it is the EMA weights of the check (every
+    ``check_every`` steps and at the end; 4 steps, ``check_n`` captions from ``CHECK_CAPTION_SEED0``, disjoint from
+    the training pool and both evaluation sets) with the best mean judged accuracy.
+    """
     import torch
     from diffusers import DDIMScheduler
 
@@ -260,13 +266,18 @@ def train_lcd(student, teacher, vae, text_encoder, tokenizer, sched_cfg, latents
     scheduler = lcm_scheduler(sched_cfg, solver_steps, timestep_scaling)
     check_scenes = [sample_scene(CHECK_CAPTION_SEED0 + i) for i in range(check_n)]
 
+    best = {"score": -1.0, "step": -1, "state": None}
+
     def check(step):
-        for name, m in (("ema", ema), ("target", target)):
-            pipe = build_pipeline(m, vae, text_encoder, tokenizer, scheduler)
-            imgs, acc = check_samples(pipe, check_scenes, 4, check_guidance, seed=0)
-            log(f"  check step {step} {name}: 4 steps g={check_guidance}: {_fmt(acc)}")
-            if name == "ema":
-                save_grid(imgs[:32], run_dir / f"samples_{step:06d}.png")
+        """Judge the EMA student at 4 steps on the check captions; keep its weights if they score best so far."""
+        pipe = build_pipeline(ema, vae, text_encoder, tokenizer, scheduler)
+        imgs, acc = check_samples(pipe, check_scenes, 4, check_guidance, seed=0)
+        sc = float(np.mean(list(acc.values())))
+        if keep_best and sc > best["score"]:
+            best.update(score=sc, step=step, state={k: v.detach().clone() for k, v in ema.state_dict().items()})
+        log(f"  check step {step} ema: 4 steps g={check_guidance}: {_fmt(acc)} mean={sc:.4f} "
+            f"(best {best['score']:.4f} at step {best['step']})")
+        save_grid(imgs[:32], run_dir / f"samples_{step:06d}.png")
 
     limit_s = time_limit_min * 60 if time_limit_min else None
     g_lo, g_hi = guidance_range
@@ -302,7 +313,11 @@ def train_lcd(student, teacher, vae, text_encoder, tokenizer, sched_cfg, latents
         if over:
             log(f"time limit reached after {done} steps")
             break
-    return ema, target, done
+    if keep_best and best["state"] is not None:
+        ema.load_state_dict(best["state"])
+        log(f"shipping the EMA weights of step {best['step']} (check mean {best['score']:.4f})")
+        return ema, done, best["step"]
+    return ema, done, done
 
 
 # ---------------------------------------------------------------------------------------- save
@@ -362,7 +377,7 @@ def main(argv=None):
     p.add_argument("--pool", type=int, default=12000, help="rendered + VAE-encoded training scenes")
     p.add_argument("--steps", type=int, default=20000, help="distillation steps at most (the clock usually ends first)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--cond-dim", type=int, default=256, help="UNet time_cond_proj_dim (guidance embedding size)")
     p.add_argument("--guidance-min", type=float, default=2.0, help="pipeline guidance_scale range sampled in training")
     p.add_argument("--guidance-max", type=float, default=8.0)
@@ -376,13 +391,14 @@ def main(argv=None):
     p.add_argument("--train-time-limit-min", type=float, default=None, help="training phase length (overrides)")
     p.add_argument("--reserve-min", type=float, default=6.0,
                    help="minutes of the budget kept for saving and the final evaluation")
-    p.add_argument("--check-every", type=int, default=1000)
-    p.add_argument("--check-n", type=int, default=128)
+    p.add_argument("--check-every", type=int, default=500)
+    p.add_argument("--check-n", type=int, default=200, help="check captions (seeds from CHECK_CAPTION_SEED0)")
     p.add_argument("--check-guidance", type=float, default=5.5)
     p.add_argument("--eval", type=int, default=200, help="held-out captions per final evaluation set (0: skip)")
     p.add_argument("--eval-steps", type=int, nargs="*", default=[2, 4, 8])
     p.add_argument("--eval-guidance", type=float, nargs="*", default=[3.0, 4.5, 6.0, 8.0])
-    p.add_argument("--ship", choices=("ema", "target"), default="ema", help="which student weights to save")
+    p.add_argument("--no-keep-best", action="store_true",
+                   help="ship the last EMA weights instead of the best-checked ones")
     p.add_argument("--install", action="store_true", help="copy the model into the package (nrinv/shapes/model_lcm)")
     a = p.parse_args(argv)
 
@@ -412,19 +428,20 @@ def main(argv=None):
         limit = max(0.5, a.time_budget_min - (time.time() - T0) / 60 - a.reserve_min)
         log(f"training phase: {limit:.1f} min of the {a.time_budget_min:g} min budget")
     student = make_student(teacher, a.cond_dim)
-    ema, target, done = train_lcd(
+    shipped, done, shipped_step = train_lcd(
         student, teacher, vae, te, tok, sched_cfg, latents, ctx_all, gen, log, out,
         max_steps=a.steps, batch=a.batch, lr=a.lr, time_limit_min=limit,
         guidance_range=(a.guidance_min, a.guidance_max), solver_steps=a.solver_steps,
         timestep_scaling=a.timestep_scaling, huber_c=a.huber_c, target_decay=a.target_decay,
         ema_decay=a.ema_decay, check_every=a.check_every, check_n=a.check_n, check_guidance=a.check_guidance,
+        keep_best=not a.no_keep_best,
     )
     train_s = time.time() - T0
     mdir = out / "model"
-    shipped = ema if a.ship == "ema" else target
     save_lcm(mdir, shipped, base, lcm_scheduler(sched_cfg, a.solver_steps, a.timestep_scaling), vae, te, tok)
     info = {
-        "command": command, "args": vars(a), "distill_steps_done": done, "batch": a.batch,
+        "command": command, "args": vars(a), "distill_steps_done": done, "shipped_weights_step": shipped_step,
+        "batch": a.batch,
         "threads": torch.get_num_threads(), "train_phase_wall_s": round(train_s, 1),
         "teacher": "nrinv/shapes/model (the shipped base model, 20-step DDIM, guidance 5.5)",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, no GPU",
