@@ -199,10 +199,9 @@ def test_lcm_four_step_generation_matches_captions(lcm_pipe):
     imgs = _uint8(out)
     assert imgs.shape == (8, 64, 64, 3)
     preds = judge_batch(imgs)
-    colours = sum(p["color"] == s.color for p, s in zip(preds, SCENES))
-    shapes_ok = sum(p["shape"] == s.shape for p, s in zip(preds, SCENES))
-    positions = sum(p["position"] == s.position for p, s in zip(preds, SCENES))
-    assert colours >= 7 and positions >= 7 and shapes_ok >= 6, preds
+    hits = {a: sum(p[a] == getattr(s, a) for p, s in zip(preds, SCENES)) for a in world.ATTRIBUTES}
+    # measured on generator seeds 0..7: every attribute 8/8, except shape 7/8 once
+    assert hits["shape"] >= 6 and all(hits[a] >= 7 for a in world.ATTRIBUTES if a != "shape"), (hits, preds)
     # determinism with a seeded generator
     again = lcm_pipe([s.caption() for s in SCENES[:2]], num_inference_steps=4, guidance_scale=shapes.LCM_DEFAULT_GUIDANCE,
                      generator=torch.Generator().manual_seed(0), output_type="np").images

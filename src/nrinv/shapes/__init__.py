@@ -30,7 +30,7 @@ IMAGE_SIZE = 64
 # the 4-step latent consistency model distilled from MODEL_DIR (python -m nrinv.shapes.distill)
 LCM_MODEL_DIR = Path(__file__).resolve().parent / "model_lcm"
 LCM_DEFAULT_STEPS = 4
-LCM_DEFAULT_GUIDANCE = 5.5  # placeholder until measured
+LCM_DEFAULT_GUIDANCE = 6.0  # best worst-attribute accuracy at 4 steps on both held-out caption sets (3..8 within 0.005)
 VARIANT_DIRS = {None: MODEL_DIR, "base": MODEL_DIR, "lcm": LCM_MODEL_DIR}
 PIPELINE_CLASSES = ("StableDiffusionPipeline", "LatentConsistencyModelPipeline")
 
