@@ -39,7 +39,7 @@ TRAIN_SEED0 = 0
 GRID_CAPTION_SEED0 = 92_000_000
 
 
-def _log_fn(path: Path):
+def make_log(path: Path):
     f = open(path, "a", buffering=1)
 
     def log(*msg):
@@ -360,7 +360,7 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(a.seed)
     out = Path(a.out or f"runs/shapes_seed{a.seed}")
     out.mkdir(parents=True, exist_ok=True)
-    log = _log_fn(out / "train.log")
+    log = make_log(out / "train.log")
     log(f"args: {vars(a)}  threads={torch.get_num_threads()}")
     T0 = time.time()
 
