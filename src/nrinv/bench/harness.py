@@ -75,8 +75,8 @@ def forward_time(pipe: Any, prompt: str, size: tuple[int, int], steps: int, guid
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"gnri"`` or a labelled variant ``"gnri[lam=0.01,eta=0.001]"`` -> (solver name, options).
 
-    ``warm_start=true`` / ``false`` in the brackets forces the inversion loop's warm start on / off
-    (without it, the bench runs what ``nrinv invert`` runs by default).
+    ``warm_start=true`` / ``false`` / ``last`` / ``linear`` in the brackets sets the inversion loop's warm
+    start (without it, the bench runs what ``nrinv invert`` runs by default).
     """
     spec = spec.strip()
     if "[" not in spec:
@@ -103,7 +103,7 @@ def invert_kwargs(method: tuple[str, dict], iterations: int, *, steps: int, guid
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
-    warm = None if warm is None else bool(warm)
+    warm = warm if warm in (None, "last", "linear") else bool(warm)
     return dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed, options=options,
                 max_iterations=None if solver == "ddim" else iterations, warm_start=warm, progress=False)
 

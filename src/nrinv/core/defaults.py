@@ -101,7 +101,7 @@ MODEL_KINDS: list[tuple[str, Callable[[Any], bool], ModelDefaults]] = [
     # built-in, distilled for 4 steps (LCM); guidance enters through the w-embedding, at no extra cost
     ("shapes-lcm", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is not None
      and "LatentConsistencyModelPipeline" in _classes(p),
-     ModelDefaults("shapes-lcm", 4, 5.5, edit_strength=0.75, height=64, width=64)),
+     ModelDefaults("shapes-lcm", 4, 6.0, edit_strength=0.75, height=64, width=64)),
     # built-in, 20 DDIM steps; edits measured by benchmarks/edit_eval.py (README): strength 0.6,
     # guidance 2, guided from the source prompt
     ("shapes", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is None,
