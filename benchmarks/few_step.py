@@ -96,7 +96,40 @@ def markdown(summary: list[dict], regime: str) -> str:
     return "\n".join(lines)
 
 
+def plot(folder: Path) -> Path:
+    """PSNR against network calls per regime (the summaries written by earlier runs), VAE ceiling dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = [r for r in ("lcm4", "eulera4", "ddim20") if (folder / r / "summary.json").is_file()]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.2 * len(regimes), 4.2), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        summary = json.loads((folder / regime / "summary.json").read_text())
+        ceiling = statistics.mean(s["ceiling"] for s in summary)
+        for method in sorted({s["method"] for s in summary}):
+            pts = sorted((s["budget"], s["psnr"]) for s in summary if s["method"] == method)
+            if len(pts) > 1 or method == "ddim":
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method, ms=4)
+        ax.axhline(ceiling, color="k", ls="--", lw=1, label=f"VAE ceiling {ceiling:.1f} dB")
+        ax.set_title(regime)
+        ax.set_xlabel("network calls per image (budget)")
+        ax.set_ylabel("reconstruction PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    out = folder / "few_step.png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main(argv=None) -> int:
+    import sys
+
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["plot"]:
+        print(plot(Path(__file__).resolve().parent / "results" / "few_step"))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("regime", choices=sorted(REGIMES))
     ap.add_argument("--n-images", type=int, default=8)
