@@ -9,7 +9,7 @@ with the examples' colour and shape.  `python benchmarks/rare_concepts.py [MODEL
 import numpy as np, torch
 torch.set_num_threads(2)
 import nrinv
-from nrinv.shapes import sample_scene, render
+from nrinv.shapes.editset import concept_examples
 from nrinv.shapes.judge import judge_batch
 
 import sys
@@ -20,14 +20,7 @@ prompt = "an object"
 seeded_hits, plain_hits, n_s, n_p = 0, 0, 0, 0
 k = 0
 for c in range(10):
-    base = sample_scene(60_000_000 + c)
-    exs = []
-    for j in range(3):
-        s = sample_scene(60_100_000 + 10 * c + j)
-        background = s.background_color if s.background_color != base.color else \
-            [x for x in ("blue", "white", "black") if x != base.color][0]
-        s = s.replace(shape=base.shape, color=base.color, size=base.size, background_color=background)
-        exs.append(render(s, 60_100_000 + 10 * c + j))
+    base, exs = concept_examples(c)
     res = nrinv.seed_from_images(pipe, exs, prompt, n_samples=4, seed=c, progress=False)
     imgs = np.stack([np.asarray(im) for im in res.images])
     reads = judge_batch(imgs)

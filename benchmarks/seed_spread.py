@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import nrinv
-from nrinv.shapes import render, sample_scene
+from nrinv.shapes.editset import concept_examples
 from nrinv.shapes.judge import judge_batch
 
 SPREADS = [float(x) for x in sys.argv[1:]] or [0.15, 0.3, 0.45, 0.6, 0.75]
@@ -25,15 +25,7 @@ torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
 pipe = nrinv.adapter_for(nrinv.load_pipeline("builtin:shapes"))
 concepts = []
 for c in range(10 * SET, 10 * SET + 10):
-    base = sample_scene(60_000_000 + c)
-    examples = []
-    for j in range(3):
-        s = sample_scene(60_100_000 + 10 * c + j)
-        background = s.background_color if s.background_color != base.color else \
-            [x for x in ("blue", "white", "black") if x != base.color][0]
-        s = s.replace(shape=base.shape, color=base.color, size=base.size, background_color=background)
-        examples.append(render(s, 60_100_000 + 10 * c + j))
-    concepts.append((base, examples))
+    concepts.append(concept_examples(c))
 rows = []
 for spread in SPREADS:
     hits = n = 0

@@ -34,3 +34,15 @@ def tiny():
         return _PIPES[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny SD pipeline saved as a diffusers folder (for the command line, which loads models from disk).
+
+    ``smooth=None``: a stock UNet2DConditionModel (reloadable by class name) with a shrunk output layer."""
+    from nrinv.testing import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_pipeline("sd", smooth=None).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -14,16 +14,6 @@ PROMPT = "a photo of a cat"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from nrinv.testing import tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    # smooth=None: a stock UNet2DConditionModel (reloadable by class name) with a shrunk output layer
-    tiny_pipeline("sd", smooth=None).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def image_path(tmp_path_factory, astronaut32):
     path = tmp_path_factory.mktemp("img") / "astronaut.png"
     astronaut32.save(path)

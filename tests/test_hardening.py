@@ -18,15 +18,6 @@ from nrinv.errors import InputError
 PROMPT = "a photo of a cat"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from nrinv.testing import tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    tiny_pipeline("sd", smooth=None).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 @pytest.fixture
 def image_path(tmp_path, astronaut32):
     path = tmp_path / "astronaut.png"

@@ -17,7 +17,7 @@ from .core.adapters import adapter_for
 from .core.inversion import InversionResult
 from .errors import InputError
 from .io.images import ImageLike, load_pixels, resolve_size
-from .io.outputs import check_output_type, format_images
+from .io.outputs import format_images, resolve_output_type
 
 __all__ = ["invert", "invert_batch", "reconstruct", "ReconstructionOutput"]
 
@@ -128,11 +128,7 @@ def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil",
                 decode: Optional[bool] = None) -> ReconstructionOutput:
     """Regenerate the image from an inversion's noise with the same prompt, steps and noise.
     (``decode=False`` is a deprecated spelling of ``output_type="latent"``.)"""
-    if decode is not None:
-        warnings.warn("reconstruct(decode=...) is deprecated; pass output_type='latent' for no decoding",
-                      FutureWarning, stacklevel=2)
-        output_type = output_type if decode else "latent"
-    check_output_type(output_type)
+    output_type = resolve_output_type(output_type, decode, "reconstruct")
     adapter = adapter_for(pipe)
     z = core.reconstruct(adapter, result, progress=progress)
     size = (result.settings["height"], result.settings["width"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .world import BACKGROUNDS, COLOR_NAMES, SHAPES, render, sample_scene
+from .world import BACKGROUNDS, COLOR_NAMES, SHAPES, Scene, render, sample_scene
 
 EDIT_ATTRIBUTES = ("color", "shape", "background")
 EDITSET_SEED0 = 80_000_000  # disjoint from training / evaluation seeds
@@ -47,3 +47,18 @@ def edit_set(n: int, seed: int = 0) -> list[dict]:
             }
         )
     return items
+
+
+def concept_examples(index: int, n: int = 3) -> tuple[Scene, list[np.ndarray]]:
+    """A colour + shape + size concept (held-out scene ``index``) and ``n`` renders of it in other scenes:
+    the examples of the rare-concept benchmarks (``benchmarks/rare_concepts.py``, ``seed_spread.py``)."""
+    base = sample_scene(60_000_000 + index)
+    examples = []
+    for j in range(n):
+        seed = 60_100_000 + 10 * index + j
+        scene = sample_scene(seed)
+        background = scene.background_color if scene.background_color != base.color else \
+            [c for c in ("blue", "white", "black") if c != base.color][0]
+        scene = scene.replace(shape=base.shape, color=base.color, size=base.size, background_color=background)
+        examples.append(render(scene, seed))
+    return base, examples

@@ -8,7 +8,6 @@ target == source regenerates it to the inversion's accuracy.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -20,7 +19,7 @@ from ..core.adapters import adapter_for
 from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
-from ..io.outputs import check_output_type, format_images
+from ..io.outputs import check_output_type, format_images, resolve_output_type
 from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_threshold, check_prompt, check_steps,
                      check_strength, edit_defaults, encode_pixels, prompt_list)
 from .encoding import adjust_encoding
@@ -173,11 +172,7 @@ def edit(
     step the latent outside it is put back on the inverted trajectory, so unchanged content is the
     inversion's (exact with an exact inversion).
     """
-    if decode is not None:
-        warnings.warn("edit(decode=...) is deprecated; pass output_type='latent' for no decoding", FutureWarning,
-                      stacklevel=2)
-        output_type = output_type if decode else "latent"
-    check_output_type(output_type)
+    output_type = resolve_output_type(output_type, decode, "edit")
     resized = resolve_size(height, width, size, "edit")
     check_prompt(source_prompt, "source prompt")
     targets = prompt_list(target_prompts, "target prompt")

@@ -14,7 +14,7 @@ from ..core.adapters import adapter_for
 from ..core.inversion import InversionResult, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_pixels
-from ..io.outputs import check_output_type, format_images
+from ..io.outputs import format_images, resolve_output_type
 from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_count, check_steps, encode_pixels,
                      prompt_list, slerp)
 from .encoding import adjust_encoding
@@ -74,11 +74,7 @@ def interpolate(
     schedule: the first and last frames are the two reconstructions.  ``n == 1`` gives the midpoint.
     Images of different sizes raise ``InputError`` unless ``resize`` (B is resized to A's size).
     """
-    if decode is not None:
-        warnings.warn("interpolate(decode=...) is deprecated; pass output_type='latent' for no decoding",
-                      FutureWarning, stacklevel=2)
-        output_type = output_type if decode else "latent"
-    check_output_type(output_type)
+    output_type = resolve_output_type(output_type, decode, "interpolate")
     plist = prompt_list(prompts, "prompt")
     if len(plist) > 2:
         raise InputError(f"give one or two prompts, got {len(plist)}")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -15,7 +14,7 @@ from ..core.adapters import adapter_for
 from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
-from ..io.outputs import check_output_type, format_images
+from ..io.outputs import format_images, resolve_output_type
 from .common import (DEFAULT_SEED_SPREAD, check_count, check_prompt, check_spread, check_steps, edit_defaults,
                      encode_pixels, helper_generator, noise_like, slerp)
 
@@ -74,11 +73,7 @@ def seed_from_images(
     ``guidance_scale`` (default: ``edit_defaults(pipe)``'s guidance).  Examples of different sizes
     are resized to the first's size (or to ``height`` x ``width``).
     """
-    if decode is not None:
-        warnings.warn("seed_from_images(decode=...) is deprecated; pass output_type='latent' for no decoding",
-                      FutureWarning, stacklevel=2)
-        output_type = output_type if decode else "latent"
-    check_output_type(output_type)
+    output_type = resolve_output_type(output_type, decode, "seed_from_images")
     size = resolve_size(height, width, size, "seed_from_images")
     check_prompt(prompt, "prompt")
     images = list(images)
