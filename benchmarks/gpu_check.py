@@ -190,7 +190,6 @@ def network_call(adapter, size: int, device, repeats: int) -> float:
 
 
 def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) -> dict:
-    import numpy as np
     from PIL import Image
     from skimage import data
 
@@ -252,9 +251,6 @@ def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) 
     row["batch8_images_per_s"] = round(8 / seconds, 2)
     log(f"  edit from the cached inversion {row['edit_latent_s']:.3f} s (+ decode: {row['edit_decoded_s']:.3f} s); "
         f"batch of 8: {seconds:.3f} s = {row['batch8_images_per_s']:.1f} images/s")
-    del pipe, eager, graphed, inv
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -320,6 +316,8 @@ def main(argv=None) -> int:
         results["cuda_tests"] = run_cuda_tests(log)
     for name in args.models.split(","):
         results["models"].append(check_model(name.strip(), args.tiny, device, repeats, log))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the model of check_model is gone with its frame
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results) + "\n")

@@ -40,7 +40,6 @@ def main(argv=None) -> int:
     import nrinv
     from nrinv.core.inversion import prepare
     from nrinv.core.schedulers import draw_noise, seeded_generator
-    from nrinv.shapes import render, sample_scene
     from nrinv.shapes.editset import edit_set
 
     adapter = nrinv.adapter_for(nrinv.load_pipeline(args.model, device="cpu"))

@@ -8,7 +8,6 @@ Screenshots go to ``$NRINV_ARTIFACTS`` (default ``test-artifacts/``).  Skipped w
 playwright is missing (`.ci/run` installs both).
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys

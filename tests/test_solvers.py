@@ -12,7 +12,6 @@ batch of 2; see the table in the README):
   flow 4.4e-3 vs 5.0e-2, but euler_a 0.47 vs 0.90 and LCM 1.28 vs 1.45.  We assert they improve on
   DDIM inversion (<= 0.9x) in 16 iterations and keep improving from 4 to 16 iterations.
 """
-import math
 
 import pytest
 import torch

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import InputError
-from .io.images import DEFAULT_MAX_PIXELS, load_image, to_pil, to_tensor
+from .io.images import load_image, to_pil, to_tensor
 
 DEFAULT_MAX_UPLOAD_MB = 20
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")

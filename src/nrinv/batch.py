@@ -19,11 +19,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from ._version import __version__
 from .errors import InputError
 from .io.files import save_json, save_latent
 from .io.images import load_image

@@ -74,7 +74,6 @@ def run_demo(out_dir: str | Path = "nrinv-demo", *, method: Optional[str] = None
         ceiling = adapter.decode(inversion.encoded, inversion.setup.size)
 
     verdicts = shapes.judge_batch(np.stack([_uint8(image), _uint8(recon)] + [_uint8(e) for e in edited]))
-    expected = [scene, scene] + targets
     rendered_targets = [to_tensor(Image.fromarray(shapes.render(t, seed=seed))) for t in targets]
 
     def agreement(verdict: dict, truth) -> dict:

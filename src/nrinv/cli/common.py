@@ -36,11 +36,6 @@ def check_output(path: Path, force: bool) -> None:
         raise UsageError(f"{path} is a folder; give a file name")
 
 
-def check_outputs(paths: Sequence[Path], force: bool) -> None:
-    for path in paths:
-        check_output(path, force)
-
-
 def check_target(path: Path, force: bool, suffixes: Sequence[str] = (), what: str = "output") -> None:
     """Before any work: the file type the command writes, not an existing file unless --force, and a
     place that can be written (a folder that exists or can be made, with room to create a file)."""
@@ -134,12 +129,9 @@ def solver_args(args) -> tuple[Optional[str], dict]:
             if args.iterations < 1:
                 raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
             overrides["max_iterations"] = args.iterations
-        if args.method is not None:
-            make_options(args.method, overrides)
-        else:
-            from ..core.defaults import DEFAULT_METHOD
+        from ..core.defaults import DEFAULT_METHOD
 
-            make_options(DEFAULT_METHOD, overrides)
+        make_options(args.method or DEFAULT_METHOD, overrides)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     return args.method, overrides

@@ -22,7 +22,6 @@ converged when ``rms(r(z)) <= atol + rtol * rms(z)`` for every sample.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Callable, Optional
