@@ -149,7 +149,7 @@ def test_sizes_far_from_the_native_one_get_a_note(tmp_path, capsys, monkeypatch)
         main(["invert", str(tmp_path / "strip.png"), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
               "--model", "builtin:shapes"])
     err = capsys.readouterr().err
-    assert "note:" in err and "extreme aspect ratio" in err and "2000x16" in err
+    assert "note:" in err and "extreme aspect ratio" in err and "16x2000 (HxW)" in err
 
 
 def test_odd_sizes_get_advice_in_the_models_terms_before_it_loads(tmp_path, capsys, monkeypatch):
@@ -158,6 +158,20 @@ def test_odd_sizes_get_advice_in_the_models_terms_before_it_loads(tmp_path, caps
     code = main(["invert", str(tmp_path / "small.png"), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
                  "--model", "builtin:shapes"])
     _one_line_error(capsys, code, "pass --resize 64x64 (the model's native size)")
+
+
+def test_size_advice_is_height_by_width_like_resize(tmp_path, capsys, monkeypatch):
+    """A 30-wide, 10-high image: the advice is HxW, as --resize reads it (it was 32x8, transposed)."""
+    from nrinv.io.images import load_image
+
+    _no_model(monkeypatch)
+    Image.new("RGB", (30, 10)).save(tmp_path / "wide.png")
+    code = main(["invert", str(tmp_path / "wide.png"), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
+                 "--model", "builtin:shapes"])
+    _one_line_error(capsys, code, "image size 10x30 (HxW) is not a multiple of 4 for this model; "
+                                  "pass --resize 64x64 (the model's native size) or 8x32")
+    following = load_image(tmp_path / "wide.png", size=(8, 32))  # what --resize 8x32 does
+    assert (following.height, following.width) == (8, 32)  # still wider than high
 
 
 def test_too_many_steps_and_a_missing_device_are_one_line(model_dir, image_path, tmp_path, capsys):

@@ -71,7 +71,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resize", type=image_size, default=None, metavar="HxW")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
+                   help="resize every image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--skip-failed", dest="retry_failed", action="store_false",
                    help="do not retry images that failed in an earlier run (they still count as failed)")

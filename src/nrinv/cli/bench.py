@@ -90,7 +90,8 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) on the first image; 0: no warm-up or repeats")
-    p.add_argument("--size", type=image_size, default=None, metavar="HxW")
+    p.add_argument("--size", type=image_size, default=None, metavar="HxW",
+                   help="image size HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--method-options", default=None, help='JSON, e.g. {"gnri": {"lam": 0.0}}')
     p.add_argument("--out", default="bench-results", help="output folder (re-running resumes)")
     p.add_argument("--edits", type=int, default=0, metavar="N",

@@ -180,7 +180,7 @@ def image_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x512, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected HxW (height x width), e.g. 512x768, got {text!r}") from None
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"height and width must be >= 1, got {text!r}")
     return h, w

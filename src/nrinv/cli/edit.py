@@ -156,8 +156,8 @@ def cmd_interpolate(args) -> int:
     check_device(args.device)
     image_a, image_b = _load_images(args, [args.image_a, args.image_b])
     if image_a.size != image_b.size and not args.resize:
-        raise UsageError(f"the images have different sizes ({image_a.width}x{image_a.height} and "
-                         f"{image_b.width}x{image_b.height}); resize one to match, or pass --resize to resize "
+        raise UsageError(f"the images have different sizes ({image_a.height}x{image_a.width} and "
+                         f"{image_b.height}x{image_b.width}, HxW); resize one to match, or pass --resize to resize "
                          "the second to the first")
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
@@ -236,7 +236,8 @@ def register(sub) -> None:
                         "predictions differ less than T of their maximum, e.g. 0.3 (default: off)")
     p.add_argument("--encode-adjust", type=float, default=None, metavar="S",
                    help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
-    p.add_argument("--resize", type=image_size, default=None, metavar="HxW", help="resize the image first")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
+                   help="resize the image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("-o", "--output", default=None, help="output PNG (default: IMAGE.edit.png)")
     _common(p, guidance_help="guidance of the target regeneration (default: the model's edit default)")
     p.set_defaults(func=cmd_edit)
@@ -267,7 +268,8 @@ def register(sub) -> None:
                    help="slerp weight toward fresh noise, in [0, 1] (default: %(default)s)")
     p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion")
     p.add_argument("--columns", type=int, default=4, help="grid columns")
-    p.add_argument("--resize", type=image_size, default=None, metavar="HxW", help="resize the examples first")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
+                   help="resize the examples first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("-o", "--output", required=True, help="grid PNG")
     _common(p, guidance_help="guidance of the generation (default: the model's edit default)")
     p.set_defaults(func=cmd_seed)

@@ -110,7 +110,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
-    p.add_argument("--resize", type=image_size, default=None, metavar="HxW", help="resize the image first")
+    p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
+                   help="resize the image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
     p.add_argument("-o", "--output", default=None, help="latent file (.safetensors); a .json sidecar is written beside")
     add_model_args(p)

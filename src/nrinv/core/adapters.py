@@ -37,8 +37,8 @@ def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) 
     if height % multiple == 0 and width % multiple == 0 and height > 0 and width > 0:
         return None
     near_w, near_h = max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple)
-    return (f"image size {width}x{height} is not a multiple of {multiple} for this model; resize it, e.g. to "
-            f"{native[1]}x{native[0]} (the model's native size) or {near_w}x{near_h}")
+    return (f"image size {height}x{width} (HxW) is not a multiple of {multiple} for this model; resize it, e.g. to "
+            f"{native[0]}x{native[1]} (the model's native size) or {near_h}x{near_w}")
 
 
 def size_notes(height: int, width: int, native: tuple[int, int]) -> list[str]:
@@ -46,13 +46,13 @@ def size_notes(height: int, width: int, native: tuple[int, int]) -> list[str]:
     notes = []
     ratio = (height * width) / float(native[0] * native[1])
     if ratio >= 16:
-        notes.append(f"{width}x{height} has {ratio:.0f}x the pixels of this model's native {native[1]}x{native[0]}: "
+        notes.append(f"{height}x{width} (HxW) has {ratio:.0f}x the pixels of this model's native {native[0]}x{native[1]}: "
                      "expect a long run, and results unlike what the model was trained on")
     elif ratio <= 1 / 16:
-        notes.append(f"{width}x{height} is far smaller than this model's native {native[1]}x{native[0]}")
+        notes.append(f"{height}x{width} (HxW) is far smaller than this model's native {native[0]}x{native[1]}")
     if max(height, width) >= 4 * min(height, width):
-        notes.append(f"{width}x{height} has an extreme aspect ratio; this model was trained on "
-                     f"{native[1]}x{native[0]}")
+        notes.append(f"{height}x{width} (HxW) has an extreme aspect ratio; this model was trained on "
+                     f"{native[0]}x{native[1]}")
     return notes
 
 

@@ -28,9 +28,9 @@ def check_size(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_PI
         return
     h, w = size
     if int(h) < 1 or int(w) < 1:
-        raise InputError(f"cannot {what} {w}x{h}: width and height must be >= 1")
+        raise InputError(f"cannot {what} {h}x{w} (HxW): height and width must be >= 1")
     if int(h) * int(w) > max_pixels:
-        raise InputError(f"cannot {what} {w}x{h} = {int(h) * int(w)} pixels: over the limit of {max_pixels} "
+        raise InputError(f"cannot {what} {h}x{w} (HxW) = {int(h) * int(w)} pixels: over the limit of {max_pixels} "
                          "(raise --max-pixels to allow it)")
 
 
@@ -44,7 +44,7 @@ def _open_file(path: Path, max_pixels: int) -> Image.Image:
             with Image.open(path) as probe:
                 w, h = probe.size
                 if w * h > max_pixels:
-                    raise InputError(f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}; "
+                    raise InputError(f"{path} is {h}x{w} (HxW) = {w * h} pixels, over the limit of {max_pixels}; "
                                      "downscale it or raise --max-pixels")
                 probe.load()
                 return probe.copy()
@@ -112,9 +112,9 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
         raise InputError(f"unsupported image type {type(source).__name__}")
 
     if img.width * img.height == 0:
-        raise InputError(f"the image is empty ({img.width}x{img.height})")
+        raise InputError(f"the image is empty ({img.height}x{img.width}, HxW)")
     if img.width * img.height > max_pixels:
-        raise InputError(f"image is {img.width}x{img.height}, over the limit of {max_pixels} pixels")
+        raise InputError(f"image is {img.height}x{img.width} (HxW), over the limit of {max_pixels} pixels")
     mode = img.mode
     if mode not in _KNOWN_MODES:
         raise InputError(f"unsupported image mode {mode}; convert the image to 8-bit RGB first")
@@ -129,7 +129,7 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
         img = img.convert("RGB")
         notes.append(f"converted {'grayscale ' if mode in ('L', '1') else ''}{mode} image to RGB")
     if size is not None and (img.height, img.width) != tuple(size):
-        notes.append(f"resized {img.width}x{img.height} to {size[1]}x{size[0]}")
+        notes.append(f"resized {img.height}x{img.width} to {size[0]}x{size[1]} (HxW)")
         img = img.resize((size[1], size[0]), Image.LANCZOS)
     return img
 
