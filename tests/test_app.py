@@ -193,10 +193,13 @@ def test_abuse_gets_one_friendly_line_without_paths_or_tracebacks(server, client
         assert "\n" not in error.strip()
     _, error = _call(client, "/edit", "a dog", 0.5, 2.0, {})
     assert "invert an image first" in error
+    # Gradio's own bounds check of a slider: one line to the user and one in the log (was a traceback)
+    _, error = _call(client, "/edit", "a dog", 5.0, 2.0, {})
+    assert error is not None and "strength must be between 0.05 and 1" in error and "\n" not in error.strip()
     time.sleep(1)
     log = (root / "server.log").read_text()[len(before):]
     assert "Traceback" not in log  # each refusal is one log line
-    assert log.count("refused") >= len(cases)
+    assert log.count("refused") >= len(cases) + 1
 
 
 def test_a_heavy_request_delays_a_light_one_by_at_most_one_capped_request(server, client):
@@ -234,3 +237,45 @@ def test_a_heavy_request_delays_a_light_one_by_at_most_one_capped_request(server
     assert done["heavy"][0] is None and done["light"][0] is None
     # the cap: a light request waits for at most the one capped request ahead of it
     assert done["light"][1] <= heavy_alone + light_alone + 3.0, (done, heavy_alone, light_alone)
+
+
+def test_start_up_logs_no_library_request_lines(server):
+    _, root = server
+    log = (root / "server.log").read_text()
+    assert "HTTP Request" not in log and "httpx" not in log, log[:2000]
+
+
+def test_switching_the_model_sets_its_edit_controls(server, browser):
+    """builtin:shapes-lcm edits at strength 0.75 and guidance 6: picking it sets the sliders (they kept
+    the previous model's values)."""
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#model input").click()
+    page.get_by_role("option", name="builtin:shapes-lcm").click()
+    page.wait_for_function("document.querySelector('#strength input[type=number]').value == '0.75'", timeout=120_000)
+    assert page.locator("#guidance input[type=number]").input_value() == "6"
+    page.close()
+
+
+def test_uploads_keep_their_aspect_and_impossible_ones_are_refused(server, client):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    _, root = server
+    sizes = {"wide": (96, 64), "large": (256, 256), "dot": (1, 1), "strip": (4096, 4)}  # (width, height)
+    for name, size in sizes.items():
+        Image.new("RGB", size, (240, 160, 30)).save(root / f"{name}.png")
+    args = ("builtin:shapes", "float32", "ddim", "an orange background", 2, 1, 0, {})
+    result, error = _call(client, "/invert", handle_file(str(root / "wide.png")), *args)
+    assert error is None, error
+    recon, info = result[:2]
+    with Image.open(recon) as shown:
+        assert shown.width * 64 == shown.height * 96  # kept 64x96 (HxW): it was squashed to 64x64
+    assert "note" not in info
+    result, error = _call(client, "/invert", handle_file(str(root / "large.png")), *args)
+    assert error is None and "note: scaled 256x256 to 64x64 (HxW" in result[1], (error, result)
+    for name, words in (("dot", "image size 1x1 (HxW) is not a multiple of 4 for this model; resize it, e.g. to 64x64"),
+                        ("strip", "4x4096 (HxW) has an extreme aspect ratio; this model was trained on 64x64")):
+        _, error = _call(client, "/invert", handle_file(str(root / f"{name}.png")), *args)
+        assert error is not None and words in error, error

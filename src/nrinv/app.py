@@ -7,9 +7,13 @@ Serving it to others is safe by construction:
 
 * users pick a model from the operator's allow-list (``--models``; by default the built-in models and
   the one named with ``--model``): nothing a user types makes the server load a path or a hub id;
-* every request is capped (steps, iterations per step, network calls, upload pixels, frames) and one
-  queue with one worker serialises the model work, holding at most ``queue_size`` waiting requests:
-  a heavy request cannot hold a light one back longer than one capped request takes;
+* every request is capped (steps, iterations per step, network calls, upload pixels, frames, and its
+  estimated time: network calls priced by what one call of that model, precision and method costs on
+  this server, measured when the model loads and refined by every request) and one queue with one
+  worker serialises the model work, holding at most ``queue_size`` waiting requests.  The worst wait
+  of a light request is therefore about ``max_seconds`` behind one heavy request, and
+  ``queue_size * max_seconds`` behind a full queue (:meth:`Limits.worst_wait_s`); estimates, not
+  guarantees: a machine busy with other work runs every request slower;
 * user errors come back as one friendly line, with no server path, and are logged as one line; an
   unexpected error is logged as one line and shown as a generic message.
 """
@@ -44,6 +48,36 @@ class Limits:
     max_frames: int = 12
     #: requests waiting in the queue at most; more are refused at once ("busy, try again")
     queue_size: int = 8
+    #: estimated seconds of model work one request may cost (network calls x the measured cost of one
+    #: call of that model, precision and method here): what bounds how long one request holds the worker
+    max_seconds: float = 20.0
+
+    def worst_wait_s(self, requests_ahead: Optional[int] = None) -> float:
+        """The longest a request waits to start, estimated: every request ahead of it (at most the
+        queue: one running and ``queue_size - 1`` waiting) takes at most ``max_seconds``."""
+        ahead = self.queue_size if requests_ahead is None else min(requests_ahead, self.queue_size)
+        return ahead * self.max_seconds
+
+
+@dataclass
+class CallCost:
+    """Seconds one network call of a loaded model costs here (its precision, on its device, at
+    ``pixels``): ``forward_s`` for the solvers and the regeneration, ``gradient_s`` (forward and
+    backward) for the solvers that differentiate through the network (``gnri_grad``).  Measured when
+    the model loads, then moved halfway towards what each request observed."""
+
+    forward_s: float
+    gradient_s: float
+    pixels: int
+
+    def per_call(self, needs_grad: bool) -> float:
+        return self.gradient_s if needs_grad else self.forward_s
+
+    def observe(self, needs_grad: bool, seconds: float, calls: int) -> None:
+        if calls <= 0 or not seconds > 0:
+            return
+        name = "gradient_s" if needs_grad else "forward_s"
+        setattr(self, name, 0.5 * getattr(self, name) + 0.5 * seconds / calls)
 
 
 def _calls_per_iteration(method: str) -> int:
@@ -87,6 +121,8 @@ class EditorApp:
         self.limits = limits
         self.cuda_graphs = cuda_graphs
         self.pipes: dict[tuple[str, str], Any] = {}
+        #: the measured cost of one network call, per loaded (model, precision)
+        self.costs: dict[tuple[str, str], CallCost] = {}
 
     # -- helpers --------------------------------------------------------------------------------
     def pipe(self, model: Optional[str], dtype: Optional[str] = None) -> Any:
@@ -107,8 +143,19 @@ class EditorApp:
             except (OSError, ValueError) as exc:
                 logger.error("loading %s failed: %s", label, _scrub(str(exc).splitlines()[0] if str(exc) else ""))
                 raise InputError(f"the model {label} could not be loaded on the server") from None
-            self.pipes[(label, dtype)] = adapter_for(pipe, cuda_graphs=None if self.cuda_graphs else False)
+            adapter = adapter_for(pipe, cuda_graphs=None if self.cuda_graphs else False)
+            self.costs[(label, dtype)] = measure_call_cost(adapter)
+            self.pipes[(label, dtype)] = adapter
         return self.pipes[(label, dtype)]
+
+    def cost(self, model: Optional[str], dtype: Optional[str] = None) -> CallCost:
+        """The measured cost of one network call of a loaded model (load it first with :meth:`pipe`)."""
+        return self.costs[(model or self.default_model, dtype or self.dtype)]
+
+    def model_settings(self, model: Optional[str], dtype: Optional[str] = None) -> tuple[float, float]:
+        """The edit controls of a model: its registry defaults (edit strength, edit guidance)."""
+        defaults = self.pipe(model, dtype).defaults
+        return defaults.edit_strength, defaults.edit_guidance
 
     def _image(self, path: Optional[str], size: Optional[tuple[int, int]] = None):
         if not path:
@@ -117,14 +164,16 @@ class EditorApp:
         img = load_image(path, max_pixels=self.limits.max_pixels, notes=notes, size=size)
         return img, notes
 
-    def _work_size(self, pipe, img) -> Optional[tuple[int, int]]:
-        """The built-in models work at their native size: other sizes are resized to it."""
-        size = pipe.default_size()
-        return size if pipe.defaults.kind.startswith("shapes") and (img.height, img.width) != size else None
+    @staticmethod
+    def _fit(pipe, img):
+        """The upload at a size the model takes, its aspect kept (see :func:`fit_to_model`)."""
+        return fit_to_model(img, pipe.size_multiple, pipe.default_size())
 
     def _check_request(self, pipe, method: str, steps: Any, iterations: Any, seed: Any, frames: int = 0,
-                       inversions: int = 1) -> tuple[Optional[int], Optional[int], int]:
-        """Steps, iterations and seed checked against the limits; the request's network calls bounded."""
+                       inversions: int = 1, cost: Optional[CallCost] = None,
+                       pixels: Optional[int] = None) -> tuple[Optional[int], Optional[int], int]:
+        """Steps, iterations and seed checked against the limits; the request's network calls and its
+        estimated time (with ``cost``, at ``pixels``) bounded."""
         from .core.solvers import SOLVERS
 
         lim = self.limits
@@ -142,10 +191,19 @@ class EditorApp:
             raise InputError("the seed must be a whole number between 0 and 4294967295")
         n_steps = steps_i or pipe.defaults.num_inference_steps
         n_its = 1 if method == "ddim" else (its_i or pipe.defaults.max_iterations)
-        nfe = inversions * n_steps * (n_its * _calls_per_iteration(method) + 1) + frames * n_steps
+        solve_calls = inversions * n_steps * n_its * _calls_per_iteration(method)
+        plain_calls = inversions * n_steps + frames * n_steps  # reconstruction / regeneration
+        nfe = solve_calls + plain_calls
         if nfe > lim.max_nfe:
             raise InputError(f"that request needs about {nfe} network calls, more than the {lim.max_nfe} allowed "
                              "here; use fewer steps or iterations")
+        if cost is not None:
+            seconds = estimate_seconds(cost, SOLVERS[method].needs_grad, solve_calls, plain_calls, pixels)
+            if seconds > lim.max_seconds:
+                faster = " or float32" if str(getattr(pipe, "dtype", "")) in ("torch.float16", "torch.bfloat16") else ""
+                raise InputError(f"that request would take about {seconds:.0f} s here, more than the "
+                                 f"{lim.max_seconds:g} s one request may take; use fewer steps or iterations"
+                                 f"{', another method' if SOLVERS[method].needs_grad else ''}{faster}")
         return steps_i or None, None if method == "ddim" else (its_i or None), seed_i
 
     # -- handlers (each returns UI values; errors become one friendly line) -----------------------
@@ -187,17 +245,20 @@ class EditorApp:
         if not source_prompt or not source_prompt.strip():
             raise InputError("type a source prompt that describes the image")
         pipe = self.pipe(model, dtype)
-        steps, iterations, seed = self._check_request(pipe, method, steps, iterations, seed)
         img, _ = self._image(path)
-        size = self._work_size(pipe, img)
-        if size is not None:
-            img = img.resize((size[1], size[0]))
+        img, notes = self._fit(pipe, img)
+        cost = self.cost(model, dtype)
+        steps, iterations, seed = self._check_request(pipe, method, steps, iterations, seed, cost=cost,
+                                                      pixels=img.width * img.height)
         result = invert(pipe, img, source_prompt, method=method, num_inference_steps=steps, max_iterations=iterations,
                         seed=seed)
+        cost.observe(_needs_grad(method), result.wall_time * cost.pixels / (img.width * img.height), result.nfe)
         rec = reconstruct(pipe, result, output_type="pt").images[0]
         quality = image_psnr(rec[None], to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
+        if notes:
+            info += "; note: " + "; ".join(notes)
         state = {"result": result, "source": img, "guide_from_source": edit_defaults(pipe)["guide_from_source"]}
         return _display(to_pil(rec)), info, state
 
@@ -219,8 +280,6 @@ class EditorApp:
             f"edited in {seconds:.2f} s from the cached inversion"
 
     def interpolate(self, path_a, path_b, model, dtype, method, prompt_a, prompt_b, n, iterations, seed, state):
-        import gradio as gr
-
         from .workflows import interpolate
 
         if not prompt_a or not prompt_a.strip():
@@ -229,19 +288,18 @@ class EditorApp:
         if not 1 <= frames <= self.limits.max_frames:
             raise InputError(f"frames must be between 1 and {self.limits.max_frames}")
         pipe = self.pipe(model, dtype)
-        _, iterations, seed = self._check_request(pipe, method, 0, iterations, seed, frames=frames, inversions=2)
         a, _ = self._image(path_a)
         b, _ = self._image(path_b)
-        size = self._work_size(pipe, a)
-        if size is not None:
-            a, b = a.resize((size[1], size[0])), b.resize((size[1], size[0]))
+        (a, _), (b, _) = self._fit(pipe, a), self._fit(pipe, b)
+        _, iterations, seed = self._check_request(pipe, method, 0, iterations, seed, frames=frames, inversions=2,
+                                                  cost=self.cost(model, dtype), pixels=a.width * a.height)
         if a.size != b.size:
-            raise InputError(f"images A and B differ in size ({a.width}x{a.height} and {b.width}x{b.height}); "
+            raise InputError(f"images A and B differ in size ({a.height}x{a.width} and {b.height}x{b.width}, HxW); "
                              "resize them to match")
         prompts = (prompt_a, prompt_b) if prompt_b and prompt_b.strip() else prompt_a
         res = interpolate(pipe, a, b, prompts, n=frames, method=method, max_iterations=iterations, seed=seed)
         shown = [_display(f) for f in res.images]
-        return shown[0], {"frames": shown}, gr.update(maximum=len(shown) - 1, value=0)
+        return shown[0], {"frames": shown}, 0
 
     @staticmethod
     def frame(index, state):
@@ -279,7 +337,8 @@ class EditorApp:
         with gr.Blocks(title="nrinv editor") as demo:
             gr.Markdown("# nrinv — invert once, edit interactively")
             # The handlers check every value themselves (one friendly line, one log line); Gradio's own
-            # checks of choices and bounds would log a traceback per refusal, so they are not used.
+            # checks of choices are not used, and its checks of slider bounds refuse in one line
+            # (quiet_checks) instead of logging a traceback per refusal.
             with gr.Row():
                 model = gr.Dropdown(list(self.models), value=self.default_model, label="model", elem_id="model",
                                     allow_custom_value=True)
@@ -306,8 +365,10 @@ class EditorApp:
                         info = gr.Textbox(label="inversion", interactive=False, elem_id="info")
                     with gr.Column():
                         target_prompt = gr.Textbox(label="target prompt", elem_id="target_prompt")
-                        strength = gr.Slider(0.05, 1.0, value=start.edit_strength, step=0.05, label="strength")
-                        guidance = gr.Slider(0.0, 10.0, value=start.edit_guidance, step=0.5, label="guidance")
+                        strength = gr.Slider(0.05, 1.0, value=start.edit_strength, step=0.05, label="strength",
+                                             elem_id="strength")
+                        guidance = gr.Slider(0.0, 10.0, value=start.edit_guidance, step=0.5, label="guidance",
+                                             elem_id="guidance")
                         edit_btn = gr.Button("Edit", variant="primary", elem_id="edit")
                         edited = gr.Image(label="edited", type="pil", interactive=False, elem_id="edited")
                         edit_info = gr.Textbox(label="edit", interactive=False, elem_id="edit_info")
@@ -336,13 +397,145 @@ class EditorApp:
                     n = gr.Slider(3, lim.max_frames, value=5, step=1, label="frames")
                 go = gr.Button("Interpolate", variant="primary")
                 frame = gr.Image(label="frame", type="pil", interactive=False)
-                pick = gr.Slider(0, 4, value=0, step=1, label="frame index")
+                # a fixed range (an update of its bounds would re-create it without quiet_checks'
+                # wrapper); frame() shows the last frame for an index past it
+                pick = gr.Slider(0, lim.max_frames - 1, value=0, step=1, label="frame index")
                 go.click(g("interpolate", self.interpolate),
                          [a, b, model, dtype, method, prompt_a, prompt_b, n, iterations, seed, istate],
                          [frame, istate, pick], api_name="interpolate")
                 pick.change(self.frame, [pick, istate], [frame], api_name=False)
+            # the edit controls follow the selected model's own defaults (not the previous model's)
+            model.change(g("model", self.model_settings), [model, dtype], [strength, guidance], api_name=False)
+            quiet_checks([strength, guidance, n, pick, steps, iterations, seed])
         demo.queue(default_concurrency_limit=1, max_size=lim.queue_size)
+        quiet_when_idle(demo)
         return demo
+
+
+def quiet_checks(components: Sequence[Any]) -> None:
+    """Gradio's own input checks (a slider's bounds) raise ``gr.Error`` with ``print_exception=True``,
+    which logs a 25-line traceback per refused request: each component's ``preprocess`` is wrapped so a
+    refusal is one log line and one line to the user.  (Bound to the component, so Gradio's per-session
+    copies keep it; a component re-created by an update of its properties would lose it, so the app
+    updates only values.)"""
+    import types
+
+    for component in components:
+        component.preprocess = types.MethodType(_quiet_preprocess, component)
+
+
+def _quiet_preprocess(component, payload):
+    import gradio as gr
+
+    try:
+        return type(component).preprocess(component, payload)
+    except Exception as exc:  # noqa: BLE001 - any refusal of a value: one line, no traceback
+        label = getattr(component, "label", None) or "value"
+        low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+        if low is not None and high is not None:
+            message = f"{label} must be between {low:g} and {high:g}"
+        else:
+            text = str(getattr(exc, "message", None) or exc)
+            message = f"{label}: " + _scrub(text.splitlines()[0] if text else "invalid value")
+        logger.info("%s: refused: %s", label, message)
+        raise gr.Error(message, print_exception=False) from None
+
+
+#: how often Gradio's queue looks for work and for progress to send while nothing runs (seconds)
+IDLE_POLL_S = 0.05
+
+
+def quiet_when_idle(demo, poll_s: float = IDLE_POLL_S):
+    """Make an idle app cost (almost) nothing.
+
+    Gradio 6.x's queue polls instead of waiting on an event: ``Queue.start_processing`` sleeps 1 ms
+    between looks at an empty queue and ``Queue.start_progress_updates`` 10 ms (``sleep_when_free`` and
+    ``progress_update_sleep_when_free``; 50 ms and 100 ms on Windows only), so a server with nobody on it
+    wakes ~1100 times a second: 4.9-10% of a core measured idle here (benchmarks/idle_cpu.py). Gradio
+    has no setting for it, so the two intervals are raised on the queue object: a request now waits up
+    to ``poll_s`` longer to start (50 ms against requests of a second or more) and idle costs under 1%.
+    Without those attributes (another Gradio) nothing is changed."""
+    queue = getattr(demo, "_queue", None)
+    for name in ("sleep_when_free", "progress_update_sleep_when_free"):
+        if isinstance(getattr(queue, name, None), (int, float)):
+            setattr(queue, name, max(getattr(queue, name), poll_s))
+    return demo
+
+
+def fit_to_model(img, multiple: int, native: tuple[int, int], max_area_ratio: float = 2.0):
+    """An upload at a size the model takes, its aspect ratio kept, and notes saying what was done.
+
+    Refused, in the command line's words: an image with a side under the model's size multiple (1x1: it
+    cannot hold one latent pixel; ``size_error``) and an extreme aspect ratio (a side 4x the other or
+    more; ``size_notes``), which the model cannot represent.  Kept as it is: a size that is a multiple
+    and within ``max_area_ratio`` of the native pixel count.  Otherwise scaled, aspect kept, to about
+    the native pixel count, then centre-cropped by under ``multiple`` pixels per side to a multiple.
+    (The app used to squash every upload of a built-in model to 64x64.)"""
+    from PIL import Image
+
+    from .core.adapters import size_error, size_notes
+
+    h, w = img.height, img.width
+    if min(h, w) < multiple:
+        raise InputError(size_error(h, w, multiple, native) or f"image size {h}x{w} (HxW) is too small")
+    if max(h, w) >= 4 * min(h, w):
+        extreme = [n for n in size_notes(h, w, native) if "aspect" in n][0]
+        raise InputError(f"{extreme}; crop it to a shape nearer that")
+    notes = []
+    area, native_area = h * w, native[0] * native[1]
+    if not (1 / max_area_ratio <= area / native_area <= max_area_ratio):
+        scale = (native_area / area) ** 0.5
+        sh, sw = max(multiple, round(h * scale)), max(multiple, round(w * scale))
+        img = img.resize((sw, sh), Image.LANCZOS)
+        notes.append(f"scaled {h}x{w} to {sh}x{sw} (HxW; about the model's native {native[0]}x{native[1]} "
+                     "pixels, aspect kept)")
+        h, w = sh, sw
+    ch, cw = h - h % multiple, w - w % multiple
+    if (ch, cw) != (h, w):
+        top, left = (h - ch) // 2, (w - cw) // 2
+        img = img.crop((left, top, left + cw, top + ch))
+        notes.append(f"cropped {h}x{w} to {ch}x{cw} (HxW), a multiple of {multiple}")
+    return img, notes
+
+
+def _needs_grad(method: str) -> bool:
+    from .core.solvers import SOLVERS
+
+    return SOLVERS[method].needs_grad
+
+
+def estimate_seconds(cost: CallCost, needs_grad: bool, solve_calls: int, plain_calls: int,
+                     pixels: Optional[int] = None) -> float:
+    """Seconds a request of ``solve_calls`` solver calls (with a backward pass when ``needs_grad``) and
+    ``plain_calls`` forward calls should take, at ``pixels`` (the cost grows with the pixel count)."""
+    scale = 1.0 if not pixels else pixels / cost.pixels
+    return scale * (solve_calls * cost.per_call(needs_grad) + plain_calls * cost.forward_s)
+
+
+def measure_call_cost(pipe, steps: int = 2) -> CallCost:
+    """Time a network call of ``pipe`` (a 2-step inversion with ``ddim``, then with ``gnri_grad`` for the
+    backward pass, at the model's native size), each run twice and the second taken: the first pays for
+    one-time set-up (prompt embeddings, schedules, CUDA graph capture).  A fraction of a second for the
+    built-in models on a CPU; done once per loaded model and precision."""
+    from PIL import Image
+
+    from .api import invert
+
+    height, width = pipe.default_size()
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    seconds = {}
+    for method in ("ddim", "gnri_grad"):
+        for _ in range(2):
+            try:
+                result = invert(pipe, image, "a grey image", method=method, num_inference_steps=steps,
+                                max_iterations=None if method == "ddim" else 1)
+            except InputError:  # a scheduler that cannot take that many steps: its default
+                steps = pipe.defaults.num_inference_steps
+                result = invert(pipe, image, "a grey image", method=method, num_inference_steps=steps,
+                                max_iterations=None if method == "ddim" else 1)
+        seconds[method] = result.wall_time / max(1, result.nfe)
+    return CallCost(forward_s=seconds["ddim"], gradient_s=max(seconds["gnri_grad"], seconds["ddim"]),
+                    pixels=height * width)
 
 
 def default_models(named: Sequence[str] = ()) -> list[str]:
@@ -355,7 +548,9 @@ def default_models(named: Sequence[str] = ()) -> list[str]:
 def launch(models: Sequence[str] = ("builtin:shapes",), *, host: str = "127.0.0.1", port: int = 7860,
            max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, limits: Limits = Limits(), device: str = "auto",
            dtype: str = "auto", cuda_graphs: bool = True, block: bool = True):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the app's own lines at INFO; libraries (httpx's request lines at start-up) only when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logger.setLevel(logging.INFO)
     app = EditorApp(models, device=device, dtype=dtype, limits=limits, cuda_graphs=cuda_graphs)
     demo = app.build()
     demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb", show_error=True,

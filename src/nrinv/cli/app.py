@@ -15,11 +15,16 @@ def cmd_app(args) -> int:
     if not models:
         raise UsageError("no model to serve: name one with --model or --models")
     limits = Limits(max_steps=args.max_steps, max_iterations=args.max_iterations, max_nfe=args.max_nfe,
-                    max_pixels=args.max_pixels, queue_size=args.queue_size)
+                    max_pixels=args.max_pixels, queue_size=args.queue_size, max_seconds=args.max_seconds)
+    if not limits.max_seconds > 0 or limits.queue_size < 1:
+        raise UsageError("--max-seconds must be above 0 and --queue-size at least 1")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the app "
               "(no authentication)", file=sys.stderr)
-    print(f"nrinv app on http://{args.host}:{args.port} serving {', '.join(models)} (Ctrl-C to stop)", flush=True)
+    print(f"nrinv app on http://{args.host}:{args.port} serving {', '.join(models)} (Ctrl-C to stop); each "
+          f"request is capped at about {limits.max_seconds:g} s of model work (estimated from measured call costs), "
+          f"so a request waits about {limits.worst_wait_s(1):g} s at most behind one other and "
+          f"{limits.worst_wait_s():g} s behind a full queue of {limits.queue_size}", flush=True)
     launch(models, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, limits=limits,
            device=args.device, dtype=args.dtype, cuda_graphs=args.cuda_graphs)
     return 0
@@ -42,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="steps a request may ask for at most")
     p.add_argument("--max-iterations", type=int, default=d.max_iterations, help="iterations per step at most")
     p.add_argument("--max-nfe", type=int, default=d.max_nfe, help="network calls one request may cost at most")
+    p.add_argument("--max-seconds", type=float, default=d.max_seconds,
+                   help="estimated seconds of model work one request may cost at most (network calls priced by "
+                        "what one call of that model, precision and method measured here)")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="requests that may wait; more are refused")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
