@@ -110,3 +110,17 @@ def test_gradios_own_range_checks_refuse_in_one_line(caplog):
     assert info.value.print_exception is False  # Gradio prints a traceback unless this is False
     assert info.value.message == "strength must be between 0.05 and 1"
     assert [r.getMessage() for r in caplog.records] == ["strength: refused: strength must be between 0.05 and 1"]
+
+
+def test_the_inversion_line_reports_the_vae_ceiling(app, tmp_path):
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for x in range(0, 64, 2):  # 1-pixel stripes: the built-in VAE gives 8.6 dB
+        draw.line((x, 0, x, 63), fill=(30, 30, 200))
+    draw.ellipse((16, 16, 48, 48), fill=(240, 200, 20))
+    img.save(tmp_path / "striped.png")
+    _, info, _ = app.invert(str(tmp_path / "striped.png"), "builtin:shapes", "float32", "ddim",
+                            "a yellow circle on a striped background", 2, 0, 0, {})
+    assert "(VAE ceiling 8.6 dB); note: the model's VAE alone reproduces this image at 8.6 dB" in info

@@ -122,3 +122,36 @@ def test_reconstruct_rejects_foreign_files(tmp_path, capsys):
     assert main(["reconstruct", str(bogus), "-o", str(tmp_path / "o.png")]) == 2
     assert "cannot read latent file" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def _striped(path):
+    """A drawing the built-in VAE cannot represent: 1-pixel blue stripes behind a yellow disc."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for x in range(0, 64, 2):
+        draw.line((x, 0, x, 63), fill=(30, 30, 200))
+    draw.ellipse((16, 16, 48, 48), fill=(240, 200, 20))
+    img.save(path)
+    return path
+
+
+def test_the_vae_ceiling_is_reported_with_a_note_when_low(tmp_path, capsys):
+    from nrinv import shapes
+
+    striped = _striped(tmp_path / "striped.png")
+    out = tmp_path / "striped.safetensors"
+    assert main(["invert", str(striped), "--prompt", "a yellow circle on a striped background", "--model",
+                 "builtin:shapes", "--steps", "2", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "VAE ceiling 8.6 dB" in captured.out
+    assert "note: the model's VAE alone reproduces this image at 8.6 dB (PSNR of D(E(x))" in captured.err
+    assert json.loads(out.with_suffix(".json").read_text())["vae_ceiling_psnr_db"] == pytest.approx(8.61, abs=0.05)
+
+    render = tmp_path / "render.png"
+    Image.fromarray(shapes.render(shapes.sample_scene(0), seed=0)).save(render)
+    assert main(["edit", str(render), "--source", shapes.sample_scene(0).caption(), "--target", "a blue circle",
+                 "--model", "builtin:shapes", "--steps", "2", "-o", str(tmp_path / "edit.png")]) == 0
+    captured = capsys.readouterr()
+    assert "VAE ceiling 36.3 dB" in captured.out and "VAE alone" not in captured.err  # a render: no note

@@ -240,7 +240,7 @@ class EditorApp:
     def invert(self, path, model, dtype, method, source_prompt, steps, iterations, seed, state):
         from .api import invert, reconstruct
         from .workflows import edit_defaults
-        from .metrics import image_psnr
+        from .metrics import image_psnr, vae_ceiling_note, vae_ceiling_psnr
 
         if not source_prompt or not source_prompt.strip():
             raise InputError("type a source prompt that describes the image")
@@ -257,6 +257,11 @@ class EditorApp:
         quality = image_psnr(rec[None], to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
+        ceiling = vae_ceiling_psnr(pipe, img)
+        info += f" (VAE ceiling {ceiling:.1f} dB)"
+        low = vae_ceiling_note(ceiling)
+        if low:
+            notes = notes + [low]
         if notes:
             info += "; note: " + "; ".join(notes)
         state = {"result": result, "source": img, "guide_from_source": edit_defaults(pipe)["guide_from_source"]}

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 from .._version import __version__
 from .common import (UsageError, add_model_args, add_solver_args, check_device, check_guidances, check_target,
-                     image_size, load_model,
+                     image_size, load_model, note,
 open_image, run, solver_args, validate)
 
 
@@ -57,6 +57,7 @@ def cmd_edit(args) -> int:
     from ..workflows import common as checks
     from ..workflows import edit
     from ..io.files import save_json, save_png
+    from ..metrics import vae_ceiling_note, vae_ceiling_psnr
 
     validate(checks.check_prompt, args.source, "source prompt")
     for target in args.target:
@@ -84,14 +85,19 @@ def cmd_edit(args) -> int:
                   negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
                   mask_threshold=args.mask_threshold,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
+    ceiling = vae_ceiling_psnr(pipe, image)
+    low = vae_ceiling_note(ceiling)
+    if low:
+        note(low, args.quiet)
     for i, png in enumerate(pngs):
         record = _base_record(args, result.stats(i))
+        record["vae_ceiling_psnr_db"] = round(ceiling, 2)
         record["input"] = str(image_path)
         record["output"] = str(png)
         save_png(result.images[i], png, force=args.force)
         save_json(record, _sidecar(png), force=args.force)
         if not args.quiet:
-            print(f"wrote {png} ({result.target_prompts[i]!r})")
+            print(f"wrote {png} ({result.target_prompts[i]!r}; VAE ceiling {ceiling:.1f} dB)")
     if not result.inversion.finite:
         print(f"warning: inversion ended with status {result.inversion.status.value}; see {_sidecar(pngs[0])}",
               file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 from .._version import __version__
 from .common import (DEFAULT_MODEL, UsageError, add_model_args, add_solver_args, check_device, check_guidances,
                      check_target,
-                     image_size, load_model, open_image, run, solver_args)
+                     image_size, load_model, note, open_image, run, solver_args)
 
 #: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
 LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
@@ -17,6 +17,7 @@ LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
 def cmd_invert(args) -> int:
     from ..api import invert
     from ..io.files import save_json, save_latent
+    from ..metrics import vae_ceiling_note, vae_ceiling_psnr
 
     if not args.prompt or not args.prompt.strip():
         raise UsageError("the prompt is empty; describe the image with --prompt")
@@ -38,7 +39,13 @@ def cmd_invert(args) -> int:
                  negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
                  progress=not args.quiet)
     stats = result.stats()
+    ceiling = vae_ceiling_psnr(pipe, image)
+    low = vae_ceiling_note(ceiling)
+    if low:
+        notes = notes + [low]
+        note(low, args.quiet)
     stats["settings"]["notes"] = notes + [n for n in stats["settings"]["notes"] if n not in notes]
+    stats["vae_ceiling_psnr_db"] = round(ceiling, 2)
     stats["model"] = args.model
     stats["input"] = str(image_path)
     tensors = dict(zip(LATENT_KEYS, (result.scheduler_latents, result.latents, result.encoded)))
@@ -46,7 +53,8 @@ def cmd_invert(args) -> int:
     stats["output"] = str(out)
     save_json(stats, sidecar, force=args.force)
     if not args.quiet:
-        print(f"wrote {out} and {sidecar} ({result.status.value}, {result.nfe} NFE, {result.wall_time:.2f} s)")
+        print(f"wrote {out} and {sidecar} ({result.status.value}, {result.nfe} NFE, {result.wall_time:.2f} s; "
+              f"VAE ceiling {ceiling:.1f} dB)")
     if not result.finite:
         print(f"error: inversion ended with status {result.status.value}; see {sidecar}", file=sys.stderr)
         return 1
