@@ -212,3 +212,33 @@ def test_anderson_returns_its_extrapolation_not_the_fixed_point_iterate(name):
             continue
         assert not torch.allclose(a, f, atol=1e-6)
         assert err(a) < 0.5 * err(f), (err(a), err(f))  # measured: 3-50x closer
+
+
+def _cuda_gels(a, b, driver=None, **_):
+    """torch.linalg.lstsq as it runs on CUDA, whose only driver is ``gels``: QR without a rank check
+    (the CPU's ``gels`` raises on rank deficiency; the GPU's returns inf/NaN)."""
+    q, r = torch.linalg.qr(a)
+    return torch.return_types.linalg_lstsq((torch.linalg.solve_triangular(r, q.mH @ b, upper=True),
+                                            a.new_empty(0), a.new_empty(0, dtype=torch.long), a.new_empty(0)))
+
+
+@pytest.mark.parametrize("jvp", ["fd", "autograd"])
+def test_newton_krylov_is_rank_safe_where_lstsq_has_only_gels(monkeypatch, jvp):
+    # f(z) = c: J_f = 0, so the Krylov space is exhausted after one vector and the Hessenberg
+    # matrix has vanishing columns; the exact answer is z = c after one Newton step.
+    monkeypatch.setattr(torch.linalg, "lstsq", _cuda_gels)
+    c = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, -3.0, 3.0, -3.0]])
+    res = SOLVERS["newton_krylov"].fn(Problem(lambda z: 0 * z + c, torch.zeros(2, 4)),
+                                      make_options("newton_krylov", max_iterations=3, jvp=jvp))
+    assert res.status is Status.CONVERGED and torch.equal(res.z, c)
+
+
+def test_least_squares_gives_the_minimum_norm_answer_of_a_rank_deficient_hessenberg():
+    from nrinv.core.solvers import _least_squares
+
+    h = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                      [[1.0, 0.5, 0.2], [0.5, 2.0, 0.1], [0.0, 0.3, 1.0], [0.0, 0.0, 0.4]]], dtype=torch.float64)
+    b = torch.tensor([[[2.0], [0.0], [0.0], [0.0]], [[1.0], [0.0], [0.0], [0.0]]], dtype=torch.float64)
+    y = _least_squares(h, b)
+    assert torch.allclose(y[0].flatten(), torch.tensor([0.8, 0.4, 0.0], dtype=torch.float64))  # min-norm
+    assert torch.allclose(y, torch.linalg.lstsq(h, b, driver="gelsd").solution, atol=1e-12)

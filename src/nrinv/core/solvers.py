@@ -509,6 +509,22 @@ def _jvp(problem: Problem, options: NewtonKrylovOptions, z: Tensor, fz: Tensor, 
     return (problem.fn(z + h * v) - fz) / h
 
 
+def _least_squares(a: Tensor, b: Tensor) -> Tensor:
+    """The minimum-norm least-squares solution of ``a y = b`` (batched), rank-safe on every device.
+
+    GMRES's Hessenberg matrix loses rank when the Krylov space is exhausted (a vanishing column: the
+    residual already lies in the space built so far).  ``torch.linalg.lstsq`` on CUDA has only the
+    ``gels`` driver, which assumes full rank and returns inf/NaN there (the CPU's ``gelsy`` copes);
+    the pseudo-inverse from an SVD, with singular values below ``max(m, n) * eps * s_max`` dropped
+    (LAPACK's ``gelsd`` cutoff), gives the same answer as ``gelsy`` / ``gelsd`` on every device.
+    """
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    cutoff = s[..., :1] * (max(a.shape[-2:]) * torch.finfo(s.dtype).eps)
+    keep = s > cutoff
+    inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+    return vh.mH @ (inv[..., None] * (u.mH @ b))
+
+
 @_solver
 def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -> SolveResult:
     """Jacobian-free Newton-Krylov on ``r(z) = z - f(z) = 0`` (Knoll & Keyes 2004).
@@ -548,8 +564,8 @@ def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -
             basis.append(w / _bview(h_next.clamp_min(1e-30).to(w.dtype), w))
         rhs = z.new_zeros(z.shape[0], k_dim + 1, 1, dtype=torch.float64)
         rhs[:, 0, 0] = beta0.double()
-        hess = torch.nan_to_num(hess)  # a NaN product is reported by the tracker; keep lstsq defined
-        y = torch.linalg.lstsq(hess, rhs).solution  # (B, k, 1)
+        hess = torch.nan_to_num(hess)  # a NaN product is reported by the tracker; keep the solve defined
+        y = _least_squares(hess, rhs)  # (B, k, 1)
         dz = sum(_bview(y[:, j, 0].to(z.dtype), z) * basis[j] for j in range(k_dim))
         predicted = (rhs - hess @ y).flatten(1).norm(dim=1) / (b[0].numel() ** 0.5)
         z = z + dz
