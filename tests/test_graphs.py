@@ -19,9 +19,10 @@ def fake_capture(run):
     return output, replay, eager
 
 
-def graphed(pipe, capture=fake_capture):
+def graphed(pipe, capture=fake_capture, **kw):
+    """An adapter of ``pipe`` whose graphs (one per pipeline, fresh here) use ``capture``."""
     adapter = nrinv.adapter_for(pipe, cuda_graphs=True)
-    adapter._graphs = GraphedNetwork(adapter._forward, capture=capture)
+    adapter._graphs = GraphedNetwork(capture=capture, lock=adapter.lock, **kw)
     return adapter
 
 
@@ -34,7 +35,8 @@ def test_replayed_calls_give_the_eager_answers(tiny, astronaut32, kind, guidance
     replayed = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
     assert torch.allclose(replayed.scheduler_latents, eager.scheduler_latents, atol=1e-6)
     g = adapter.graphs
-    assert g.captures == 1 and g.replays == replayed.nfe and not g.fallbacks  # one graph, every call replayed
+    # one graph, captured at the signature's second call and replayed from then on
+    assert g.captures == 1 and g.replays == replayed.nfe - 1 and not g.fallbacks
     # other prompts, timesteps and strengths reuse that graph (the conditioning is an input buffer)
     common = dict(strength=0.5, guidance_scale=guidance, inversion_guidance=guidance, num_inference_steps=4,
                   max_iterations=3, output_type="latent")
@@ -85,7 +87,7 @@ def test_conditioning_changed_in_place_is_copied_again():
         calls.append(1)
         return x * t + kw["c"].sum()
 
-    g = GraphedNetwork(forward, capture=fake_capture)
+    g = GraphedNetwork(forward, capture=fake_capture, capture_after=1)
     x, t, c = torch.ones(2), torch.tensor(2.0), torch.ones(3)
     assert torch.equal(g(x, t, {"c": c}, {}), torch.full((2,), 5.0))
     c.mul_(2)  # same tensor, new contents
@@ -97,3 +99,68 @@ def test_conditioning_changed_in_place_is_copied_again():
 def test_graphs_are_off_on_the_cpu_and_can_be_switched_off(tiny):
     assert nrinv.adapter_for(tiny("sd")).graphs is None  # nothing to capture on the CPU
     assert nrinv.adapter_for(tiny("sd"), cuda_graphs=False).graphs is None
+
+
+def test_replayed_calls_under_inference_mode(tiny, astronaut32):
+    pipe = tiny("sd")
+    kw = dict(num_inference_steps=3, max_iterations=2)
+    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, "an inference-mode cat", **kw)
+    adapter = graphed(pipe)
+    with torch.inference_mode():  # the usual serving idiom; its tensors keep no version counter
+        res = nrinv.invert(adapter, astronaut32, "an inference-mode cat", **kw)
+    assert torch.allclose(res.scheduler_latents, eager.scheduler_latents, atol=1e-6)
+    assert adapter.graphs.replays == res.nfe - 1
+    # the buffers, the graph and the cached embeddings were made outside inference mode: usable after it
+    again = nrinv.invert(adapter, astronaut32, "an inference-mode cat", **kw)
+    assert torch.allclose(again.scheduler_latents, eager.scheduler_latents, atol=1e-6)
+    grad = nrinv.invert(adapter, astronaut32, "an inference-mode cat", method="gnri_grad", num_inference_steps=3,
+                        max_iterations=1)
+    assert grad.finite and adapter.graphs.captures == 1
+
+
+def test_every_adapter_of_a_pipeline_shares_its_graphs_and_embeddings(tiny, astronaut32, monkeypatch):
+    pipe = tiny("sd")
+    first = graphed(pipe)
+    nrinv.invert(first, astronaut32, "a shared cat", num_inference_steps=3)
+    # a new adapter of the same pipeline (what nrinv.invert(pipe, ...) makes on every call) reuses them
+    calls = []
+    monkeypatch.setattr(type(pipe), "encode_prompt", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(
+        AssertionError("embedded again")))
+    second = nrinv.adapter_for(pipe, cuda_graphs=True)
+    res = nrinv.invert(second, astronaut32, "a shared cat", num_inference_steps=3)
+    assert second.graphs is first.graphs and first.graphs.captures == 1 and not calls
+    assert res.capture_time == 0 and len(first.graphs.entries) == 1  # results hold no graphs of their own
+
+
+def test_graphs_hold_no_reference_to_their_adapter_or_pipeline(astronaut32):
+    import gc
+    import weakref
+
+    from nrinv.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    gc.collect()
+    gc.disable()  # freed by reference counting alone: no cycle adapter -> graphs -> bound forward
+    try:
+        adapter = graphed(pipe)
+        res = nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=3)
+        graphs, pipe_ref = weakref.ref(adapter.graphs), weakref.ref(pipe)
+        assert graphs().captures == 1
+        del adapter, res
+        assert graphs() is not None  # kept with its pipeline, for the next call
+        del pipe
+        assert pipe_ref() is None and graphs() is None
+    finally:
+        gc.enable()
+
+
+def test_total_time_includes_the_capture(tiny, astronaut32):
+    def slow(run):
+        import time
+        time.sleep(0.05)
+        return fake_capture(run)
+
+    adapter = graphed(tiny("sd"), slow)
+    res = nrinv.invert(adapter, astronaut32, "a timed cat", num_inference_steps=3)
+    assert res.capture_time >= 0.05 and res.total_time >= res.wall_time + res.capture_time + res.encode_time
+    assert res.stats()["total_time_s"] == round(res.total_time, 4)

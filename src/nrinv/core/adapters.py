@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -88,6 +90,42 @@ class Conditioning:
                             f"lerp({self.prompt!r}, {other.prompt!r}, {weight:.3f})", self.negative_prompt)
 
 
+@dataclass
+class _PipeState:
+    """What every adapter of one pipeline shares: caches, graphs and the lock of its model work."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    conditionings: dict = field(default_factory=dict)
+    schedules: dict = field(default_factory=dict)
+    graphs: Optional[GraphedNetwork] = None
+
+
+#: id(pipeline) -> (weak reference to it, its state).  The state holds nothing of the pipeline or its
+#: adapters (the graphs get the forward per call), so it goes with the pipeline, freed by reference
+#: counting alone: ``nrinv.invert(pipe, ...)`` twice reuses one capture, and results keep no graphs
+#: of their own.
+_STATES: dict[int, tuple[weakref.ref, _PipeState]] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def _state_of(pipe: Any) -> _PipeState:
+    with _STATES_LOCK:
+        known = _STATES.get(id(pipe))
+        if known is not None and known[0]() is pipe:
+            return known[1]
+        state = _PipeState()
+        key = id(pipe)
+
+        def forget(ref: weakref.ref) -> None:
+            if _STATES.get(key, (None,))[0] is ref:
+                _STATES.pop(key, None)
+        try:
+            _STATES[key] = (weakref.ref(pipe, forget), state)
+        except TypeError:  # an object without weak references: its adapters keep their own state
+            pass
+        return state
+
+
 def _expand(t: Tensor, batch: int) -> Tensor:
     return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
 
@@ -104,32 +142,47 @@ class Adapter:
         self.defaults: ModelDefaults = defaults if defaults is not None else model_defaults(pipe)
         #: replay the network call from captured CUDA graphs: None = on when the network is on CUDA
         self.cuda_graphs = cuda_graphs
-        self._graphs: Optional[GraphedNetwork] = None
-        self._conditionings: dict[tuple, Conditioning] = {}
-        self._schedules: dict[tuple, Schedule] = {}
+        self._state = _state_of(pipe)
+        self._conditionings = self._state.conditionings
+        self._schedules = self._state.schedules
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock of this pipeline's model work (network calls, graph capture and replay, VAE,
+        text encoders): one per pipeline, shared by all its adapters, so threads may share them."""
+        return self._state.lock
+
+    @property
+    def _graphs(self) -> Optional[GraphedNetwork]:
+        return self._state.graphs
+
+    @_graphs.setter
+    def _graphs(self, graphs: Optional[GraphedNetwork]) -> None:
+        self._state.graphs = graphs
 
     @property
     def graphs(self) -> Optional[GraphedNetwork]:
-        """The graph-replayed network call, when on (CUDA only)."""
+        """The graph-replayed network call, when on (CUDA only); one per pipeline."""
         on = self.device.type == "cuda" if self.cuda_graphs is None else bool(self.cuda_graphs)
         if not on:
             return None
         if self._graphs is None:
             if self.device.type != "cuda":
                 return None
-            self._graphs = GraphedNetwork(self._forward)
+            self._graphs = GraphedNetwork(lock=self.lock)
         return self._graphs
 
     @property
     def capture_time(self) -> float:
-        """Seconds spent capturing graphs so far."""
+        """Seconds spent capturing graphs so far (by any adapter of this pipeline)."""
         return self._graphs.capture_time if self._graphs is not None else 0.0
 
     def _network(self, x: Tensor, t: Tensor, kw: dict[str, Tensor], shared: dict[str, Any]) -> Tensor:
         graphs = self.graphs
-        if graphs is not None and not torch.is_grad_enabled():
-            return graphs(x, t, kw, shared)
-        return self._forward(x, t, kw, shared)
+        with self.lock:
+            if graphs is not None and not torch.is_grad_enabled():
+                return graphs(x, t, kw, shared, forward=self._forward, network=self.network)
+            return self._forward(x, t, kw, shared)
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -213,9 +266,11 @@ class Adapter:
                 raise InputError(f"{type(self.pipe.scheduler).__name__} cannot run {num_inference_steps} steps: "
                                  f"{str(exc).splitlines()[0]}") from None
             self._check_timesteps(scheduler, num_inference_steps)
-            self._schedules[key] = affine_schedule(
-                scheduler, self.latent_shape(*size), generator=generator, seed=None if generator is not None else seed,
-                device=self.device, noise_dtype=self.dtype, step_kwargs=self.step_kwargs())
+            with torch.inference_mode(False):  # cached: normal tensors, as for the conditioning
+                self._schedules[key] = affine_schedule(
+                    scheduler, self.latent_shape(*size), generator=generator,
+                    seed=None if generator is not None else seed, device=self.device, noise_dtype=self.dtype,
+                    step_kwargs=self.step_kwargs())
         return self._schedules[key]
 
     # -- VAE ----------------------------------------------------------------------------------
@@ -232,7 +287,7 @@ class Adapter:
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32 (posterior mode, deterministic)."""
         vae = self.pipe.vae
-        with self._vae_precision() as dtype:
+        with self.lock, self._vae_precision() as dtype:
             x = (images.to(device=vae.device, dtype=dtype) * 2 - 1)
             latent = vae.encode(x).latent_dist.mode()
         return self._vae_scale(latent.float())
@@ -240,7 +295,7 @@ class Adapter:
     def decode(self, z: Tensor, size: tuple[int, int]) -> Tensor:
         """Scaled latents -> images (B, 3, H, W) in [0, 1], float32."""
         vae = self.pipe.vae
-        with self._vae_precision() as dtype:
+        with self.lock, self._vae_precision() as dtype:
             x = vae.decode(self._vae_unscale(z.float()).to(device=vae.device, dtype=dtype), return_dict=False)[0]
         return ((x.float() + 1) / 2).clamp(0, 1)
 
@@ -251,7 +306,8 @@ class Adapter:
         key = (prompt, negative_prompt, float(guidance_scale), tuple(size), id(self.network), str(self.dtype),
                str(self.device))
         if key not in self._conditionings:
-            with torch.no_grad():
+            # normal tensors even under torch.inference_mode(): cached, they may meet autograd later
+            with self.lock, torch.inference_mode(False), torch.no_grad():
                 self._conditionings[key] = self._embed(prompt, negative_prompt, float(guidance_scale), tuple(size))
         return self._conditionings[key]
 
@@ -329,16 +385,18 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
     @contextlib.contextmanager
     def _vae_precision(self):
         """The stock SDXL pipelines run a float16 VAE with ``force_upcast`` in float32 (it overflows in
-        float16) and cast it back afterwards; so do we."""
+        float16) and cast it back afterwards; so do we, holding the pipeline's lock (another thread
+        must not see the VAE change dtype under it)."""
         vae = self.pipe.vae
-        if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-            vae.to(dtype=torch.float32)
-            try:
-                yield torch.float32
-            finally:
-                vae.to(dtype=torch.float16)
-        else:
-            yield vae.dtype
+        with self.lock:
+            if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+                vae.to(dtype=torch.float32)
+                try:
+                    yield torch.float32
+                finally:
+                    vae.to(dtype=torch.float16)
+            else:
+                yield vae.dtype
 
     def _latents_stats(self, like: Tensor) -> Optional[tuple[Tensor, Tensor]]:
         cfg = self.pipe.vae.config

@@ -87,6 +87,7 @@ class InversionResult:
     settings: dict[str, Any]
     setup: Optional[Setup] = field(default=None, repr=False)
     capture_time: float = 0.0            # seconds spent capturing CUDA graphs during this inversion
+    total_time: float = 0.0              # seconds of the whole call: encoding, setup, captures and solve
 
     @property
     def status(self) -> Status:
@@ -125,6 +126,7 @@ class InversionResult:
             "wall_time_s": round(self.wall_time, 4),
             "encode_time_s": round(self.encode_time, 4),
             "graph_capture_time_s": round(self.capture_time, 4),
+            "total_time_s": round(self.total_time, 4),
             "steps": [dict(step=i, **s.to_dict()) for i, s in enumerate(self.steps)],
         }
 
@@ -356,6 +358,7 @@ def invert(
                       warm_start=warm if method != "ddim" else None),
         setup=setup,
         capture_time=capture,
+        total_time=time.perf_counter() - t0,
     )
 
 
@@ -418,6 +421,7 @@ def invert_batch(
     captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm)
     capture = adapter.capture_time - captured
+    total = time.perf_counter() - t0
     out = []
     for i, prompt in enumerate(prompts):
         single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale,
@@ -431,5 +435,5 @@ def invert_batch(
             encoded=encoded[i:i + 1], trajectory=[t[i:i + 1] for t in trajectory], steps=results,
             noises=setup.schedule.noises, nfe=sum(r.nfe for r in results), wall_time=(wall - capture) / len(prompts),
             encode_time=encode_time / len(prompts), settings=settings, setup=single,
-            capture_time=capture / len(prompts)))
+            capture_time=capture / len(prompts), total_time=total / len(prompts)))
     return out
