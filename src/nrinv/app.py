@@ -10,7 +10,8 @@ Serving it to others is safe by construction:
 * every request is capped (steps, iterations per step, network calls, upload pixels, frames, and its
   estimated time: network calls priced by what one call of that model, precision and method costs on
   this server, measured when the model loads and refined by every request) and one queue with one
-  worker serialises the model work, holding at most ``queue_size`` waiting requests.  The worst wait
+  worker for every handler that runs or loads a model (one Gradio concurrency group) serialises the
+  model work, holding at most ``queue_size`` waiting requests.  The worst wait
   of a light request is therefore about ``max_seconds`` behind one heavy request, and
   ``queue_size * max_seconds`` behind a full queue (:meth:`Limits.worst_wait_s`); estimates, not
   guarantees: a machine busy with other work runs every request slower;
@@ -33,6 +34,8 @@ from .io.images import load_image, to_pil, to_tensor
 DEFAULT_MAX_UPLOAD_MB = 20
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 logger = logging.getLogger("nrinv.app")
+#: the concurrency group of every handler that runs a model (one worker for all of them)
+MODEL_WORK = "model"
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,10 @@ class EditorApp:
         start = self.pipe(self.default_model).defaults  # the sliders start at the default model's edit settings
         lim = self.limits
         g = self._guarded
+        # Every handler that runs a model joins one concurrency group of one worker: Gradio gives each
+        # handler its own group otherwise, and /invert, /edit and /interpolate would run at once on one
+        # adapter (default_concurrency_limit=1 limits each handler, not all of them together).
+        work = dict(concurrency_id=MODEL_WORK, concurrency_limit=1)
         with gr.Blocks(title="nrinv editor") as demo:
             gr.Markdown("# nrinv — invert once, edit interactively")
             # The handlers check every value themselves (one friendly line, one log line); Gradio's own
@@ -382,15 +389,15 @@ class EditorApp:
                 upload.change(g("preview", self.preview), [upload], [source], api_name=False)
                 invert_btn.click(g("invert", self.invert),
                                  [upload, model, dtype, method, source_prompt, steps, iterations, seed, state],
-                                 [recon, info, state], api_name="invert")
+                                 [recon, info, state], api_name="invert", **work)
                 edit_inputs = [target_prompt, strength, guidance, state]
                 edit_outputs = [edited, before_after, edit_info]
                 edit_fn = g("edit", self.edit)
-                edit_btn.click(edit_fn, edit_inputs, edit_outputs, api_name="edit")
+                edit_btn.click(edit_fn, edit_inputs, edit_outputs, api_name="edit", **work)
                 # the same edit from the sliders and the prompt box: one API endpoint, not four
                 for control in (strength, guidance):
-                    control.release(edit_fn, edit_inputs, edit_outputs, api_name=False)
-                target_prompt.submit(edit_fn, edit_inputs, edit_outputs, api_name=False)
+                    control.release(edit_fn, edit_inputs, edit_outputs, api_name=False, **work)
+                target_prompt.submit(edit_fn, edit_inputs, edit_outputs, api_name=False, **work)
             with gr.Tab("Interpolate"):
                 istate = gr.State({})
                 with gr.Row():
@@ -407,10 +414,11 @@ class EditorApp:
                 pick = gr.Slider(0, lim.max_frames - 1, value=0, step=1, label="frame index")
                 go.click(g("interpolate", self.interpolate),
                          [a, b, model, dtype, method, prompt_a, prompt_b, n, iterations, seed, istate],
-                         [frame, istate, pick], api_name="interpolate")
+                         [frame, istate, pick], api_name="interpolate", **work)
                 pick.change(self.frame, [pick, istate], [frame], api_name=False)
             # the edit controls follow the selected model's own defaults (not the previous model's)
-            model.change(g("model", self.model_settings), [model, dtype], [strength, guidance], api_name=False)
+            model.change(g("model", self.model_settings), [model, dtype], [strength, guidance], api_name=False,
+                         **work)  # it loads the model
             quiet_checks([strength, guidance, n, pick, steps, iterations, seed])
         demo.queue(default_concurrency_limit=1, max_size=lim.queue_size)
         quiet_when_idle(demo)
