@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py: the same code as on a GPU, with scaled-down networks on the CPU (--tiny)."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,3 +41,47 @@ def test_without_a_gpu_nothing_is_estimated(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _module().main([]) == 0
     assert "no CUDA device here: nothing measured" in capsys.readouterr().out
+
+
+def test_builders_make_networks_on_the_device_and_schedulers_on_the_cpu():
+    module = _module()
+    for name in module.MODELS:  # EulerAncestralDiscreteScheduler made on a device tensor calls numpy on it
+        pipe, _ = module.build(name, True, torch.device("meta"))
+        assert all(v.device.type == "meta" for v in pipe.components.values() if isinstance(v, torch.nn.Module))
+        assert pipe.scheduler.sigmas.device.type == "cpu"
+
+
+def test_full_size_builders_and_one_network_call_on_meta(capsys):
+    out = _module().meta_check(print)
+    assert out["sdxl-turbo"]["output_shape"] == [1, 4, 64, 64] and out["sdxl-turbo"]["output_dtype"] == "float32"
+    assert out["flux-schnell"]["output_shape"] == [1, 1024, 64]
+    # the published sizes: SDXL's UNet 2.57 B parameters, FLUX.1's transformer 11.9 B
+    assert round(out["sdxl-turbo"]["network_parameters"] / 1e9, 2) == 2.57
+    assert round(out["flux-schnell"]["network_parameters"] / 1e9, 1) == 11.9
+    assert {c: v[1] for c, v in out["flux-schnell"]["components"].items()}["transformer"] == "bfloat16"
+    assert "built on meta" in capsys.readouterr().out
+
+
+def test_one_model_failing_keeps_the_others_results(monkeypatch, capsys):
+    module = _module()
+    real = module.check_model
+
+    def check_model(name, *args):
+        if name == "sdxl-turbo":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return real(name, *args)
+    monkeypatch.setattr(module, "check_model", check_model)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--tiny", "--models", "sdxl-turbo,flux-schnell"]) == 1
+    finally:
+        torch.set_num_threads(threads)
+    wrote = capsys.readouterr().out.split("wrote ")[-1].split("/results.json")[0]
+    tmp_path = Path(wrote)  # by default --tiny writes to a temporary folder, not into the source tree
+    assert tmp_path.is_dir() and SCRIPT.parents[1] not in tmp_path.parents
+    rows = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert rows[0] == {"model": "sdxl-turbo", "error": "RuntimeError: CUDA error: an illegal memory access was "
+                                                       "encountered"}
+    assert rows[1]["model"] == "flux-schnell" and rows[1]["max_sequence_length"] == 16
+    assert "Failed: RuntimeError" in (tmp_path / "results.md").read_text()
+    shutil.rmtree(tmp_path)
