@@ -77,6 +77,6 @@ def test_the_app_runs_all_model_work_in_one_concurrency_group():
     groups = {}
     for fn in demo.fns.values():
         groups.setdefault(fn.name, set()).add((fn.concurrency_id, fn.concurrency_limit))
-    model_work = groups["invert"] | groups["edit"] | groups["interpolate"]
-    assert model_work == {("model", 1)}  # one worker for /invert, /edit (all four triggers), /interpolate
+    model_work = groups["invert"] | groups["edit"] | groups["interpolate"] | groups["model_settings"]  # loads one
+    assert model_work == {("model", 1)}  # one worker: /invert, /edit (all four triggers), /interpolate, loading
     assert ("model", 1) not in groups["preview"] | groups["frame"]  # no model there: not held back
