@@ -56,6 +56,9 @@ class Setup:
     num_inference_steps: int
     guidance_scale: float
     seed: Optional[int]
+    #: multistep / second-order schedulers: the inverted latents z_0..z_K and model outputs m_0..m_{K-1}
+    #: (what the sampler's history holds when an edit re-runs it from the middle)
+    history: Optional[tuple[list[Tensor], list[Tensor]]] = None
 
     def denoiser(self, step: AffineStep, cond: Optional[Conditioning] = None) -> Callable[[Tensor], Tensor]:
         """``z -> m(s z, t)``: the guided network output of sampler step ``step`` (float32)."""
@@ -154,6 +157,13 @@ def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioni
            progress: bool = False, stop: Optional[int] = None) -> Tensor:
     """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop)."""
     z = z.to(device=setup.schedule.device, dtype=torch.float32)
+    if setup.schedule.coupling is not None:
+        from .trajectory import sample_trajectory
+
+        steps = setup.schedule.steps
+        with torch.no_grad():
+            return sample_trajectory(setup.schedule, z, lambda k, x: setup.denoiser(steps[k], cond)(x), start=start,
+                                     stop=stop, history=setup.history)
     with torch.no_grad():
         for step in tqdm(setup.schedule.steps[start:stop], desc="sampling", disable=not progress, leave=False):
             z = step.apply(z, setup.denoiser(step, cond)(z))
@@ -173,6 +183,12 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     DDIM at 20 steps and 20 NFE; on the tiny random test models it is worse, so each model's
     defaults say which (``ModelDefaults.warm_start``).
     """
+    if setup.schedule.coupling is not None:  # multistep / second-order: one coupled system (trajectory.py)
+        from .trajectory import solve_trajectory
+
+        results, trajectory, outputs, wall = solve_trajectory(setup, encoded, method, options, progress, warm_start)
+        setup.history = (trajectory, outputs)
+        return results, trajectory, wall
     spec = get_solver(method)
     precision = float(torch.finfo(setup.adapter.dtype).eps)
     implied: list[tuple[float, Tensor]] = []  # (t, model output implied by the solved step), last two
@@ -425,7 +441,8 @@ def invert_batch(
     out = []
     for i, prompt in enumerate(prompts):
         single = Setup(adapter, setup.schedule, conds[i], size, setup.num_inference_steps, setup.guidance_scale,
-                       setup.seed)
+                       setup.seed, None if batch_setup.history is None else
+                       tuple([x[i:i + 1] for x in part] for part in batch_setup.history))
         z = trajectory[0][i:i + 1]
         settings = dict(_settings(setup, method, options, prompt, negative_prompt,
                                   list(notes[i]) if notes else [], generator), batch_size=len(prompts),

@@ -1,38 +1,70 @@
-"""A diffusers scheduler's step, read off as an affine map per step.
+"""A diffusers scheduler's step, read off as an affine map per model call.
 
-For a fixed recorded noise, every supported sampler step is
+Sampling calls the network once per entry ``k`` of ``scheduler.timesteps`` at the latent ``z_k`` and
+steps to ``z_{k+1}``.  For a fixed recorded noise, every supported scheduler's step is affine in the
+latents and model outputs seen so far:
 
-    z_next = A_i z_i + B_i m_i + C_i,     m_i = model(s_i z_i, t_i)
+    z_{k+1} = sum_{j <= k} (A_kj z_j + B_kj m_j) + C_k,     m_j = model(s_j z_j, t_j)
 
-with scalars ``A_i, B_i`` (the input scaling ``s_i`` is ``scale_model_input``) and a tensor ``C_i``
-(zero for DDIM / Euler / flow, the ancestral or LCM noise term otherwise).  The coefficients are
-measured by calling the stock scheduler's ``step`` on probe inputs with its state saved and
-restored, so inversion follows the scheduler exactly rather than re-deriving its formulas.  The
-noise is the noise the stock pipeline draws with the same ``generator`` (one draw per step, in step
-order, inside ``scheduler.step``, on the generator's device and in the dtype the pipeline's model
-output has): we replay the sampler's calls on zero inputs with a copy of the generator, so the
-user's generator is read, never advanced.  Probes run on the latent's device; everything the
-schedule holds lives there.
+Single-step samplers (DDIM, Euler, LCM, flow-match Euler, TCD, DDPM) have only ``j = k`` terms;
+multistep ones (DPM-Solver++, UniPC with its corrector, DEIS, PNDM/PLMS) reach back to earlier
+outputs, and second-order single-step ones (Heun, KDPM2) take two entries per step, the second
+starting again from the first's latent.  ``A, B`` (scalars) and ``C_k`` (a tensor: the ancestral,
+SDE or LCM noise term, zero otherwise) are measured by running the stock scheduler on probe
+inputs (a batch of unit inputs, one per latent and output), never re-derived from its formulas.  The noise
+is the noise the stock pipeline draws with the same ``generator`` (inside ``scheduler.step``, in
+step order): the probes replay the scheduler with a copy of the generator, so the user's
+generator is read, never advanced.  A final pass on random inputs checks the affine model against
+the stock scheduler.  Probes run on the latent's device; everything the schedule holds lives there.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["AffineStep", "Schedule", "affine_schedule", "SUPPORTED_SCHEDULERS", "UnsupportedSchedulerError",
-           "seeded_generator", "copy_generator", "draw_noise"]
+__all__ = ["AffineStep", "Coupling", "Schedule", "affine_schedule", "SUPPORTED_SCHEDULERS", "REFUSED_SCHEDULERS",
+           "UnsupportedSchedulerError", "seeded_generator", "copy_generator", "draw_noise"]
 
-# scheduler class name -> guidance family of GNRI's G (see solvers.py)
+# scheduler class name -> guidance family of GNRI's G (see solvers.py); "vp" schedulers configured for
+# flow prediction are "flow".  Adding a scheduler is one row here plus its stock-regeneration test.
 SUPPORTED_SCHEDULERS = {
     "DDIMScheduler": "vp",
     "LCMScheduler": "vp",
     "EulerDiscreteScheduler": "sigma",
     "EulerAncestralDiscreteScheduler": "sigma",
     "FlowMatchEulerDiscreteScheduler": "flow",
+    "DPMSolverMultistepScheduler": "vp",
+    "DEISMultistepScheduler": "vp",
+    "PNDMScheduler": "vp",
+    "HeunDiscreteScheduler": "sigma",
+    "KDPM2DiscreteScheduler": "sigma",
+    "KDPM2AncestralDiscreteScheduler": "sigma",
+    "TCDScheduler": "vp",
+    "DDPMScheduler": "vp",
+}
+
+#: schedulers refused on purpose, and why (one line each)
+REFUSED_SCHEDULERS = {
+    "DPMSolverSDEScheduler": "draws Brownian-tree noise (torchsde) keyed by the step's sigmas, not from the "
+                             "pipeline's generator, so its noise cannot be recorded; use DPMSolverMultistepScheduler "
+                             "with algorithm_type='sde-dpmsolver++' instead",
+    "DPMSolverMultistepInverseScheduler": "is an approximate inversion scheduler, not a sampler; sample with "
+                                          "DPMSolverMultistepScheduler and invert that",
+    "DDIMInverseScheduler": "is an approximate inversion scheduler, not a sampler; sample with DDIMScheduler",
+    "UniPCMultistepScheduler": "has a corrector that ties every step to all earlier ones, and nrinv's coupled "
+                               "trajectory solve does not converge on it yet (relative error 0.3 on a tiny SD, 10 "
+                               "steps); swap in DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)",
+    "EDMDPMSolverMultistepScheduler": "is not converged by nrinv's coupled trajectory solve yet (relative error 0.4 on "
+                                      "a tiny SD, 10 steps); swap in EulerDiscreteScheduler or DPMSolverMultistepScheduler",
+    "LMSDiscreteScheduler": "is not converged by nrinv's coupled trajectory solve yet (relative error 0.04-0.15 on a "
+                            "tiny SD, 10 steps); swap in DPMSolverMultistepScheduler or EulerDiscreteScheduler",
+    "CMStochasticIterativeScheduler": "re-noises with fresh noise at every step of a consistency model; "
+                                      "not supported yet",
 }
 
 
@@ -66,6 +98,35 @@ class AffineStep:
 
 
 @dataclass(frozen=True)
+class Coupling:
+    """The full step model of a multistep or second-order scheduler (host-side float64 numbers).
+
+    ``A[k][j], B[k][j]`` (``j <= k``) as in the module docstring.  ``stored[j] = (a_j, b_j)``: the
+    scheduler keeps ``a_j z_j + b_j m_j`` as entry ``j``'s history (its data prediction; ``(0, 1)``
+    where it keeps the raw output); the coupled solver extrapolates unknown history with it.
+    ``groups``: ``(a, b)`` runs of entries that form one sampler step: entries ``a+1 .. b`` start
+    from ``z_a`` again (Heun's and KDPM2's second call, PLMS's first step), so one implicit equation
+    (entry ``b``'s) determines ``z_a`` and ``z_{a+1} .. z_b`` follow from it forward.
+    """
+
+    A: list[list[float]]
+    B: list[list[float]]
+    stored: list[tuple[float, float]]
+    groups: list[tuple[int, int]]
+
+    def combine(self, k: int, zs: dict[int, Tensor], ms: dict[int, Tensor], C: Optional[Tensor]) -> Tensor:
+        """``z_{k+1}`` from the latents ``zs[j]`` and outputs ``ms[j]``, ``j <= k`` (missing j: coefficient 0)."""
+        out = None
+        for j in range(k + 1):
+            for coef, values in ((self.A[k][j], zs), (self.B[k][j], ms)):
+                if coef != 0.0:
+                    term = coef * values[j]
+                    out = term if out is None else out + term
+        assert out is not None
+        return out if C is None else out + C
+
+
+@dataclass(frozen=True)
 class Schedule:
     steps: list[AffineStep]
     noises: list[Optional[Tensor]] = field(default_factory=list)
@@ -73,6 +134,8 @@ class Schedule:
     scheduler_name: str = ""
     seed: Optional[int] = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: set for multistep / second-order schedulers (steps reach back to earlier latents or outputs)
+    coupling: Optional[Coupling] = None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -80,18 +143,39 @@ class Schedule:
 
 def _scheduler_family(scheduler: Any) -> str:
     name = type(scheduler).__name__
+    if name in REFUSED_SCHEDULERS:
+        raise UnsupportedSchedulerError(f"scheduler {name} cannot be inverted exactly: it {REFUSED_SCHEDULERS[name]}")
     if name not in SUPPORTED_SCHEDULERS:
         raise UnsupportedSchedulerError(
             f"scheduler {name} is not supported; supported schedulers: {', '.join(SUPPORTED_SCHEDULERS)}. "
             "Swap it with e.g. `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
         )
     cfg = scheduler.config
-    if getattr(cfg, "thresholding", False) or (name == "DDIMScheduler" and getattr(cfg, "clip_sample", False)):
+    if getattr(cfg, "thresholding", False) or (name in ("DDIMScheduler", "DDPMScheduler", "TCDScheduler")
+                                               and getattr(cfg, "clip_sample", False)):
         raise UnsupportedSchedulerError(
             f"{name} with clip_sample/thresholding is not an affine step and cannot be inverted exactly; "
             "set clip_sample=False, thresholding=False in its config"
         )
-    return SUPPORTED_SCHEDULERS[name]
+    if getattr(cfg, "variance_type", None) in ("learned", "learned_range"):
+        raise UnsupportedSchedulerError(f"{name} with a learned variance reads it from the model output, which is not "
+                                        "an affine step; use variance_type='fixed_small'")
+    if name == "DPMSolverMultistepScheduler":
+        why = None
+        if getattr(cfg, "use_karras_sigmas", False):
+            why = "Karras sigmas (the coupled trajectory solve diverges on them yet: relative error 0.7 on a tiny SD)"
+        elif getattr(cfg, "algorithm_type", "") in ("sde-dpmsolver++", "sde-dpmsolver"):
+            why = "the SDE variant (the coupled trajectory solve reaches relative error 0.12, not converged)"
+        elif getattr(cfg, "algorithm_type", "") != "dpmsolver++":
+            why = f"algorithm_type={cfg.algorithm_type!r} (tested: dpmsolver++)"
+        if why:
+            raise UnsupportedSchedulerError(f"{name} with {why} cannot be inverted exactly yet; use its default "
+                                            "configuration (dpmsolver++, no Karras sigmas) or EulerDiscreteScheduler")
+    family = SUPPORTED_SCHEDULERS[name]
+    if family == "vp" and (getattr(cfg, "prediction_type", None) == "flow_prediction"
+                           or getattr(cfg, "use_flow_sigmas", False)):
+        family = "flow"
+    return family
 
 
 def _scale_input(scheduler: Any, z: Tensor, t: Tensor) -> Tensor:
@@ -135,6 +219,68 @@ def _default_device(scheduler: Any) -> torch.device:
     return timesteps.device if isinstance(timesteps, Tensor) else torch.device("cpu")
 
 
+def _step_caller(scheduler: Any, step_kwargs: dict) -> tuple[dict, bool]:
+    """The keyword arguments ``step`` accepts of ``step_kwargs``, and whether it takes a generator."""
+    params = inspect.signature(type(scheduler).step).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(step_kwargs), True
+    return {k: v for k, v in step_kwargs.items() if k in params}, "generator" in params
+
+
+def _replay(scheduler: Any, timesteps: list, inputs, generator: Optional[torch.Generator], kwargs: dict,
+            takes_generator: bool, watch=None) -> list[Tensor]:
+    """Run a copy of the stock scheduler over every entry, as the pipeline loop does:
+    ``scale_model_input`` then ``step``; ``inputs(k) -> (z_k, m_k)``; returns the ``z_{k+1}``.
+    ``watch(k, scheduler, scaled_input, generator_state_before)`` sees each entry."""
+    s = copy.deepcopy(scheduler)
+    outs = []
+    for k, t in enumerate(timesteps):
+        z, m = inputs(k)
+        scaled = _scale_input(s, z, t)
+        before = generator.get_state().clone() if generator is not None else None
+        extra = {"generator": generator} if takes_generator else {}
+        outs.append(s.step(m, t, z, return_dict=False, **extra, **kwargs)[0])
+        if watch is not None:
+            watch(k, s, scaled, before)
+    return outs
+
+
+def _guidance(family: str, scheduler: Any, t: Tensor, t_next: Optional[Tensor]) -> tuple[float, float]:
+    """GNRI's guidance mean scale and beta for the step from ``t`` to ``t_next``."""
+    if family != "vp" or not hasattr(scheduler, "alphas_cumprod"):
+        return 1.0, 1.0
+    ac = scheduler.alphas_cumprod
+    top = len(ac) - 1
+    a_t = float(ac[min(max(int(t), 0), top)])
+    if t_next is None:
+        a_prev = float(getattr(scheduler, "final_alpha_cumprod", ac[0]))
+    else:
+        a_prev = float(ac[min(max(int(t_next), 0), top)])
+    ratio = a_t / a_prev
+    return ratio ** 0.5, max(1.0 - ratio, 1e-8)
+
+
+def _groups(A: list[list[float]], name: str, second_calls: list[bool]) -> list[tuple[int, int]]:
+    """Entries that restart from an earlier latent join that latent's group (see ``Coupling``):
+    those the scheduler says are a second call (``state_in_first_order`` false, Heun / KDPM2), and
+    those whose own latent barely enters their step (PLMS's first step)."""
+    groups: list[list[int]] = []
+    for k, row in enumerate(A):
+        weights = [abs(a) for a in row[:k + 1]]
+        top = max(weights)
+        if top == 0:
+            raise UnsupportedSchedulerError(f"{name} step {k} does not depend on the sample (A = 0)")
+        pivot = groups[-1][0] if second_calls[k] and groups else weights.index(top)
+        if k > 0 and (second_calls[k] or weights[k] < 0.1 * top):  # restarts from z_pivot: part of its step
+            if not groups or groups[-1][0] != pivot:
+                raise UnsupportedSchedulerError(f"{name} step {k} restarts from latent {pivot}, which is not the "
+                                                "start of the step before it; it cannot be inverted exactly")
+            groups[-1][1] = k
+        else:
+            groups.append([k, k])
+    return [(a, b) for a, b in groups]
+
+
 def affine_schedule(
     scheduler: Any,
     latent_shape: tuple[int, ...],
@@ -148,16 +294,17 @@ def affine_schedule(
 ) -> Schedule:
     """Probe a scheduler whose ``set_timesteps`` was already called as its pipeline calls it.
 
-    Stochastic samplers (Euler-ancestral, LCM) need the noise: ``generator`` (CPU or on ``device``;
-    read, not advanced) or ``seed`` (a CPU generator seeded so, the diffusers convention).
-    ``noise_dtype`` is the dtype of the pipeline's model output (the network dtype): diffusers draws
-    the step noise in it, and a float16 draw differs from a float32 one.  ``device`` is where the
-    probes run and the schedule's tensors live (default: the scheduler's timesteps' device).
-    ``step_kwargs`` are the extra keyword arguments the pipeline passes to ``step`` (e.g. ``eta``).
+    Stochastic samplers (Euler-ancestral, LCM, TCD, DDPM, SDE DPM-Solver) need the noise:
+    ``generator`` (CPU or on ``device``; read, not advanced) or ``seed`` (a CPU generator seeded so,
+    the diffusers convention).  ``noise_dtype`` is the dtype of the pipeline's model output (the
+    network dtype): a scheduler that draws in it (Euler-ancestral) draws differently in float16.
+    ``device`` is where the probes run and the schedule's tensors live (default: the scheduler's
+    timesteps' device).  ``step_kwargs`` are the extra keyword arguments the pipeline passes to
+    ``step`` (e.g. ``eta``; those ``step`` does not take are dropped, as the pipelines drop them).
     """
     family = _scheduler_family(scheduler)
-    sched = copy.deepcopy(scheduler)
-    step_kwargs = dict(step_kwargs or {})
+    name = type(scheduler).__name__
+    kwargs, takes_generator = _step_caller(scheduler, dict(step_kwargs or {}))
     device = torch.device(device) if device is not None else _default_device(scheduler)
     if generator is None:
         # Without one a generator still replays the steps, to find out whether the sampler draws noise.
@@ -166,90 +313,126 @@ def affine_schedule(
     else:
         generator = copy_generator(generator)
         user_noise = True
+    start_state = generator.get_state().clone()
+
+    def fresh_generator() -> torch.Generator:
+        g = torch.Generator(device=generator.device)
+        g.set_state(start_state)
+        return g
+
+    timesteps = list(scheduler.timesteps)
+    n = len(timesteps)
     f32 = dict(dtype=torch.float32, device=device)
-    zeros, ones = torch.zeros(latent_shape, **f32), torch.ones(latent_shape, **f32)
-    probe_gen = seeded_generator(1234)
-    z_rand = draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32)
-    m_rand = draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32)
-    timesteps = list(sched.timesteps)
 
-    steps: list[AffineStep] = []
-    noises: list[Optional[Tensor]] = []
-    for i, t in enumerate(timesteps):
-        snapshot = copy.deepcopy(sched)
-        gen_state = generator.get_state()
+    # 1. the linear part: one batch element per input (z_0..z_{n-1}, m_0..m_{n-1}), unit where it is that
+    # input; a second replay on zeros with the same generator cancels whatever noise the steps draw.
+    probe_shape = (2 * n,) + (1,) * (len(latent_shape) - 1)
+    eye = torch.eye(2 * n, **f32).reshape((2 * n, 2 * n) + (1,) * (len(latent_shape) - 1))
+    zeros_probe = torch.zeros(probe_shape, **f32)
+    scales: list[float] = [1.0] * n
+    stored: list[tuple[float, float]] = [(0.0, 1.0)] * n
+    stored_raw: list[Optional[Tensor]] = [None] * n
 
-        def run(z: Tensor, m: Tensor) -> Tensor:
-            s = copy.deepcopy(snapshot)
-            _scale_input(s, z, t)
-            g = torch.Generator(device=generator.device)
-            g.set_state(gen_state)
-            return s.step(m, t, z, generator=g, return_dict=False, **step_kwargs)[0].float()
+    second_calls: list[bool] = [False] * n
 
-        const = run(zeros, zeros)
-        a = float((run(ones, zeros) - const).mean())
-        b = float((run(zeros, ones) - const).mean())
-        if check:
-            expected = a * z_rand + b * m_rand + const
-            got = run(z_rand, m_rand)
-            err = float((got - expected).abs().max())
-            if err > 1e-4 * (1.0 + float(expected.abs().max())):
+    def watch_basis(k, s, scaled, before):
+        scales[k] = float(scaled[k].flatten()[0])
+        if k + 1 < n and getattr(s, "state_in_first_order", True) is False:
+            second_calls[k + 1] = True
+        history = getattr(s, "model_outputs", None)
+        if isinstance(history, list) and history and isinstance(history[-1], Tensor) \
+                and history[-1].shape == probe_shape:
+            stored_raw[k] = history[-1].float().flatten()
+
+    basis = _replay(scheduler, timesteps, lambda k: (eye[k], eye[n + k]), fresh_generator(), kwargs,
+                    takes_generator, watch_basis)
+    stored_zero: list[Optional[Tensor]] = [None] * n
+
+    def watch_zero(k, s, scaled, before):
+        history = getattr(s, "model_outputs", None)
+        if stored_raw[k] is not None:
+            stored_zero[k] = history[-1].float().flatten()
+
+    offset = _replay(scheduler, timesteps, lambda k: (zeros_probe, zeros_probe), fresh_generator(), kwargs,
+                     takes_generator, watch_zero)
+    A = [[0.0] * n for _ in range(n)]
+    B = [[0.0] * n for _ in range(n)]
+    for k in range(n):
+        diff = (basis[k].float() - offset[k].float()).flatten().double().cpu()
+        for j in range(k + 1):
+            A[k][j], B[k][j] = float(diff[j]), float(diff[n + j])
+        if any(abs(float(x)) > 0 for x in diff[k + 1:n]) or any(abs(float(x)) > 0 for x in diff[n + k + 1:]):
+            raise UnsupportedSchedulerError(f"{name} step {k} depends on inputs it has not seen yet")
+        if stored_raw[k] is not None and stored_zero[k] is not None:
+            d = (stored_raw[k] - stored_zero[k]).double().cpu()
+            stored[k] = (float(d[k]), float(d[n + k]))
+
+    # 2. the constant part at the latent's shape: the noise the stock pipeline draws with the generator
+    noises: list[Optional[Tensor]] = [None] * n
+    drew: list[bool] = [False] * n
+    zeros32 = torch.zeros(latent_shape, **f32)
+
+    def watch_noise(k, s, scaled, before):
+        drew[k] = before is not None and not torch.equal(before, generator_in_use[0].get_state())
+
+    generator_in_use = [fresh_generator()]
+    consts = [c.float() for c in _replay(scheduler, timesteps, lambda k: (zeros32, zeros32), generator_in_use[0],
+                                         kwargs, takes_generator, watch_noise)]
+    if any(drew):
+        if not user_noise:
+            raise ValueError(f"{name} draws noise in its step: pass a seed or a generator to record it")
+        g = fresh_generator()
+        for k in range(n):
+            if drew[k]:
+                noises[k] = draw_noise(latent_shape, g, device=device, dtype=noise_dtype).float()
+    consts_model = consts
+    if any(drew) and noise_dtype != torch.float32:
+        # The stock pipeline calls ``step`` with the network's dtype, and a step may draw its noise in
+        # that dtype: the noise term is read off such a call.
+        low = torch.zeros(latent_shape, dtype=noise_dtype, device=device)
+        consts_model = [c.float() for c in _replay(scheduler, timesteps, lambda k: (low, low), fresh_generator(),
+                                                   kwargs, takes_generator)]
+
+    # 3. check the affine model against the stock scheduler on random inputs (same noise)
+    if check:
+        probe_gen = seeded_generator(1234)
+        zs = [draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32) for _ in range(n)]
+        ms = [draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32) for _ in range(n)]
+        got = _replay(scheduler, timesteps, lambda k: (zs[k], ms[k]), fresh_generator(), kwargs, takes_generator)
+        for k in range(n):
+            expected = consts[k]
+            for j in range(k + 1):
+                expected = expected + A[k][j] * zs[j] + B[k][j] * ms[j]
+            if not bool(torch.isfinite(got[k]).all()):
+                raise UnsupportedSchedulerError(f"{name} as configured returns NaN/Inf at step {k} on finite inputs "
+                                                "(a diffusers limitation); change its configuration (e.g. UniPC bh1: "
+                                                "final_sigmas_type='sigma_min', or solver_type='bh2')")
+            err = float((got[k].float() - expected).abs().max())
+            if not err <= 1e-4 * (1.0 + float(expected.abs().max())):
                 raise UnsupportedSchedulerError(
-                    f"{type(sched).__name__} step {i} is not affine in (sample, model_output) "
+                    f"{name} step {k} is not affine in (sample, model_output) "
                     f"(probe error {err:.2e}); it cannot be inverted exactly"
                 )
-        if a == 0:
-            raise UnsupportedSchedulerError(f"{type(sched).__name__} step {i} does not depend on the sample (A = 0)")
-        scale = float(_scale_input(copy.deepcopy(snapshot), ones, t).float().mean())
 
-        # Advance the real sampler state (and the generator) by one stock step.
-        before = generator.get_state().clone()
-        _scale_input(sched, zeros, t)
-        sched.step(zeros, t, zeros, generator=generator, return_dict=False, **step_kwargs)
-        noise = None
-        if not torch.equal(before, generator.get_state()):
-            if not user_noise:
-                raise ValueError(f"{type(sched).__name__} draws noise in its step: pass a seed or a generator "
-                                 "to record it")
-            g = torch.Generator(device=generator.device)
-            g.set_state(before)
-            noise = draw_noise(latent_shape, g, device=device, dtype=noise_dtype).float()
-            if noise_dtype != torch.float32:
-                # The stock pipeline calls ``step`` with the network's dtype, and the step draws its
-                # noise in that dtype: the noise term is read off such a call.
-                low = dict(dtype=noise_dtype, device=device)
-                const = run(torch.zeros(latent_shape, **low), torch.zeros(latent_shape, **low))
-        noises.append(noise)
-
-        if family == "vp":
-            a_t = _vp_alpha(sched, t)
-            if i + 1 < len(timesteps):
-                a_prev = _vp_alpha(sched, timesteps[i + 1])
-            else:
-                a_prev = float(getattr(sched, "final_alpha_cumprod", sched.alphas_cumprod[0]))
-            ratio = a_t / a_prev
-            mean_scale, beta = ratio ** 0.5, max(1.0 - ratio, 1e-8)
-        else:
-            mean_scale, beta = 1.0, 1.0
-
-        steps.append(
-            AffineStep(
-                index=i,
-                timestep=t.to(device),
-                A=a,
-                B=b,
-                C=None if float(const.abs().max()) == 0 else const,
-                input_scale=scale,
-                guidance_mean_scale=mean_scale,
-                guidance_beta=beta,
-                t=float(t),
-            )
-        )
+    coupled = any(A[k][j] != 0.0 or B[k][j] != 0.0 for k in range(n) for j in range(k))
+    groups = _groups(A, name, second_calls) if coupled else [(k, k) for k in range(n)]
+    if not coupled and any(A[k][k] == 0 for k in range(n)):
+        raise UnsupportedSchedulerError(f"{name} step {[A[k][k] for k in range(n)].index(0.0)} does not depend "
+                                        "on the sample (A = 0)")
+    steps: list[AffineStep] = []
+    for k, t in enumerate(timesteps):
+        t_next = timesteps[k + 1] if k + 1 < n else None
+        mean_scale, beta = _guidance(family, scheduler, t, t_next)
+        c = consts_model[k]
+        steps.append(AffineStep(index=k, timestep=t.to(device), A=A[k][k], B=B[k][k],
+                                C=None if float(c.abs().max()) == 0 else c, input_scale=scales[k],
+                                guidance_mean_scale=mean_scale, guidance_beta=beta, t=float(t)))
     return Schedule(
         steps=steps,
         noises=noises,
         init_noise_sigma=float(getattr(scheduler, "init_noise_sigma", 1.0)),
-        scheduler_name=type(scheduler).__name__,
+        scheduler_name=name,
         seed=seed,
         device=device,
+        coupling=Coupling(A, B, stored, groups) if coupled else None,
     )
