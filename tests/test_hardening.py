@@ -5,6 +5,7 @@ import os
 import stat
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,99 @@ def test_outputs_follow_the_umask(model_dir, image_path, tmp_path):
         assert stat.S_IMODE(out2.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+# ------------------------------------------------------- issue 22: the last tracebacks and odd messages
+@pytest.mark.parametrize("ms", ["-5", "1000000", "5"])
+def test_gif_frame_time_out_of_range_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, ms, astronaut32):
+    _no_model(monkeypatch)
+    for name in ("a.png", "b.png"):
+        astronaut32.save(tmp_path / name)
+    code = main(["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", PROMPT,
+                 "-o", str(tmp_path / "strip.png"), "--gif", str(tmp_path / "strip.gif"), "--gif-ms", ms])
+    _one_line_error(capsys, code, f"argument --gif-ms: a GIF frame lasts 10 to 655350 ms, got {ms}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # the strip PNG was left behind
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line(image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "-o", str(tmp_path / ("a" * 300 + ".safetensors"))])
+    _one_line_error(capsys, code, "is 312 bytes long; this file system allows 241 here; give a shorter name")
+
+
+@pytest.mark.parametrize("command", [["bench", "--out"], ["demo", "-o"]])
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, capsys, monkeypatch, command):
+    _no_model(monkeypatch)
+    monkeypatch.setattr("nrinv.cli.bench.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("nrinv.demo.run_demo", lambda *a, **k: pytest.fail("the demo ran"))
+    (tmp_path / "taken").write_text("mine")
+    code = main([*command, str(tmp_path / "taken")])
+    _one_line_error(capsys, code, f"is a file; {command[1]} names a folder to write into: give a folder name")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_an_output_written_meanwhile_by_another_run_is_one_line_and_kept(image_path, tmp_path, capsys,
+                                                                         monkeypatch, model_dir):
+    import nrinv.io.files as files
+
+    out = tmp_path / "x.safetensors"
+    original = files._create_beside
+
+    calls = []
+
+    def another_run_first(path):
+        calls.extend([path] if Path(path) == out else [])
+        # the first call is the check before any work; at the second this run writes its latent, and the
+        # other run has just put its own file in place
+        if Path(path) == out and len(calls) == 2:
+            out.write_bytes(b"the other run's latent")
+        return original(path)
+
+    monkeypatch.setattr(files, "_create_beside", another_run_first)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--steps", "2",
+                 "-o", str(out), "--quiet"])
+    _one_line_error(capsys, code, "x.safetensors was written by another run while this one worked; nothing was "
+                                  "overwritten (pass --force to overwrite)")
+    assert out.read_bytes() == b"the other run's latent"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.png", "x.safetensors"]  # no sidecar or temporary
+
+
+def test_a_seed_too_large_is_refused_before_the_model_loads(image_path, tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
+                 "--seed", "1180591620717411303424"])
+    _one_line_error(capsys, code, "argument --seed: the seed must be between 0 and 9223372036854775807")
+
+
+@pytest.mark.parametrize("value, words", [("inf", "option mixing must be a number, got 'inf'"),
+                                          ("Infinity", "option mixing must be a finite number, got inf"),
+                                          ("NaN", "option mixing must be a finite number, got nan"),
+                                          ("fast", "option mixing must be a number, got 'fast'")])
+def test_solver_options_must_be_finite_numbers(image_path, tmp_path, capsys, monkeypatch, value, words):
+    _no_model(monkeypatch)
+    code = main(["invert", str(image_path), "--prompt", PROMPT, "-o", str(tmp_path / "x.safetensors"),
+                 "--method", "anderson", "--option", f"mixing={value}"])
+    _one_line_error(capsys, code, words)
+
+
+def test_a_captions_csv_with_a_byte_order_mark_is_read(tmp_path):
+    from nrinv.batch import read_captions
+
+    path = tmp_path / "captions.csv"
+    path.write_bytes("file,caption\nphoto.png,a red circle\n".encode("utf-8-sig"))  # as spreadsheets save it
+    assert read_captions(path) == {"photo.png": "a red circle"}
+    path = tmp_path / "captions.jsonl"
+    path.write_bytes('{"file": "photo.png", "caption": "a red circle"}\n'.encode("utf-8-sig"))
+    assert read_captions(path) == {"photo.png": "a red circle"}
+
+
+def test_a_hub_id_without_a_network_fails_at_once_in_one_line(monkeypatch):
+    import nrinv.loading as loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_unreachable", lambda timeout=5.0: "Name or service not known")
+    with pytest.raises(InputError) as info:
+        loading.load_pipeline("someone/not-cached-here", device="cpu")
+    assert str(info.value) == ("could not load pipeline 'someone/not-cached-here': it is not in the local Hugging "
+                               "Face cache and the Hugging Face hub cannot be reached (Name or service not known); "
+                               "download it on a machine with a network, or give a local folder")

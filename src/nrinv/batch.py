@@ -58,15 +58,16 @@ def read_captions(path: Path) -> dict[str, str]:
     captions: dict[str, str] = {}
     try:
         if path.suffix.lower() == ".csv":
-            with open(path, newline="") as fh:
+            # utf-8-sig: spreadsheets save CSV with a byte-order mark, which would rename the first column
+            with open(path, newline="", encoding="utf-8-sig") as fh:
                 for row in csv.DictReader(fh):
                     captions[Path(row["file"]).name] = row["caption"]
         else:
-            for n, line in enumerate(path.read_text().splitlines(), 1):
+            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
                     item = json.loads(line)
                     captions[Path(item["file"]).name] = item["caption"]
-    except (KeyError, json.JSONDecodeError, csv.Error) as exc:
+    except (KeyError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read captions {path}: expected columns/keys 'file' and 'caption' ({exc})") from None
     return captions
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -142,8 +143,6 @@ def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", 
     names of :func:`builtin_models`); safetensors only.  ``torch_dtype`` is the deprecated spelling
     of ``dtype``."""
     if torch_dtype is not None:
-        import warnings
-
         warnings.warn("load_pipeline(torch_dtype=...) is deprecated; pass dtype=", FutureWarning, stacklevel=2)
         dtype = torch_dtype
     dev = resolve_device(device)
@@ -160,14 +159,59 @@ def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", 
         if local and not (path / "model_index.json").is_file():
             raise InputError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
         source = str(path) if local else model
-    dt = resolve_dtype(dtype, dev, _pipeline_class(source, local))
+    offline = None
+    if not local and not _hub_offline():
+        # without a network huggingface_hub retries for ~30 s and logs each retry: ask once, quickly
+        offline = _hub_unreachable()
+    dt = resolve_dtype(dtype, dev, "" if offline else _pipeline_class(source, local))
     with quiet_libraries():
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=True, local_files_only=local,
-                                                     **_dtype_kwarg(dt))
+            with warnings.catch_warnings():
+                # diffusers passes huggingface_hub an argument it deprecated: a 2-line warning per load
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+                pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=True,
+                                                         local_files_only=local or bool(offline) or _hub_offline(),
+                                                         **_dtype_kwarg(dt))
         except (OSError, EnvironmentError, ValueError) as exc:
+            if not local and (offline or _hub_offline()):
+                why = f"the Hugging Face hub cannot be reached ({offline})" if offline else "HF_HUB_OFFLINE is set"
+                raise InputError(f"could not load pipeline {model!r}: it is not in the local Hugging Face cache and "
+                                 f"{why}; download it on a machine with a network, or give a local folder") from None
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"could not load pipeline {model!r}: {first}") from None
         return pipe.to(dev)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_unreachable(timeout: float = 5.0) -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached (one connection attempt, at most ``timeout`` seconds
+    including the name lookup), or None when it answers."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:  # noqa: BLE001 - an unknown hub library: let it try
+        return None
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    answer: list[Optional[str]] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(None)
+        except OSError as exc:
+            answer.append(exc.strerror or type(exc).__name__)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0] if answer else f"no answer from {host} in {timeout:g} s"

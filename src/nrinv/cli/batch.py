@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_model_args, add_solver_args, image_size, load_model, solver_args
+from .common import (UsageError, add_model_args, add_solver_args, image_size, load_model, seed_value,
+                     solver_args)
 
 
 def cmd_invert_dir(args) -> int:
@@ -70,7 +71,7 @@ def register(sub) -> None:
     add_solver_args(p)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize every image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from .common import UsageError, add_model_args, image_size, load_model
+from .common import UsageError, add_model_args, check_folder, image_size, load_model, seed_value
 
 
 def cmd_bench(args) -> int:
@@ -34,6 +34,7 @@ def cmd_bench(args) -> int:
         raise UsageError("--edits must be >= 0")
     if args.edit_strength is not None and not 0 < args.edit_strength <= 1:
         raise UsageError(f"--edit-strength must be in (0, 1], got {args.edit_strength}")
+    check_folder(Path(args.out), "--out")
     from ..bench.perceptual import load_clip_score, load_lpips
 
     try:  # before the model loads: a wrong folder fails in a second, and nothing is downloaded
@@ -88,7 +89,7 @@ def register(sub) -> None:
     p.add_argument("--n-images", type=int, default=4)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) on the first image; 0: no warm-up or repeats")
     p.add_argument("--size", type=image_size, default=None, metavar="HxW",
                    help="image size HxW: height then width (sizes in every message are HxW)")

@@ -30,6 +30,11 @@ def parse_option(items: Sequence[str]) -> dict[str, Any]:
 
 def check_output(path: Path, force: bool) -> None:
     """Refuse to overwrite without --force, before any work is done."""
+    from ..io.files import _name_too_long
+
+    too_long = _name_too_long(path)
+    if too_long:
+        raise UsageError(too_long)
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite")
     if path.is_dir():
@@ -46,6 +51,18 @@ def check_target(path: Path, force: bool, suffixes: Sequence[str] = (), what: st
                          + " or ".join(suffixes))
     check_output(path, force)
     problem = writable_target(path)
+    if problem:
+        raise UsageError(problem)
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """An output folder, before any work: not an existing file, and a place that can be written."""
+    from ..io.files import writable_target
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file; {flag} names a folder to write into: give a folder name")
+    problem = writable_target(path / "results.csv")  # a file inside it, as the command will write
     if problem:
         raise UsageError(problem)
 
@@ -173,6 +190,22 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, help="inversion solver (see `nrinv methods`; default: the model's)")
     p.add_argument("--iterations", type=int, default=None, help="solver iterations per step (default: the model's)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="solver option, repeatable")
+
+
+#: seeds a torch generator takes, with room for the per-image offsets some commands add
+MAX_SEED = 2 ** 63 - 1
+
+
+def seed_value(text: str) -> int:
+    """``--seed``: a whole number from 0 to 2**63 - 1 (checked before any work; a larger one overflowed
+    inside torch after the model had loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"the seed must be between 0 and {MAX_SEED}, got {text}")
+    return value
 
 
 def image_size(text: str) -> tuple[int, int]:

@@ -1,7 +1,9 @@
 """`nrinv demo` (see ``nrinv.demo``)."""
 from __future__ import annotations
 
-from .common import UsageError
+from pathlib import Path
+
+from .common import UsageError, check_folder, seed_value
 
 
 def register(sub) -> None:
@@ -11,7 +13,7 @@ def register(sub) -> None:
     p.add_argument("--method", default=None)
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--scene-seed", type=int, default=7)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd)
 
@@ -25,6 +27,7 @@ def _cmd(args) -> int:
             get_solver(args.method)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    check_folder(Path(args.output), "-o")
     summary = run_demo(args.output, method=args.method, max_iterations=args.iterations, scene_seed=args.scene_seed,
                        seed=args.seed, progress=not args.quiet)
     if not args.quiet:

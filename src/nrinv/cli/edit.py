@@ -13,8 +13,7 @@ from typing import Any, Optional, Sequence
 
 from .._version import __version__
 from .common import (UsageError, add_model_args, add_solver_args, check_device, check_guidances, check_target,
-                     image_size, load_model, note,
-open_image, run, solver_args, validate)
+                     image_size, load_model, note, open_image, run, seed_value, solver_args, validate)
 
 
 def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
@@ -23,7 +22,7 @@ def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
     add_solver_args(p)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help=guidance_help)
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
     add_model_args(p)
 
@@ -128,6 +127,18 @@ def _grid(frames, ncol: int):
     for i, im in enumerate(pils):
         grid.paste(im, ((i % ncol) * w, (i // ncol) * h))
     return grid
+
+
+def gif_ms(text: str) -> int:
+    """``--gif-ms``: what a GIF can store (a frame time in hundredths of a second, 16 bits), checked before
+    any work (a value out of range failed inside PIL after the strip PNG had been written)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of milliseconds, got {text!r}") from None
+    if not 10 <= value <= 655350:
+        raise argparse.ArgumentTypeError(f"a GIF frame lasts 10 to 655350 ms, got {text}")
+    return value
 
 
 def _save_gif(pils, path: Path, force: bool, duration_ms: int) -> None:
@@ -259,7 +270,8 @@ def register(sub) -> None:
     p.add_argument("--resize", action="store_true", help="resize B to A's size when they differ")
     p.add_argument("--encode-adjust", type=float, default=None, metavar="S", help="encoding adjustment (default: off)")
     p.add_argument("--gif", default=None, help="also write an animated GIF")
-    p.add_argument("--gif-ms", type=int, default=200, help="GIF frame duration in ms")
+    p.add_argument("--gif-ms", type=gif_ms, default=200,
+                   help="GIF frame duration in ms, 10 to 655350 (GIF stores hundredths of a second)")
     p.add_argument("-o", "--output", required=True, help="strip PNG")
     _common(p, guidance_help="guidance of inversion and regeneration (default: the model's)")
     p.set_defaults(func=cmd_interpolate)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from .._version import __version__
 from .common import (DEFAULT_MODEL, UsageError, add_model_args, add_solver_args, check_device, check_guidances,
-                     check_target,
-                     image_size, load_model, note, open_image, run, solver_args)
+                     check_target, image_size, load_model, note, open_image, run, seed_value, solver_args)
 
 #: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
 LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
@@ -117,7 +116,7 @@ def register(sub) -> None:
                    help="start each step from the known latent instead of the previous step's model output")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize the image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")

@@ -8,6 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
+from ..errors import OutputExistsError
 from .common import OneLineParser, UsageError
 
 #: each module has ``register(subparsers)`` adding parsers whose ``func(args) -> int`` may raise UsageError
@@ -43,6 +44,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
+        print(f"nrinv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OutputExistsError as exc:  # another run wrote the output first; nothing overwritten
         print(f"nrinv {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ class Options:
                 f"{cls.__name__} got unknown option(s) {', '.join(unknown)}; "
                 f"valid options are: {', '.join(cls.field_names())}"
             )
+        _check_numbers(cls, merged)
         return cls(**merged)  # type: ignore[call-arg]
 
     def to_dict(self) -> dict[str, Any]:
@@ -31,3 +32,25 @@ class Options:
 
     def replace(self: T, **changes: Any) -> T:
         return type(self).from_dict(self.to_dict(), **changes)
+
+
+def _check_numbers(cls: type, values: Mapping[str, Any]) -> None:
+    """Fields declared ``int`` or ``float`` (optionally ``Optional``) get finite numbers: a string or an
+    infinity (``--option mixing=inf``) is refused by name instead of failing in a comparison."""
+    import math
+
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in values:
+            continue
+        kind = str(f.type).replace("Optional[", "").replace("]", "").replace(" | None", "").strip()
+        if kind not in ("int", "float"):
+            continue
+        value = values[f.name]
+        if value is None and ("Optional" in str(f.type) or "None" in str(f.type)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"option {f.name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"option {f.name} must be a finite number, got {value!r}")
+        if kind == "int" and not float(value).is_integer():
+            raise ValueError(f"option {f.name} must be a whole number, got {value!r}")

@@ -12,10 +12,10 @@ from typing import Any, Optional, Union
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, OutputExistsError
 from .images import to_pil
 
-__all__ = ["atomic_write", "save_png", "save_json", "save_latent", "load_latent", "writable_target", "strict_json"]
+__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "load_latent", "writable_target", "strict_json"]
 
 
 def _create_beside(path: Path) -> str:
@@ -32,17 +32,35 @@ def _create_beside(path: Path) -> str:
 
 
 def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -> Path:
-    """Write through ``writer(tmp_path)`` to a temporary file in the same folder, then rename."""
+    """Write through ``writer(tmp_path)`` to a temporary file in the same folder, then rename.
+
+    Without ``force`` the file is put in place by a hard link, which fails if the name exists, so of
+    two runs writing the same output the second cannot overwrite what the first wrote even when both
+    checked before either wrote: it raises :class:`OutputExistsError` (one line) and leaves nothing."""
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite")
+        raise OutputExistsError(f"{path} exists; pass --force to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_beside(path)
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(f"{path} was written by another run while this one worked; nothing was "
+                                        "overwritten (pass --force to overwrite)") from None
+            except OSError:  # a file system without hard links: check, then rename
+                if path.exists():
+                    raise OutputExistsError(f"{path} was written by another run while this one worked; nothing "
+                                            "was overwritten (pass --force to overwrite)") from None
+                os.replace(tmp, path)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -50,10 +68,36 @@ def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -
     return path
 
 
+#: what the temporary file beside an output adds to its name: "." + name + ".xxxxxxxx.tmp"
+_TMP_EXTRA = len(".") + len(".12345678.tmp")
+
+
+def _name_too_long(path: Path) -> Optional[str]:
+    """Why the file name of ``path`` is too long for its file system (None if it is not), counting the
+    temporary name it is first written under."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit - (_TMP_EXTRA if part == path.name else 0):
+            shown = part if len(part) <= 40 else part[:20] + "..." + part[-12:]
+            allowed = limit - (_TMP_EXTRA if part == path.name else 0)
+            return (f"the name {shown!r} is {len(os.fsencode(part))} bytes long; this file system allows "
+                    f"{allowed} here; give a shorter name")
+    return None
+
+
 def writable_target(path: Union[str, os.PathLike]) -> Optional[str]:
     """Why ``path`` cannot be written (one line), or None: checked before any work by creating and
     removing a temporary file in the folder it would go to (its nearest existing ancestor)."""
     path = Path(path)
+    too_long = _name_too_long(path)
+    if too_long:
+        return too_long
     if path.is_dir():
         return f"{path} is a folder; give a file name"
     parent = path.parent
