@@ -221,3 +221,15 @@ def test_bench_cli_edits_need_the_builtin_model(tmp_path, capsys):
     assert main(["bench", "--edits", "2", "--edit-strength", "1.5", "--out", str(out), "--quiet"]) == 2
     assert "--edit-strength must be in (0, 1]" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_overhead_ratio_cannot_fall_below_one_under_load():
+    """Under load the call was timed (median) in a busy moment and the inversions in a quiet one: 0.58.
+    The fastest inversion over NFE times the fastest call cannot be below 1 (each call costs at least
+    the fastest call)."""
+    from nrinv.bench.harness import overhead_ratio
+
+    calls = [0.06, 0.06, 0.03]  # two of three probes slowed by another job
+    walls = [0.36, 0.35, 0.34]  # 10 calls of >= 0.03 s plus the solver's own work
+    assert 0.35 / (10 * sorted(calls)[1]) == pytest.approx(0.583, abs=1e-3)  # the old median-based ratio
+    assert overhead_ratio(walls, 10, min(calls)) == pytest.approx(0.34 / 0.30)

@@ -24,7 +24,8 @@ ALLOWED = {
     "demo": {"api", "core", "workflows", "io", "loading", "metrics", "shapes", "_version"},
     "bench": {"api", "core", "workflows", "io", "errors", "metrics", "shapes", "_version"},
     "app": {"api", "core", "workflows", "io", "errors", "loading", "metrics", "shapes"},
-    "cli": {"api", "app", "batch", "bench", "core", "demo", "workflows", "errors", "io", "loading", "_version"},
+    "cli": {"api", "app", "batch", "bench", "core", "demo", "workflows", "errors", "io", "loading", "metrics",
+            "_version"},
     "shapes": {"metrics", "errors"},
     "testing": {"core", "bench"},
     "__init__": {"api", "core", "workflows", "errors", "loading", "_version"},
@@ -128,3 +129,12 @@ def test_no_private_names_imported_across_packages():
 @pytest.mark.parametrize("layer", ["core", "io", "workflows", "bench", "cli", "testing"])
 def test_layers_are_packages(layer):
     assert (SRC / layer / "__init__.py").is_file()
+
+
+def test_the_license_is_an_spdx_expression():
+    """setuptools >= 77 prints a deprecation banner for the table form (three times per `make install`)."""
+    import tomllib
+
+    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in project["build-system"]["requires"]

@@ -157,3 +157,20 @@ def test_preservation_is_measured_on_exactly_the_pixels_an_edit_must_keep():
         outside = item["source_image"].copy()
         outside[~region] = 0
         assert region_psnr(outside, item["source_image"], region) == pytest.approx(100.0)
+
+
+def test_judging_a_read_only_array_gives_no_warning():
+    """np.asarray of a PIL image is read-only; torch warned "The given NumPy array is not writable"."""
+    import warnings
+
+    from PIL import Image
+
+    from nrinv.shapes import judge
+
+    scene = shapes.sample_scene(5)  # an orange diamond, small, right, on a red striped background
+    img = np.asarray(Image.fromarray(shapes.render(scene, seed=0)))
+    assert not img.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        verdict = judge(img)
+    assert verdict == {a: getattr(scene, a) for a in verdict}

@@ -260,7 +260,7 @@ class EditorApp:
         quality = image_psnr(rec[None], to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
-        ceiling = vae_ceiling_psnr(pipe, img)
+        ceiling = vae_ceiling_psnr(pipe, to_tensor(img))
         info += f" (VAE ceiling {ceiling:.1f} dB)"
         low = vae_ceiling_note(ceiling)
         if low:

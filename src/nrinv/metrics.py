@@ -37,12 +37,9 @@ def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 LOW_VAE_CEILING_DB = 25.0
 
 
-def vae_ceiling_psnr(adapter, image) -> float:
+def vae_ceiling_psnr(adapter, pixels: torch.Tensor) -> float:
     """The VAE ceiling of an image: PSNR in dB of ``x`` against ``D(E(x))``, the best any inversion of
-    that model can reconstruct it (``image``: a PIL image, an array or a (1, 3, H, W) tensor in [0, 1])."""
-    from .io.images import load_image, to_tensor
-
-    pixels = image if isinstance(image, torch.Tensor) else to_tensor(load_image(image))
+    that model can reconstruct it (``pixels``: a (1, 3, H, W) or (3, H, W) tensor in [0, 1])."""
     pixels = pixels if pixels.dim() == 4 else pixels[None]
     with torch.no_grad():
         decoded = adapter.decode(adapter.encode(pixels), tuple(pixels.shape[-2:]))

@@ -30,9 +30,9 @@ def parse_option(items: Sequence[str]) -> dict[str, Any]:
 
 def check_output(path: Path, force: bool) -> None:
     """Refuse to overwrite without --force, before any work is done."""
-    from ..io.files import _name_too_long
+    from ..io.files import name_too_long
 
-    too_long = _name_too_long(path)
+    too_long = name_too_long(path)
     if too_long:
         raise UsageError(too_long)
     if path.exists() and not force:

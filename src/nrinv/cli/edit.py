@@ -56,6 +56,7 @@ def cmd_edit(args) -> int:
     from ..workflows import common as checks
     from ..workflows import edit
     from ..io.files import save_json, save_png
+    from ..io.images import to_tensor
     from ..metrics import vae_ceiling_note, vae_ceiling_psnr
 
     validate(checks.check_prompt, args.source, "source prompt")
@@ -84,7 +85,7 @@ def cmd_edit(args) -> int:
                   negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
                   mask_threshold=args.mask_threshold,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
-    ceiling = vae_ceiling_psnr(pipe, image)
+    ceiling = vae_ceiling_psnr(pipe, to_tensor(image))
     low = vae_ceiling_note(ceiling)
     if low:
         note(low, args.quiet)

@@ -16,6 +16,7 @@ LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
 def cmd_invert(args) -> int:
     from ..api import invert
     from ..io.files import save_json, save_latent
+    from ..io.images import to_tensor
     from ..metrics import vae_ceiling_note, vae_ceiling_psnr
 
     if not args.prompt or not args.prompt.strip():
@@ -38,7 +39,7 @@ def cmd_invert(args) -> int:
                  negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
                  progress=not args.quiet)
     stats = result.stats()
-    ceiling = vae_ceiling_psnr(pipe, image)
+    ceiling = vae_ceiling_psnr(pipe, to_tensor(image))
     low = vae_ceiling_note(ceiling)
     if low:
         notes = notes + [low]

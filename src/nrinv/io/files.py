@@ -15,7 +15,8 @@ from PIL import Image
 from ..errors import InputError, OutputExistsError
 from .images import to_pil
 
-__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "load_latent", "writable_target", "strict_json"]
+__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "load_latent", "writable_target", "name_too_long",
+           "strict_json"]
 
 
 def _create_beside(path: Path) -> str:
@@ -72,7 +73,7 @@ def atomic_write(path: Union[str, os.PathLike], writer, *, force: bool = True) -
 _TMP_EXTRA = len(".") + len(".12345678.tmp")
 
 
-def _name_too_long(path: Path) -> Optional[str]:
+def name_too_long(path: Path) -> Optional[str]:
     """Why the file name of ``path`` is too long for its file system (None if it is not), counting the
     temporary name it is first written under."""
     parent = path.parent
@@ -95,7 +96,7 @@ def writable_target(path: Union[str, os.PathLike]) -> Optional[str]:
     """Why ``path`` cannot be written (one line), or None: checked before any work by creating and
     removing a temporary file in the folder it would go to (its nearest existing ancestor)."""
     path = Path(path)
-    too_long = _name_too_long(path)
+    too_long = name_too_long(path)
     if too_long:
         return too_long
     if path.is_dir():

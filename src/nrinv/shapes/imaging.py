@@ -20,7 +20,10 @@ def images_to_tensor(images: np.ndarray):
     """uint8 (B, H, W, 3) -> float tensor (B, 3, H, W) in [-1, 1]: ``x / 127.5 - 1``."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
+    arr = np.ascontiguousarray(images)
+    if not arr.flags.writeable:  # np.asarray(PIL image) is read-only: torch warns about sharing it
+        arr = arr.copy()
+    return torch.from_numpy(arr).float().permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def tensor_to_uint8(x) -> np.ndarray:
