@@ -46,3 +46,15 @@ def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_pipeline("sd", smooth=None).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say when the browser tests did not run (they skip where Chromium or Playwright is missing)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_app.py" in str(r.nodeid or r.fspath)]
+    if not skipped:
+        return
+    reasons = {str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped}
+    terminalreporter.write_line(
+        f"browser tests NOT RUN: {len(skipped)} of tests/test_app.py skipped ({'; '.join(sorted(reasons))}); "
+        "install Chromium (apt-get install chromium) and Playwright to run them, or set NRINV_REQUIRE_BROWSER=1 "
+        "to fail instead", yellow=True, bold=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("NRINV_CHROMIUM", "/usr/bin/chromium")  # where Debian puts it
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 REQUIRED = os.environ.get("NRINV_REQUIRE_BROWSER") == "1"  # set by .ci/run: a missing browser fails there
@@ -25,7 +25,7 @@ if not REQUIRED:
 import playwright.sync_api as playwright  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not REQUIRED and not Path(CHROMIUM).exists(),
-                                reason="needs Debian's chromium (.ci/run installs it)")
+                                reason=f"needs Chromium at {CHROMIUM} (.ci/run installs it)")
 ARTIFACTS = Path(os.environ.get("NRINV_ARTIFACTS", "test-artifacts"))
 MAX_NFE = 300
 
