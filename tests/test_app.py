@@ -170,7 +170,9 @@ def test_abuse_gets_one_friendly_line_without_paths_or_tracebacks(server, client
     from gradio_client import handle_file
 
     url, root = server
+    (root / "notes.txt").write_text("not an image")
     photo, broken = handle_file(str(root / "photo.png")), handle_file(str(root / "broken.png"))
+    text = handle_file(str(root / "notes.txt"))
     model = "model"  # the operator's folder, offered under its name (the server path is never shown)
     before = (root / "server.log").read_text()
     refused = "not offered here"
@@ -184,6 +186,9 @@ def test_abuse_gets_one_friendly_line_without_paths_or_tracebacks(server, client
         ((broken, model, "auto", "anderson", "a cat", 2, 1, 0, {}), "cannot read image broken.png"),
         ((photo, model, "auto", "no_such_method", "a cat", 2, 1, 0, {}), "pick an inversion method"),
         ((photo, model, "float64", "anderson", "a cat", 2, 1, 0, {}), "precision must be"),
+        # Gradio's own checks (file type, a number's type): one line each, no traceback in the log
+        ((text, model, "auto", "anderson", "a cat", 2, 1, 0, {}), "image: Invalid file type"),
+        ((photo, model, "auto", "anderson", "a cat", "many", 1, 0, {}), "steps must be a number"),
     ]
     for args, expected in cases:
         result, error = _call(client, "/invert", *args)

@@ -419,7 +419,7 @@ class EditorApp:
             # the edit controls follow the selected model's own defaults (not the previous model's)
             model.change(g("model", self.model_settings), [model, dtype], [strength, guidance], api_name=False,
                          **work)  # it loads the model
-            quiet_checks([strength, guidance, n, pick, steps, iterations, seed])
+            quiet_checks([strength, guidance, n, pick, steps, iterations, seed, upload, a, b])
         demo.queue(default_concurrency_limit=1, max_size=lim.queue_size)
         quiet_when_idle(demo)
         return demo
@@ -443,10 +443,12 @@ def _quiet_preprocess(component, payload):
     try:
         return type(component).preprocess(component, payload)
     except Exception as exc:  # noqa: BLE001 - any refusal of a value: one line, no traceback
-        label = getattr(component, "label", None) or "value"
+        label = (getattr(component, "label", None) or "value").split(" (")[0]
         low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
         if low is not None and high is not None:
             message = f"{label} must be between {low:g} and {high:g}"
+        elif isinstance(component, gr.Number):
+            message = f"{label} must be a number"
         else:
             text = str(getattr(exc, "message", None) or exc)
             message = f"{label}: " + _scrub(text.splitlines()[0] if text else "invalid value")
