@@ -164,3 +164,114 @@ def test_total_time_includes_the_capture(tiny, astronaut32):
     res = nrinv.invert(adapter, astronaut32, "a timed cat", num_inference_steps=3)
     assert res.capture_time >= 0.05 and res.total_time >= res.wall_time + res.capture_time + res.encode_time
     assert res.stats()["total_time_s"] == round(res.total_time, 4)
+
+
+def addresses_baked_in(pipe):
+    """A fake capture that, like a CUDA graph, bakes in the network and its weights' addresses: a
+    replay after they changed reads freed memory (here: raises, as a sticky CUDA error would)."""
+    def capture(run):
+        net = pipe.unet
+        addresses = [p.data_ptr() for p in net.parameters()]
+        output, replay, eager = fake_capture(run)
+
+        def checked():
+            if pipe.unet is not net or [p.data_ptr() for p in net.parameters()] != addresses:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            replay()
+        return output, checked, eager
+    return capture
+
+
+def test_graphs_of_moved_or_swapped_weights_are_not_replayed(astronaut32):
+    import copy
+
+    from nrinv.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    adapter = graphed(pipe, addresses_baked_in(pipe))
+    kw = dict(num_inference_steps=3, max_iterations=2)
+    first = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
+    pipe.unet.to(torch.float64).to(torch.float32)  # same values, new addresses (as pipe.to("cpu"); pipe.to("cuda"))
+    moved = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
+    assert torch.equal(moved.scheduler_latents, first.scheduler_latents) and adapter.graphs.invalidations == 1
+    other = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        other.conv_out.bias.add_(0.01)
+    pipe.unet = other  # a swapped network
+    swapped = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
+    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
+    assert torch.allclose(swapped.scheduler_latents, eager.scheduler_latents, atol=1e-6)
+    assert not torch.allclose(swapped.scheduler_latents, first.scheduler_latents, atol=1e-3)
+    g = adapter.graphs
+    assert g.invalidations == 2 and g.captures == 3 and len(g.entries) == 1
+
+
+def test_an_empty_graph_fails_the_capture_check(tiny, astronaut32):
+    # captured on another GPU than the inputs', a graph records nothing: its output is the warm-up's,
+    # right at the captured inputs and stale at every other
+    def empty(run):
+        output, eager = run(), run()
+        return output, lambda: None, eager
+
+    pipe = tiny("sd")
+    reference = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=3)
+    adapter = graphed(pipe, empty)
+    res = nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=3)
+    assert torch.allclose(res.scheduler_latents, reference.scheduler_latents, atol=1e-6)
+    assert adapter.graphs.captures == 0 and "differs" in adapter.graphs.fallbacks[0]
+
+
+def _counting_forward(x, t, kw, shared):
+    return x * t + kw["c"].sum()
+
+
+def _call(g, n):
+    x = torch.arange(float(n))
+    return g(x, torch.tensor(2.0), {"c": torch.ones(3)}, {})
+
+
+def test_graph_cache_is_bounded_and_least_recently_used_first():
+    g = GraphedNetwork(_counting_forward, capture=fake_capture, max_graphs=2, capture_after=1)
+    for n in (1, 2, 1, 3):  # 3 evicts 2, the least recently used
+        assert torch.equal(_call(g, n), torch.arange(float(n)) * 2 + 3)
+    assert len(g.entries) == 2 and g.evictions == 1 and g.captures == 3
+    _call(g, 1)
+    assert g.captures == 3
+    _call(g, 2)
+    assert g.captures == 4 and g.evictions == 2
+
+
+def test_a_signature_is_captured_once_it_repeats():
+    g = GraphedNetwork(_counting_forward, capture=fake_capture)  # capture_after=2 by default
+    for n in (5, 6, 7):  # one-off sizes (app uploads) cost no capture
+        _call(g, n)
+    assert g.captures == 0 and g.replays == 0
+    _call(g, 6)
+    assert g.captures == 1 and g.replays == 1
+
+
+def test_a_failed_capture_is_retried_later_an_inexact_one_never():
+    attempts = []
+
+    def flaky(run):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("CUDA out of memory")  # transient: another request held the memory
+        return fake_capture(run)
+
+    g = GraphedNetwork(_counting_forward, capture=flaky, capture_after=1, retry_after=3)
+    results = [_call(g, 2) for _ in range(5)]
+    assert all(torch.equal(r, torch.tensor([3.0, 5.0])) for r in results)
+    assert len(attempts) == 2 and g.captures == 1 and g.replays == 2  # failed at call 1, retried at call 4
+    assert "capture failed (RuntimeError: CUDA out of memory)" in g.fallbacks[0]
+
+    def inexact(run):
+        attempts.append(1)
+        output, replay, eager = fake_capture(run)
+        return output, lambda: (replay(), output.add_(1.0)), eager
+
+    attempts.clear()
+    g = GraphedNetwork(_counting_forward, capture=inexact, capture_after=1, retry_after=1)
+    for _ in range(5):
+        assert torch.equal(_call(g, 2), torch.tensor([3.0, 5.0]))
+    assert len(attempts) == 1 and g.captures == 0

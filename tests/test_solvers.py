@@ -242,3 +242,15 @@ def test_least_squares_gives_the_minimum_norm_answer_of_a_rank_deficient_hessenb
     y = _least_squares(h, b)
     assert torch.allclose(y[0].flatten(), torch.tensor([0.8, 0.4, 0.0], dtype=torch.float64))  # min-norm
     assert torch.allclose(y, torch.linalg.lstsq(h, b, driver="gelsd").solution, atol=1e-12)
+
+
+def test_backpropagated_passes_do_not_use_the_cudnn_attention_kernel():
+    seen = []
+
+    def fn(z):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return 0.5 * z
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # the default, for the no-grad calls
+    res = SOLVERS["gnri_grad"].fn(Problem(fn, torch.ones(1, 3)), make_options("gnri_grad", max_iterations=2))
+    assert res.status.finite and seen == [False, False] and torch.backends.cuda.cudnn_sdp_enabled()

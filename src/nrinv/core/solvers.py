@@ -407,6 +407,15 @@ def gnri(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResult:
     return t.result(Status.MAX_ITERATIONS)
 
 
+def _backprop_attention():
+    """Attention kernels for a pass that is back-propagated: every one but cuDNN's (the only change of
+    kernel between the no-grad and the backward passes; gnri_grad on Flux bf16 ended in an illegal
+    memory access on an H100, 2026-11-26), as ``_jvp`` keeps to the math kernel for forward mode."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 @_solver
 def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResult:
     """GNRI's objective with its exact gradient, back-propagated through the network.
@@ -417,7 +426,7 @@ def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResul
     """
     z = problem.z0.detach()
     for k in range(options.max_iterations):
-        with torch.enable_grad():
+        with torch.enable_grad(), _backprop_attention():
             zr = z.detach().requires_grad_(True)
             fz = problem.fn(zr)
             t.nfe += 1
