@@ -174,3 +174,18 @@ def test_given_latent_is_moved_to_the_pipeline(tiny, astronaut32):
                          num_inference_steps=4,
                          progress=False)
     assert again.scheduler_latents.dtype == torch.float32 and torch.allclose(again.scheduler_latents, res.scheduler_latents, atol=1e-5)
+
+
+def test_model_cpu_offload_computes_on_the_execution_device_without_graphs(astronaut32):
+    from nrinv.core.graphs import GraphedNetwork
+    from nrinv.testing import tiny_pipeline
+
+    plain = nrinv.invert(tiny_pipeline("sd"), astronaut32, "a cat", num_inference_steps=3, max_iterations=2)
+    pipe = tiny_pipeline("sd")
+    pipe.enable_model_cpu_offload(device="cpu")  # on a GPU machine: device="cuda", weights kept on the CPU
+    adapter = nrinv.adapter_for(pipe, cuda_graphs=True)
+    adapter._graphs = GraphedNetwork()  # even where graphs are asked for: the weights move between calls
+    assert adapter.device == pipe._execution_device == torch.device("cpu", 0) and adapter.offloaded
+    assert adapter.graphs is None
+    res = nrinv.invert(adapter, astronaut32, "a cat", num_inference_steps=3, max_iterations=2)
+    assert torch.allclose(res.scheduler_latents, plain.scheduler_latents, atol=1e-6)

@@ -162,9 +162,10 @@ class Adapter:
 
     @property
     def graphs(self) -> Optional[GraphedNetwork]:
-        """The graph-replayed network call, when on (CUDA only); one per pipeline."""
+        """The graph-replayed network call, when on (CUDA only, never with offloaded weights: they move
+        between calls); one per pipeline."""
         on = self.device.type == "cuda" if self.cuda_graphs is None else bool(self.cuda_graphs)
-        if not on:
+        if not on or self.offloaded:
             return None
         if self._graphs is None:
             if self.device.type != "cuda":
@@ -191,7 +192,27 @@ class Adapter:
 
     @property
     def device(self) -> torch.device:
-        return self.network.device
+        """Where the computation runs: the network's device, or with ``enable_model_cpu_offload()`` /
+        ``enable_sequential_cpu_offload()`` (weights kept on the CPU and moved in for each call) the
+        pipeline's execution device, as the stock pipeline computes there."""
+        network = self.network
+        if network is not None and self._offload_hooks(network):
+            execution = getattr(self.pipe, "_execution_device", None)
+            if execution is not None:
+                return torch.device(execution)
+        return network.device
+
+    @staticmethod
+    def _offload_hooks(network: torch.nn.Module) -> bool:
+        # model offload hooks the network itself; sequential offload leaves its parameters on meta
+        return hasattr(network, "_hf_hook") or network.device.type == "meta" and \
+            any(hasattr(m, "_hf_hook") for m in network.children())
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether the network's weights are offloaded (moved onto the execution device per call)."""
+        network = self.network
+        return network is not None and self._offload_hooks(network)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -284,11 +305,15 @@ class Adapter:
         """The dtype the VAE runs in for encode/decode (as the stock pipeline runs it)."""
         return contextlib.nullcontext(self.pipe.vae.dtype)
 
+    def _vae_device(self) -> torch.device:
+        # offloaded, the VAE's encode/decode hooks move the VAE (not its inputs) to the execution device
+        return self.device if self.offloaded else self.pipe.vae.device
+
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32 (posterior mode, deterministic)."""
         vae = self.pipe.vae
         with self.lock, self._vae_precision() as dtype:
-            x = (images.to(device=vae.device, dtype=dtype) * 2 - 1)
+            x = (images.to(device=self._vae_device(), dtype=dtype) * 2 - 1)
             latent = vae.encode(x).latent_dist.mode()
         return self._vae_scale(latent.float())
 
@@ -296,7 +321,8 @@ class Adapter:
         """Scaled latents -> images (B, 3, H, W) in [0, 1], float32."""
         vae = self.pipe.vae
         with self.lock, self._vae_precision() as dtype:
-            x = vae.decode(self._vae_unscale(z.float()).to(device=vae.device, dtype=dtype), return_dict=False)[0]
+            x = vae.decode(self._vae_unscale(z.float()).to(device=self._vae_device(), dtype=dtype),
+                           return_dict=False)[0]
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     # -- conditioning and the denoiser ----------------------------------------------------------
