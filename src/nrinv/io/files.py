@@ -15,8 +15,8 @@ from PIL import Image
 from ..errors import InputError, OutputExistsError
 from .images import to_pil
 
-__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "load_latent", "writable_target", "name_too_long",
-           "strict_json"]
+__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "load_latent",
+           "writable_target", "name_too_long", "strict_json"]
 
 
 def _create_beside(path: Path) -> str:
