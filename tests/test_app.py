@@ -248,6 +248,9 @@ def test_start_up_logs_no_library_request_lines(server):
     _, root = server
     log = (root / "server.log").read_text()
     assert "HTTP Request" not in log and "httpx" not in log, log[:2000]
+    # the worst wait of a light request, stated for the operator (--queue-size 4, --max-seconds 20)
+    assert ("each request is capped at about 20 s of model work (estimated from measured call costs), so a request "
+            "waits about 20 s at most behind one other and 80 s behind a full queue of 4") in log
 
 
 def test_switching_the_model_sets_its_edit_controls(server, browser):
