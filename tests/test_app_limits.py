@@ -52,6 +52,13 @@ def test_a_request_is_capped_by_its_estimated_time(app):
         app._check_request(pipe, "fixed_point", 50, 5, 0, cost=single, pixels=4 * 64 * 64)
 
 
+def test_half_precision_on_the_cpu_is_told_to_use_float32(app):
+    pipe = app.pipe("builtin:shapes", "bfloat16")
+    half = CallCost(forward_s=0.12, gradient_s=0.16, pixels=64 * 64)
+    with pytest.raises(InputError, match=r"about 36 s here, .*; use fewer steps or iterations or float32$"):
+        app._check_request(pipe, "anderson", 50, 5, 0, cost=half, pixels=64 * 64)
+
+
 def test_the_worst_wait_of_a_light_request_is_stated():
     limits = Limits(max_seconds=20.0, queue_size=8)
     assert limits.worst_wait_s(requests_ahead=1) == 20.0  # behind one heavy request
