@@ -109,3 +109,18 @@ def test_refused_schedulers_say_why(make, match):
     sched.set_timesteps(4)
     with pytest.raises(UnsupportedSchedulerError, match=match):
         affine_schedule(sched, (1, 4, 8, 8), seed=0)
+
+
+def test_schedule_cache_follows_the_scheduler_not_its_id(tiny):
+    """The per-pipeline schedule cache was keyed by id(pipe.scheduler): a scheduler changed in place (or
+    a swapped-in one reusing a freed id) got the old probed schedule (seen failing before the fix)."""
+    pipe = tiny("sd")
+    original = pipe.scheduler
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(original.config)
+    try:
+        eps = nrinv.adapter_for(pipe).schedule(4, (32, 32), seed=0)
+        pipe.scheduler.register_to_config(prediction_type="v_prediction")
+        v = nrinv.adapter_for(pipe).schedule(4, (32, 32), seed=0)
+        assert v is not eps and v.steps[0].B != pytest.approx(eps.steps[0].B)
+    finally:
+        pipe.scheduler = original

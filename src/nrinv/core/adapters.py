@@ -126,6 +126,14 @@ def _state_of(pipe: Any) -> _PipeState:
         return state
 
 
+def _scheduler_key(scheduler: Any) -> tuple:
+    """What a probed schedule depends on: the scheduler's class and configuration (not its ``id``: a
+    swapped-in scheduler can reuse a freed one's id, and a configuration can change in place)."""
+    config = getattr(scheduler, "config", None)
+    items = tuple(sorted((str(k), repr(v)) for k, v in dict(config or {}).items()))
+    return type(scheduler).__name__, items, id(scheduler) if config is None else None
+
+
 def _expand(t: Tensor, batch: int) -> Tensor:
     return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
 
@@ -279,7 +287,8 @@ class Adapter:
         of ``generator`` (else of ``seed``); computed once per adapter."""
         noise_key = (generator.device.type, bytes(generator.get_state().cpu().numpy())) if generator is not None \
             else seed
-        key = (num_inference_steps, tuple(size), noise_key, id(self.pipe.scheduler), str(self.dtype), str(self.device))
+        key = (num_inference_steps, tuple(size), noise_key, _scheduler_key(self.pipe.scheduler), str(self.dtype),
+               str(self.device))
         if key not in self._schedules:
             try:
                 scheduler = self.prepare_scheduler(num_inference_steps, *size)
