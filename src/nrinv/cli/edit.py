@@ -85,7 +85,7 @@ def cmd_edit(args) -> int:
                   negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
                   mask_threshold=args.mask_threshold,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
-    ceiling = vae_ceiling_psnr(pipe, to_tensor(image))
+    ceiling = vae_ceiling_psnr(result.inversion.setup.adapter, to_tensor(image))
     low = vae_ceiling_note(ceiling)
     if low:
         note(low, args.quiet)

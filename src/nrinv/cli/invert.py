@@ -39,7 +39,7 @@ def cmd_invert(args) -> int:
                  negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
                  progress=not args.quiet)
     stats = result.stats()
-    ceiling = vae_ceiling_psnr(pipe, to_tensor(image))
+    ceiling = vae_ceiling_psnr(result.setup.adapter, to_tensor(image))
     low = vae_ceiling_note(ceiling)
     if low:
         notes = notes + [low]
