@@ -138,3 +138,18 @@ def test_the_license_is_an_spdx_expression():
     project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_solvers_are_named_only_in_their_registry():
+    """What callers need to know about a solver (iterates? calls per iteration?) is in ``SOLVERS``:
+    adding a solver touches ``core/solvers.py`` and its tests, and no code compares with a solver's
+    name elsewhere (the model-defaults registry, which picks a solver per model, excepted)."""
+    from nrinv.core.solvers import SOLVERS
+
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path in (SRC / "core" / "solvers.py", SRC / "core" / "defaults.py"):
+            continue
+        offenders += [f"{path.relative_to(SRC)}:{node.lineno}: {node.value}" for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, ast.Constant) and node.value in SOLVERS]
+    assert not offenders

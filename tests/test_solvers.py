@@ -254,3 +254,23 @@ def test_backpropagated_passes_do_not_use_the_cudnn_attention_kernel():
     assert torch.backends.cuda.cudnn_sdp_enabled()  # the default, for the no-grad calls
     res = SOLVERS["gnri_grad"].fn(Problem(fn, torch.ones(1, 3)), make_options("gnri_grad", max_iterations=2))
     assert res.status.finite and seen == [False, False] and torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.mark.parametrize("method", list(SOLVERS))
+def test_registry_facts_match_what_solvers_do(method):
+    """``iterates`` and ``calls_per_iteration`` are what the solver spends: with no early stop, a
+    budget of k iterations costs exactly k x calls_per_iteration network calls (1 for ddim)."""
+    spec = SOLVERS[method]
+    for k in (1, 2):
+        if not spec.iterates:
+            with pytest.raises(ValueError):
+                make_options(method, max_iterations=2)
+            if k > 1:
+                continue
+        opts = make_options(method, **({"max_iterations": k} if spec.iterates else {}), rtol=0, atol=0)
+        res = spec.fn(Problem(lambda z: 0.5 * torch.sin(z) + 1, torch.zeros(1, 3)), opts)
+        assert res.status is Status.MAX_ITERATIONS, method
+        assert res.nfe == k * spec.calls_per_iteration(opts), method
+    if method == "newton_krylov":
+        assert spec.calls_per_iteration(make_options(method, krylov_dim=4)) == 5
+        assert spec.calls_per_iteration(make_options(method, krylov_dim=4, jvp="autograd")) == 1

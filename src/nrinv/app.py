@@ -83,12 +83,6 @@ class CallCost:
         setattr(self, name, 0.5 * getattr(self, name) + 0.5 * seconds / calls)
 
 
-def _calls_per_iteration(method: str) -> int:
-    from .core.solvers import NewtonKrylovOptions
-
-    return 1 + NewtonKrylovOptions().krylov_dim if method == "newton_krylov" else 1
-
-
 def _scrub(message: str) -> str:
     """The message without server paths: a path is replaced by its last component."""
     return re.sub(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\:'\"]+)+[/\\]([^\s/\\:'\"]+)", r"\1", message)
@@ -192,16 +186,17 @@ class EditorApp:
             raise InputError(f"iterations per step must be between 1 and {lim.max_iterations}")
         if not 0 <= seed_i < 2 ** 32:
             raise InputError("the seed must be a whole number between 0 and 4294967295")
+        solver = SOLVERS[method]
         n_steps = steps_i or pipe.defaults.num_inference_steps
-        n_its = 1 if method == "ddim" else (its_i or pipe.defaults.max_iterations)
-        solve_calls = inversions * n_steps * n_its * _calls_per_iteration(method)
+        n_its = (its_i or pipe.defaults.max_iterations) if solver.iterates else 1
+        solve_calls = inversions * n_steps * n_its * solver.calls_per_iteration()
         plain_calls = inversions * n_steps + frames * n_steps  # reconstruction / regeneration
         nfe = solve_calls + plain_calls
         if nfe > lim.max_nfe:
             raise InputError(f"that request needs about {nfe} network calls, more than the {lim.max_nfe} allowed "
                              "here; use fewer steps or iterations")
         if cost is not None:
-            seconds = estimate_seconds(cost, SOLVERS[method].needs_grad, solve_calls, plain_calls, pixels)
+            seconds = estimate_seconds(cost, solver.needs_grad, solve_calls, plain_calls, pixels)
             if seconds > lim.max_seconds:
                 # half precision is 4-10x slower than float32 on a CPU (and faster on a GPU)
                 on_cpu = getattr(getattr(pipe, "device", None), "type", "") == "cpu"
@@ -209,8 +204,8 @@ class EditorApp:
                 faster = " or float32" if on_cpu and half else ""
                 raise InputError(f"that request would take about {seconds:.0f} s here, more than the "
                                  f"{lim.max_seconds:g} s one request may take; use fewer steps or iterations"
-                                 f"{', another method' if SOLVERS[method].needs_grad else ''}{faster}")
-        return steps_i or None, None if method == "ddim" else (its_i or None), seed_i
+                                 f"{', another method' if solver.needs_grad else ''}{faster}")
+        return steps_i or None, (its_i or None) if solver.iterates else None, seed_i
 
     # -- handlers (each returns UI values; errors become one friendly line) -----------------------
     def _guarded(self, name: str, fn: Callable) -> Callable:
@@ -531,28 +526,33 @@ def estimate_seconds(cost: CallCost, needs_grad: bool, solve_calls: int, plain_c
 
 
 def measure_call_cost(pipe, steps: int = 2) -> CallCost:
-    """Time a network call of ``pipe`` (a 2-step inversion with ``ddim``, then with ``gnri_grad`` for the
-    backward pass, at the model's native size), each run twice and the second taken: the first pays for
-    one-time set-up (prompt embeddings, schedules, CUDA graph capture).  A fraction of a second for the
-    built-in models on a CPU; done once per loaded model and precision."""
+    """Time a network call of ``pipe`` (a 2-step inversion with the registry's one-evaluation solver, then
+    with one that differentiates through the network for the backward pass, at the model's native size),
+    each run twice and the second taken: the first pays for one-time set-up (prompt embeddings,
+    schedules, CUDA graph capture).  A fraction of a second for the built-in models on a CPU; done once
+    per loaded model and precision."""
     from PIL import Image
 
     from .api import invert
+    from .core.solvers import SOLVERS
 
+    forward = next(n for n, s in SOLVERS.items() if not s.iterates and not s.needs_grad)
+    backward = next((n for n, s in SOLVERS.items() if s.needs_grad), forward)
     height, width = pipe.default_size()
     image = Image.new("RGB", (width, height), (128, 128, 128))
     seconds = {}
-    for method in ("ddim", "gnri_grad"):
+    for method in (forward, backward):
+        its = 1 if SOLVERS[method].iterates else None
         for _ in range(2):
             try:
                 result = invert(pipe, image, "a grey image", method=method, num_inference_steps=steps,
-                                max_iterations=None if method == "ddim" else 1)
+                                max_iterations=its)
             except InputError:  # a scheduler that cannot take that many steps: its default
                 steps = pipe.defaults.num_inference_steps
                 result = invert(pipe, image, "a grey image", method=method, num_inference_steps=steps,
-                                max_iterations=None if method == "ddim" else 1)
+                                max_iterations=its)
         seconds[method] = result.wall_time / max(1, result.nfe)
-    return CallCost(forward_s=seconds["ddim"], gradient_s=max(seconds["gnri_grad"], seconds["ddim"]),
+    return CallCost(forward_s=seconds[forward], gradient_s=max(seconds[backward], seconds[forward]),
                     pixels=height * width)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .harness import invert_kwargs, parse_method, perceptual_scores
+from .harness import budgets, invert_kwargs, parse_method, perceptual_scores
 from .report import mean_present, read_rows, write_rows
 from ..metrics import as_numpy
 
@@ -90,7 +90,7 @@ def run_edit_bench(
     rows = read_rows(out / "edits.csv")
     done = {_key(r) for r in rows}
     items = edit_set(n, seed=seed)
-    jobs = [(i, m, it) for i in range(n) for m in methods for it in ((1,) if parsed[m][0] == "ddim" else iterations)]
+    jobs = [(i, m, it) for i in range(n) for m in methods for it in budgets(parsed[m][0], iterations)]
     bar = tqdm(jobs, desc="edits", disable=not progress)
     for i, method, its in bar:
         if (i, method, its, steps, strength, target_guidance, contrast, threshold) in done:

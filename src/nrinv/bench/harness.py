@@ -29,7 +29,7 @@ from ..core.adapters import adapter_for
 from ..api import invert
 from ..core.inversion import prepare, sample
 from ..core.schedulers import draw_noise, seeded_generator
-from ..core.solvers import get_solver, make_options
+from ..core.solvers import SOLVERS, get_solver, make_options
 from ..io.files import save_json
 from ..io.images import to_tensor
 from ..metrics import as_numpy, psnr, ssim
@@ -37,9 +37,8 @@ from .images import BenchImage
 from .measure import PeakMemory, machine_info, sync
 from .report import make_plots, read_rows, write_rows
 
-__all__ = ["run_bench", "forward_time", "overhead_ratio",
-           "parse_method", "invert_kwargs", "perceptual_scores", "step_status_counts",
-           "COLUMNS"]
+__all__ = ["run_bench", "forward_time", "overhead_ratio", "parse_method", "invert_kwargs", "perceptual_scores",
+           "step_status_counts", "budgets", "COLUMNS"]
 
 def _row_key(row: dict) -> tuple:
     return (row["image"], row["method"], int(row["iterations"]), int(row["steps"]), float(row["guidance"]))
@@ -109,6 +108,11 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
+    """The iteration budgets a bench runs ``solver`` at: one for a solver that does not iterate."""
+    return iterations if get_solver(solver).iterates else (1,)
+
+
 def invert_kwargs(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
                   method_options: Optional[dict[str, dict]] = None) -> dict:
     """Keyword arguments of ``nrinv.invert`` for a parsed method spec at an iteration budget."""
@@ -117,7 +121,7 @@ def invert_kwargs(method: tuple[str, dict], iterations: int, *, steps: int, guid
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
     warm = warm if warm in (None, "last", "linear") else bool(warm)
     return dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed, options=options,
-                max_iterations=None if solver == "ddim" else iterations, warm_start=warm, progress=False)
+                max_iterations=iterations if get_solver(solver).iterates else None, warm_start=warm, progress=False)
 
 
 def perceptual_scores(lpips: Any, clip: Any, image: np.ndarray, reference: np.ndarray, prompt: str) -> dict:
@@ -145,7 +149,7 @@ def run_bench(
     *,
     out: Path,
     model: str = "",
-    methods: Sequence[str] = ("ddim", "fixed_point", "renoise", "gnri", "gnri_grad", "anderson", "newton_krylov"),
+    methods: Optional[Sequence[str]] = None,
     iterations: Sequence[int] = (1, 2, 3, 5),
     steps: Optional[int] = None,
     guidance: Optional[float] = None,
@@ -162,6 +166,7 @@ def run_bench(
     ``repeats=0`` skips the warm-up and repeated timing (wall times are then single runs).
     ``lpips`` / ``clip``: scorers from :mod:`nrinv.perceptual` (columns left empty without them).
     """
+    methods = list(SOLVERS) if methods is None else list(methods)
     parsed = {m: parse_method(m) for m in methods}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +184,7 @@ def run_bench(
     t_forward = forward_time(pipe, images[0].prompt, size, steps, guidance)
     ceilings: dict[str, float] = {}
     jobs = [(img, m, it) for img in images for m in methods
-            for it in ((1,) if parsed[m][0] == "ddim" else iterations)]
+            for it in budgets(parsed[m][0], iterations)]
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for img, method, its in bar:
         key = (img.name, method, its, steps, guidance)

@@ -15,7 +15,10 @@ def cmd_bench(args) -> int:
     from ..bench.report import markdown_table, summarize
     from ..errors import InputError
 
-    methods = [m.strip() for m in re.split(r",(?![^\[]*\])", args.methods) if m.strip()]
+    from ..core.solvers import SOLVERS
+
+    spec = ",".join(SOLVERS) if args.methods is None else args.methods
+    methods = [m.strip() for m in re.split(r",(?![^\[]*\])", spec) if m.strip()]
     try:
         for m in methods:
             parse_method(m)
@@ -82,8 +85,9 @@ def cmd_bench(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark inversion methods: quality vs NFE, time and memory")
-    p.add_argument("--methods", default="ddim,fixed_point,renoise,gnri,gnri_grad,anderson,newton_krylov",
-                   help="comma-separated; a labelled variant takes options: gnri[lam=0.01]")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated; a labelled variant takes options: gnri[lam=0.01] "
+                        "(default: every method of `nrinv methods`)")
     p.add_argument("--iterations", default="1,2,3,5", help="comma-separated iteration budgets per step")
     p.add_argument("--images", default="shapes", help="shapes | skimage | folder with captions.csv/jsonl")
     p.add_argument("--n-images", type=int, default=4)

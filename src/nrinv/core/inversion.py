@@ -207,7 +207,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
             return step.fixed_point_map(z_next, model(zz))
 
         start = z_next
-        if warm_start and implied and method != "ddim":
+        if warm_start and implied and spec.iterates:
             start = step.fixed_point_map(z_next, _predicted_output(implied if warm_start == "linear" else implied[-1:],
                                                                    step.t))
         problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
@@ -259,10 +259,10 @@ def solver_options(pipe: Any, method: Optional[str], options: Any = None,
     step unless ``max_iterations`` or ``options`` set them (``ddim`` is one evaluation)."""
     defaults = adapter_for(pipe).defaults
     method = defaults.method if method is None else method
-    get_solver(method)
+    iterates = get_solver(method).iterates
     given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
-    if method != "ddim" and "max_iterations" not in given and not overrides:
+    if iterates and "max_iterations" not in given and not overrides:
         overrides["max_iterations"] = defaults.max_iterations
     return method, make_options(method, options, **overrides)
 
@@ -371,7 +371,7 @@ def invert(
         wall_time=wall - capture,
         encode_time=encode_time,
         settings=dict(_settings(setup, method, options, prompt, negative_prompt, list(notes), generator),
-                      warm_start=warm if method != "ddim" else None),
+                      warm_start=warm if get_solver(method).iterates else None),
         setup=setup,
         capture_time=capture,
         total_time=time.perf_counter() - t0,
@@ -446,7 +446,7 @@ def invert_batch(
         z = trajectory[0][i:i + 1]
         settings = dict(_settings(setup, method, options, prompt, negative_prompt,
                                   list(notes[i]) if notes else [], generator), batch_size=len(prompts),
-                        warm_start=warm if method != "ddim" else None)
+                        warm_start=warm if get_solver(method).iterates else None)
         out.append(InversionResult(
             scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
             encoded=encoded[i:i + 1], trajectory=[t[i:i + 1] for t in trajectory], steps=results,

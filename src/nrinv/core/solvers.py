@@ -587,20 +587,41 @@ def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -
 # ----------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class SolverSpec:
+    """A solver and the facts its callers need, so nobody guesses them from its name.
+
+    ``iterates``: ``False`` for a one-evaluation method (``ddim``): it has no iteration budget and
+    no warm start.  ``jvp_calls``: the network calls one iteration spends on Jacobian-vector
+    products besides its one evaluation of ``f``, as a function of the solver's options.
+    """
+
     fn: Callable[[Problem, SolverOptions], SolveResult]
     options: type
     needs_grad: bool = False
     summary: str = ""
+    iterates: bool = True
+    jvp_calls: Callable[[SolverOptions], int] = lambda options: 0
+
+    def calls_per_iteration(self, options: Optional[SolverOptions] = None) -> int:
+        """Network calls (NFE) of one iteration with ``options`` (default: the solver's defaults)."""
+        return 1 + self.jvp_calls(self.options() if options is None else options)
+
+
+def _krylov_calls(options: NewtonKrylovOptions) -> int:
+    # forward differences cost one network call per product; forward-mode autodiff runs the network
+    # once per product too (counted as grad_evals, not NFE, in the result)
+    return options.krylov_dim if options.jvp == "fd" else 0
 
 
 SOLVERS: dict[str, SolverSpec] = {
-    "ddim": SolverSpec(ddim, DDIMOptions, summary="DDIM inversion, model at the known latent (1 NFE)"),
+    "ddim": SolverSpec(ddim, DDIMOptions, iterates=False,
+                       summary="DDIM inversion, model at the known latent (1 NFE)"),
     "fixed_point": SolverSpec(fixed_point, SolverOptions, summary="fixed-point iteration z <- f(z)"),
     "renoise": SolverSpec(renoise, RenoiseOptions, summary="ReNoise: fixed point with averaged outputs"),
     "gnri": SolverSpec(gnri, GNRIOptions, summary="guided Newton-Raphson, published no-backprop form"),
     "gnri_grad": SolverSpec(gnri_grad, GNRIOptions, needs_grad=True, summary="GNRI objective, exact gradient"),
     "anderson": SolverSpec(anderson, AndersonOptions, summary="Anderson-accelerated fixed point"),
-    "newton_krylov": SolverSpec(newton_krylov, NewtonKrylovOptions, summary="Newton-GMRES with Jacobian-vector products"),
+    "newton_krylov": SolverSpec(newton_krylov, NewtonKrylovOptions, jvp_calls=_krylov_calls,
+                                summary="Newton-GMRES with Jacobian-vector products"),
 }
 
 
