@@ -1,4 +1,5 @@
 """Defaults live in one registry keyed by what the model is; loading is quiet and changes nothing."""
+import inspect
 import json
 import shutil
 import subprocess
@@ -67,18 +68,14 @@ def test_import_and_load_print_nothing_and_use_no_deprecated_names():
     assert done.stdout == "StableDiffusionPipeline" and done.stderr == ""
 
 
-def test_old_names_warn_and_still_work(tiny, astronaut32):
+def test_removed_aliases_are_gone(tiny, astronaut32):
+    """The package was never released: the old spellings are removed, not kept with warnings."""
     pipe = tiny("sd")
     res = nrinv.invert(pipe, astronaut32, "a photo of a cat", num_inference_steps=2)
-    with pytest.warns(FutureWarning, match="scheduler_latents"):
-        assert res.latent is res.scheduler_latents
-    with pytest.warns(FutureWarning, match="latents"):
-        assert res.pipeline_latents is res.latents
-    with pytest.warns(FutureWarning, match="height= and width="):
-        old = nrinv.invert(pipe, astronaut32, "a photo of a cat", num_inference_steps=2, size=(32, 32))
-    assert torch.equal(old.scheduler_latents, res.scheduler_latents)
-    with pytest.warns(FutureWarning, match="output_type='latent'"):
-        rec = nrinv.reconstruct(pipe, res, decode=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert torch.equal(rec.latents, nrinv.reconstruct(pipe, res, output_type="latent").latents)
+    for obj, name in [(res, "latent"), (res, "pipeline_latents"), (nrinv.reconstruct(pipe, res), "latent"),
+                      (nrinv.reconstruct(pipe, res), "image")]:
+        assert not hasattr(obj, name), name
+    for fn, kw in [(nrinv.invert, {"size": (32, 32)}), (nrinv.invert, {"latent": res.encoded}),
+                   (nrinv.reconstruct, {"decode": False}), (nrinv.load_pipeline, {"torch_dtype": None})]:
+        assert not {*kw} & {*inspect.signature(fn).parameters}, (fn.__name__, kw)
+    assert "frames" not in vars(nrinv.InterpolationResult)

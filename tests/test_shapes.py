@@ -25,7 +25,7 @@ needs_model = pytest.mark.skipif(not has_model, reason="shapes model not trained
 
 @pytest.fixture(scope="module")
 def pipe():
-    return shapes.load_pipeline()
+    return shapes.stock_pipeline()
 
 
 def test_render_deterministic_and_caption_roundtrip():
@@ -84,7 +84,7 @@ def test_tokenizer_one_token_per_word():
 
 
 @needs_model
-def test_load_pipeline(pipe):
+def test_stock_pipeline(pipe):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     assert isinstance(pipe, StableDiffusionPipeline)

@@ -38,7 +38,7 @@ SCENES = [
 
 @pytest.fixture(scope="module")
 def lcm_pipe():
-    return shapes.load_pipeline(variant="lcm")
+    return shapes.stock_pipeline(variant="lcm")
 
 
 def _uint8(images):
@@ -217,7 +217,7 @@ def test_load_pipeline_variants():
     assert pipeline_class_name(shapes.MODEL_DIR) == "StableDiffusionPipeline"
     assert generation_defaults(shapes.MODEL_DIR) == (shapes.DEFAULT_STEPS, shapes.DEFAULT_GUIDANCE)
     with pytest.raises(ValueError):
-        shapes.load_pipeline(variant="turbo")
+        shapes.stock_pipeline(variant="turbo")
     if has_lcm:
         assert pipeline_class_name(shapes.LCM_MODEL_DIR) == "LatentConsistencyModelPipeline"
         assert generation_defaults(shapes.LCM_MODEL_DIR) == (4, shapes.LCM_DEFAULT_GUIDANCE)

@@ -5,7 +5,6 @@ The engine (``nrinv.core``) takes and returns tensors; these entry points load a
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -17,7 +16,7 @@ from .core.adapters import adapter_for
 from .core.inversion import InversionResult
 from .errors import InputError
 from .io.images import ImageLike, load_pixels, resolve_size
-from .io.outputs import format_images, resolve_output_type
+from .io.outputs import check_output_type, format_images
 
 __all__ = ["invert", "invert_batch", "reconstruct", "ReconstructionOutput"]
 
@@ -41,20 +40,14 @@ def invert(
     warm_start: Any = None,
     max_pixels: Optional[int] = None,
     progress: bool = False,
-    size: Optional[tuple[int, int]] = None,
-    latent: Optional[Tensor] = None,
 ) -> InversionResult:
     """Find the noise from which ``pipe`` regenerates ``image`` (a path, PIL image, array or tensor).
 
     ``height``/``width`` resize the image first (or give the image size of ``image_latents``, an
     already encoded latent).  ``result.latents`` is what ``pipe(prompt, latents=..., generator=...)``
     takes to regenerate the image.  See :func:`nrinv.core.inversion.invert` for the solver arguments.
-    (``size=`` and ``latent=`` are deprecated spellings of ``height``/``width`` and ``image_latents``.)
     """
-    resized = resolve_size(height, width, size, "invert")
-    if latent is not None:
-        warnings.warn("invert(latent=...) is deprecated; pass image_latents=", FutureWarning, stacklevel=2)
-        image_latents = latent
+    resized = resolve_size(height, width)
     notes: list[str] = []
     pixels = None
     if image_latents is None:
@@ -86,11 +79,10 @@ def invert_batch(
     warm_start: Any = None,
     max_pixels: Optional[int] = None,
     progress: bool = False,
-    size: Optional[tuple[int, int]] = None,
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (see
     :func:`nrinv.core.inversion.invert_batch`); ``height``/``width`` resize them all first."""
-    resized = resolve_size(height, width, size, "invert_batch")
+    resized = resolve_size(height, width)
     images = list(images)
     if not images:
         raise InputError("give at least one image")
@@ -112,23 +104,11 @@ class ReconstructionOutput:
     images: list[Any]
     latents: Tensor
 
-    @property
-    def latent(self) -> Tensor:
-        warnings.warn("Reconstruction.latent is deprecated: use .latents", FutureWarning, stacklevel=2)
-        return self.latents
 
-    @property
-    def image(self) -> Any:
-        warnings.warn("Reconstruction.image is deprecated: use .images[0] (output_type='pt' for a tensor)",
-                      FutureWarning, stacklevel=2)
-        return self.images[0] if self.images else None
-
-
-def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil", progress: bool = False,
-                decode: Optional[bool] = None) -> ReconstructionOutput:
-    """Regenerate the image from an inversion's noise with the same prompt, steps and noise.
-    (``decode=False`` is a deprecated spelling of ``output_type="latent"``.)"""
-    output_type = resolve_output_type(output_type, decode, "reconstruct")
+def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil",
+                progress: bool = False) -> ReconstructionOutput:
+    """Regenerate the image from an inversion's noise with the same prompt, steps and noise."""
+    check_output_type(output_type)
     adapter = adapter_for(pipe)
     z = core.reconstruct(adapter, result, progress=progress)
     size = (result.settings["height"], result.settings["width"])

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from .errors import InputError
+from .shapes import dtype_kwarg
 
 __all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "builtin_models", "model_geometry", "BUILTIN_PREFIX",
            "DTYPES"]
@@ -128,23 +129,9 @@ def _pipeline_class(source: str, local: bool) -> str:
         return ""
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    try:  # diffusers >= 0.35 renamed `torch_dtype` to `dtype` and warns about the old name
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-
-        return {"dtype": dtype}
-    except ImportError:
-        return {"torch_dtype": dtype}
-
-
-def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", device: Any = "auto",
-                  torch_dtype: Optional[torch.dtype] = None) -> Any:
+def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", device: Any = "auto") -> Any:
     """Load a diffusers pipeline by Hugging Face id, local folder, or ``builtin:shapes`` (and the other
-    names of :func:`builtin_models`); safetensors only.  ``torch_dtype`` is the deprecated spelling
-    of ``dtype``."""
-    if torch_dtype is not None:
-        warnings.warn("load_pipeline(torch_dtype=...) is deprecated; pass dtype=", FutureWarning, stacklevel=2)
-        dtype = torch_dtype
+    names of :func:`builtin_models`); safetensors only."""
     dev = resolve_device(device)
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
@@ -173,7 +160,7 @@ def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", 
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=True,
                                                          local_files_only=local or bool(offline) or _hub_offline(),
-                                                         **_dtype_kwarg(dt))
+                                                         **dtype_kwarg(dt))
         except (OSError, EnvironmentError, ValueError) as exc:
             if not local and (offline or _hub_offline()):
                 why = f"the Hugging Face hub cannot be reached ({offline})" if offline else "HF_HUB_OFFLINE is set"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -106,17 +105,6 @@ class InversionResult:
         """A usable answer: no step diverged or produced NaN/Inf (a step may have stopped at its
         iteration budget before converging)."""
         return self.status.finite
-
-    @property
-    def latent(self) -> Tensor:
-        warnings.warn("InversionResult.latent is deprecated: use .scheduler_latents (scheduler units) or "
-                      ".latents (what pipe(latents=...) takes)", FutureWarning, stacklevel=2)
-        return self.scheduler_latents
-
-    @property
-    def pipeline_latents(self) -> Tensor:
-        warnings.warn("InversionResult.pipeline_latents is deprecated: use .latents", FutureWarning, stacklevel=2)
-        return self.latents
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready summary: settings, per-step solver stats, totals."""

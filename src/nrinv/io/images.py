@@ -148,12 +148,8 @@ def to_pil(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def resolve_size(height: Optional[int], width: Optional[int], size: Optional[tuple[int, int]] = None,
-                 where: str = "size") -> Optional[tuple[int, int]]:
-    """``(height, width)`` from diffusers-style arguments; the old ``size=(h, w)`` warns."""
-    if size is not None:
-        warnings.warn(f"{where}: size=(h, w) is deprecated; pass height= and width=", FutureWarning, stacklevel=3)
-        height, width = size
+def resolve_size(height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
+    """``(height, width)`` from diffusers-style arguments, checked; ``None`` when neither is given."""
     if (height is None) != (width is None):
         raise InputError("give both height and width (or neither)")
     if height is None:

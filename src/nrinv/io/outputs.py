@@ -1,8 +1,7 @@
 """Results shaped like diffusers' pipeline outputs: ``output_type`` in ``pil`` | ``np`` | ``pt`` | ``latent``."""
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -10,7 +9,7 @@ from torch import Tensor
 from ..errors import InputError
 from .images import to_pil
 
-__all__ = ["OUTPUT_TYPES", "check_output_type", "resolve_output_type", "format_images"]
+__all__ = ["OUTPUT_TYPES", "check_output_type", "format_images"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -19,15 +18,6 @@ def check_output_type(output_type: str) -> str:
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
     return output_type
-
-
-def resolve_output_type(output_type: str, decode: Optional[bool], where: str) -> str:
-    """``output_type``, checked; the deprecated ``decode=False`` of ``where`` means ``"latent"`` (warns)."""
-    if decode is not None:
-        warnings.warn(f"{where}(decode=...) is deprecated; pass output_type='latent' for no decoding", FutureWarning,
-                      stacklevel=3)
-        output_type = output_type if decode else "latent"
-    return check_output_type(output_type)
 
 
 def format_images(latents: Sequence[Tensor], decode: Callable[[Tensor], Tensor], output_type: str) -> list[Any]:

@@ -4,7 +4,7 @@
 "a large red triangle on the left, blue striped background", a judge that reads the attributes back
 from any image, and a small Stable-Diffusion-style model (AutoencoderKL + UNet2DConditionModel +
 CLIPTextModel + DDIMScheduler) shipped in diffusers folder format in ``MODEL_DIR``, and its 4-step latent
-consistency distillation (``LatentConsistencyModelPipeline``) in ``LCM_MODEL_DIR`` (``load_pipeline(variant="lcm")``).
+consistency distillation (``LatentConsistencyModelPipeline``) in ``LCM_MODEL_DIR`` (``stock_pipeline(variant="lcm")``).
 """
 from __future__ import annotations
 
@@ -52,12 +52,24 @@ def generation_defaults(model_dir) -> tuple[int, float]:
     return DEFAULT_STEPS, DEFAULT_GUIDANCE
 
 
-def load_pipeline(torch_dtype=None, device="cpu", model_dir=None, variant=None):
-    """Load a shipped model with its stock diffusers pipeline (offline, no safety checker).
+def dtype_kwarg(dtype) -> dict:
+    """The dtype keyword of diffusers' ``from_pretrained``: ``dtype=`` since diffusers 0.35 (which warns
+    about the old ``torch_dtype=``), ``torch_dtype=`` before."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+        return {"dtype": dtype}
+    except ImportError:
+        return {"torch_dtype": dtype}
+
+
+def stock_pipeline(dtype=None, device="cpu", model_dir=None, variant=None):
+    """A shipped model in its stock diffusers pipeline class (offline, no safety checker), for training and
+    evaluating the model itself; users load it with ``nrinv.load_pipeline("builtin:shapes")``.
 
     ``variant=None`` / ``"base"``: the base model (``StableDiffusionPipeline``, DDIM); ``variant="lcm"``: the
     distilled 4-step model (``LatentConsistencyModelPipeline``, ``LCMScheduler``).  ``model_dir`` overrides the
-    folder; the pipeline class is the one its ``model_index.json`` names.
+    folder; the pipeline class is the one its ``model_index.json`` names.  ``dtype``: default float32.
     """
     import diffusers
     import torch
@@ -66,16 +78,9 @@ def load_pipeline(torch_dtype=None, device="cpu", model_dir=None, variant=None):
         raise ValueError(f"unknown variant {variant!r} (expected one of {sorted(k for k in VARIANT_DIRS if k)})")
     folder = Path(model_dir) if model_dir else VARIANT_DIRS[variant]
     cls = getattr(diffusers, pipeline_class_name(folder))
-    dt = torch_dtype or torch.float32
-    try:  # newer diffusers renamed `torch_dtype` to `dtype`
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-
-        dtype_kw = {"dtype": dt}
-    except ImportError:
-        dtype_kw = {"torch_dtype": dt}
     pipe = cls.from_pretrained(
         str(folder),
-        **dtype_kw,
+        **dtype_kwarg(dtype or torch.float32),
         safety_checker=None,
         requires_safety_checker=False,
         local_files_only=True,
@@ -86,7 +91,7 @@ def load_pipeline(torch_dtype=None, device="cpu", model_dir=None, variant=None):
 
 
 __all__ = [
-    "MODEL_DIR", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "IMAGE_SIZE", "load_pipeline",
+    "MODEL_DIR", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "IMAGE_SIZE", "stock_pipeline", "dtype_kwarg",
     "LCM_MODEL_DIR", "LCM_DEFAULT_STEPS", "LCM_DEFAULT_GUIDANCE", "pipeline_class_name", "generation_defaults",
     "Scene", "sample_scene", "render", "parse_caption", "judge", "judge_batch",
     "SHAPES", "COLORS", "SIZES", "POSITIONS", "BACKGROUNDS",

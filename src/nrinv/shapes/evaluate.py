@@ -60,12 +60,12 @@ def evaluate_model(model_dir=None, n=200, guidances=None, steps=None, seed=0, lo
     value, ``by_guidance`` (the layout of the base model's ``metrics.json``).  ``extras``: also the VAE held-out
     PSNR, the judge's own accuracy and the folder size.
     """
-    from . import MODEL_DIR, generation_defaults, load_pipeline, pipeline_class_name
+    from . import MODEL_DIR, generation_defaults, pipeline_class_name, stock_pipeline
 
     t0 = time.time()
     model_dir = Path(model_dir) if model_dir else MODEL_DIR
     default_steps, default_guidance = generation_defaults(model_dir)
-    pipe = load_pipeline(model_dir=model_dir)
+    pipe = stock_pipeline(model_dir=model_dir)
     steps_list = [default_steps] if steps is None else ([steps] if isinstance(steps, int) else list(steps))
     guidances = list(guidances) if guidances else [default_guidance]
     scenes = [sample_scene(caption_seed0 + i) for i in range(n)]

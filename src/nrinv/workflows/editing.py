@@ -19,7 +19,7 @@ from ..core.adapters import adapter_for
 from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
-from ..io.outputs import check_output_type, format_images, resolve_output_type
+from ..io.outputs import check_output_type, format_images
 from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_threshold, check_prompt, check_steps,
                      check_strength, edit_defaults, encode_pixels, prompt_list)
 from .encoding import adjust_encoding
@@ -149,8 +149,6 @@ def edit(
     max_pixels: Optional[int] = None,
     output_type: str = "pil",
     progress: bool = False,
-    size: Optional[tuple[int, int]] = None,
-    decode: Optional[bool] = None,
 ) -> EditResult:
     """Edit ``image`` (described by ``source_prompt``) toward each of ``target_prompts``.
 
@@ -172,8 +170,8 @@ def edit(
     step the latent outside it is put back on the inverted trajectory, so unchanged content is the
     inversion's (exact with an exact inversion).
     """
-    output_type = resolve_output_type(output_type, decode, "edit")
-    resized = resolve_size(height, width, size, "edit")
+    check_output_type(output_type)
+    resized = resolve_size(height, width)
     check_prompt(source_prompt, "source prompt")
     targets = prompt_list(target_prompts, "target prompt")
     adapter = adapter_for(pipe)

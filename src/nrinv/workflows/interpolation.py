@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -14,7 +13,7 @@ from ..core.adapters import adapter_for
 from ..core.inversion import InversionResult, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_pixels
-from ..io.outputs import format_images, resolve_output_type
+from ..io.outputs import check_output_type, format_images
 from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_count, check_steps, encode_pixels,
                      prompt_list, slerp)
 from .encoding import adjust_encoding
@@ -30,11 +29,6 @@ class InterpolationResult:
     inversions: tuple[InversionResult, InversionResult]
     settings: dict[str, Any]
     timings: dict[str, float]
-
-    @property
-    def frames(self) -> list[Any]:
-        warnings.warn("InterpolationResult.frames is deprecated: use .images", FutureWarning, stacklevel=2)
-        return self.images
 
     def stats(self) -> dict[str, Any]:
         return {"version": __version__, "kind": "interpolate", "settings": dict(self.settings),
@@ -65,7 +59,6 @@ def interpolate(
     max_pixels: Optional[int] = None,
     output_type: str = "pil",
     progress: bool = False,
-    decode: Optional[bool] = None,
 ) -> InterpolationResult:
     """Invert both images, slerp their noises ``z_0``, lerp the prompt embeddings, regenerate ``n`` frames.
 
@@ -74,7 +67,7 @@ def interpolate(
     schedule: the first and last frames are the two reconstructions.  ``n == 1`` gives the midpoint.
     Images of different sizes raise ``InputError`` unless ``resize`` (B is resized to A's size).
     """
-    output_type = resolve_output_type(output_type, decode, "interpolate")
+    check_output_type(output_type)
     plist = prompt_list(prompts, "prompt")
     if len(plist) > 2:
         raise InputError(f"give one or two prompts, got {len(plist)}")

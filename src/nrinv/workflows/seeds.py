@@ -14,7 +14,7 @@ from ..core.adapters import adapter_for
 from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
-from ..io.outputs import format_images, resolve_output_type
+from ..io.outputs import check_output_type, format_images
 from .common import (DEFAULT_SEED_SPREAD, check_count, check_prompt, check_spread, check_steps, edit_defaults,
                      encode_pixels, helper_generator, noise_like, slerp)
 
@@ -62,8 +62,6 @@ def seed_from_images(
     max_pixels: Optional[int] = None,
     output_type: str = "pil",
     progress: bool = False,
-    size: Optional[tuple[int, int]] = None,
-    decode: Optional[bool] = None,
 ) -> SeedResult:
     """Generate ``n_samples`` images of a rare concept from a few example ``images``.
 
@@ -73,8 +71,8 @@ def seed_from_images(
     ``guidance_scale`` (default: ``edit_defaults(pipe)``'s guidance).  Examples of different sizes
     are resized to the first's size (or to ``height`` x ``width``).
     """
-    output_type = resolve_output_type(output_type, decode, "seed_from_images")
-    size = resolve_size(height, width, size, "seed_from_images")
+    check_output_type(output_type)
+    size = resolve_size(height, width)
     check_prompt(prompt, "prompt")
     images = list(images)
     if not images:
