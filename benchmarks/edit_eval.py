@@ -81,7 +81,7 @@ class Runner:
         for idx, item in enumerate(items):
             inv = self.invert(method, idx, item)
             t0 = time.perf_counter()
-            _, images = editing.regenerate(inv, item["target_caption"], strength=strength, guidance_scale=guidance,
+            _, images = editing.regenerate(inv, item["target_caption"], strength=strength, edit_guidance_scale=guidance,
                                            guide_from_source=self.guide_from_source)
             imgs.append(to_uint8(images[0]))
             rows.append({"time_s": inv.settings["bench_time_s"] + time.perf_counter() - t0, "nfe": inv.nfe})
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         log(f"chosen: strength {strength:g}, guidance {guidance:g}")
     defaults = editing.edit_defaults(pipe)
     strength = defaults["strength"] if strength is None else strength
-    guidance = defaults["guidance_scale"] if guidance is None else guidance
+    guidance = defaults["edit_guidance_scale"] if guidance is None else guidance
     report["eval_setting"] = {"strength": strength, "guidance": guidance, "guide_from_source": args.guide_from_source}
 
     # 3. per-method evaluation on all items

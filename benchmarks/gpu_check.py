@@ -313,7 +313,7 @@ def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) 
 
     inv = nrinv.invert(graphed, image, PROMPT, num_inference_steps=4, guidance_scale=0.0)
     edit = lambda output_type: nrinv.regenerate(inv, "a photo of a robot", strength=0.6,  # noqa: E731
-                                                guidance_scale=default.edit_guidance, output_type=output_type)
+                                                edit_guidance_scale=default.edit_guidance, output_type=output_type)
     row["edit_latent_s"], _ = timed(lambda: edit("latent"), device, repeats)
     row["edit_decoded_s"], _ = timed(lambda: edit("pil"), device, repeats)
     before = graph_stats(graphed)

@@ -44,11 +44,11 @@ def test_outputs_rows_and_columns(bench_run):
 
 def test_bench_measures_what_invert_runs_by_default(tiny, astronaut32):
     """anderson x1 in the bench is the default inversion's anderson x1 (warm start and all), not DDIM."""
-    from nrinv.bench.harness import invert_kwargs, parse_method
+    from nrinv.bench.harness import inversion_options, parse_method
 
     pipe = tiny("sd")
-    kwargs = invert_kwargs(parse_method("anderson"), 1, steps=6, guidance=1.0, seed=0)
-    bench = nrinv.invert(pipe, astronaut32, "a photo of a cat", **kwargs)
+    inversion = inversion_options(parse_method("anderson"), 1, steps=6, guidance=1.0, seed=0)
+    bench = nrinv.invert(pipe, astronaut32, "a photo of a cat", inversion=inversion)
     default = nrinv.invert(pipe, astronaut32, "a photo of a cat", num_inference_steps=6, max_iterations=1)
     ddim = nrinv.invert(pipe, astronaut32, "a photo of a cat", num_inference_steps=6, method="ddim")
     assert torch.equal(bench.scheduler_latents, default.scheduler_latents)
@@ -194,7 +194,7 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
         assert 15 < r["psnr_target"] < 50 and r["lpips_target"] > 0 and r["clip_target"] == ""
         assert r["nfe"] == (20 if r["method"] == "ddim" else 40)
         d = edit_defaults(pipe)
-        assert (r["strength"], r["guidance"], r["guide_from_source"]) == (d["strength"], d["guidance_scale"],
+        assert (r["strength"], r["guidance"], r["guide_from_source"]) == (d["strength"], d["edit_guidance_scale"],
                                                                            d["guide_from_source"])
     summary = {s["method"]: s for s in summarize_edits(rows)}
     # the shipped model edits colour and background reliably (measured 100% on the edit set)

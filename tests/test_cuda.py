@@ -88,7 +88,7 @@ def test_classifier_free_guidance_batch_and_edits_on_the_device(astronaut32, dty
         ours = nrinv.reconstruct(pipe, res, output_type="latent").latents
         assert _rel(_stock(pipe, "sd", res.latents, 6, 3.0, 0), ours) < STOCK_TOL[dtype]
     out = nrinv.edit(pipe, astronaut32, PROMPT, ["a photo of a dog", PROMPT], strength=1.0, guidance_scale=3.0,
-                     inversion_guidance=3.0, num_inference_steps=6, max_iterations=4, mask_threshold=0.3,
+                     edit_guidance_scale=3.0, num_inference_steps=6, max_iterations=4, mask_threshold=0.3,
                      output_type="pt")
     assert out.images[0].shape == (3, 32, 32) and torch.isfinite(out.images[0]).all()
     assert _rel(out.latents[1], out.inversion.encoded) < SOLVE_TOL[dtype]  # same prompt: the input again

@@ -74,7 +74,7 @@ def test_uses_of_a_latent_make_their_tensors_on_the_data_device(tiny, astronaut3
     pipe = tiny("sd")
     kw = dict(num_inference_steps=6, seed=2, progress=False)
     with ImplicitDeviceGuard():
-        res = nrinv.edit(pipe, astronaut32, PROMPT, ["a photo of a dog"], strength=0.5, guidance_scale=2.0,
+        res = nrinv.edit(pipe, astronaut32, PROMPT, ["a photo of a dog"], strength=0.5, edit_guidance_scale=2.0,
                          mask_threshold=0.3, encode_adjust=0.3, guide_from_source=True, **kw)
         inter = nrinv.interpolate(pipe, astronaut32, astronaut32.rotate(90), PROMPT, n=3, encode_adjust=0.3, **kw)
         seeds = nrinv.seed_from_images(pipe, [astronaut32, astronaut32.rotate(180)], PROMPT, n_samples=2, **kw)

@@ -56,7 +56,7 @@ def test_edit_same_prompt_full_strength_regenerates_input(tiny, astronaut32, kin
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
 def test_guidance_from_source_follows_the_reconstruction_where_prompts_agree(tiny, astronaut32, kind):
     pipe = tiny(kind)
-    kw = dict(strength=0.5, inversion_guidance=1.0, guidance_scale=3.0)
+    kw = dict(strength=0.5, guidance_scale=1.0, edit_guidance_scale=3.0)
     res = _edit(pipe, astronaut32, [SRC, TGT], guide_from_source=True, **kw)
     assert res.settings["guide_from_source"] is True
     k = res.settings["start_step"]
@@ -72,7 +72,7 @@ def test_guidance_from_source_follows_the_reconstruction_where_prompts_agree(tin
 
 def test_local_edit_keeps_the_unmasked_latent_on_the_inverted_trajectory(tiny, astronaut32):
     pipe = tiny("sd")
-    kw = dict(strength=0.5, inversion_guidance=1.0, guidance_scale=3.0, guide_from_source=True, mask_threshold=0.3)
+    kw = dict(strength=0.5, guidance_scale=1.0, edit_guidance_scale=3.0, guide_from_source=True, mask_threshold=0.3)
     res = _edit(pipe, astronaut32, [SRC, TGT], **kw)
     assert res.settings["mask_threshold"] == 0.3
     inv = res.inversion
@@ -134,9 +134,9 @@ def test_several_targets_share_one_inversion(tiny, astronaut32, monkeypatch):
 
 def test_edit_guidance_above_one_uses_cfg(tiny, astronaut32):
     pipe = tiny("sd")
-    a = _edit(pipe, astronaut32, TGT, strength=1.0, guidance_scale=1.0, method="ddim", max_iterations=None)
-    b = _edit(pipe, astronaut32, TGT, strength=1.0, guidance_scale=3.0, method="ddim", max_iterations=None)
-    assert b.settings["guidance_scale"] == 3.0 and not torch.allclose(a.latents[0], b.latents[0])
+    a = _edit(pipe, astronaut32, TGT, strength=1.0, edit_guidance_scale=1.0, method="ddim", max_iterations=None)
+    b = _edit(pipe, astronaut32, TGT, strength=1.0, edit_guidance_scale=3.0, method="ddim", max_iterations=None)
+    assert b.settings["edit_guidance_scale"] == 3.0 and b.settings["guidance_scale"] == 1.0 and not torch.allclose(a.latents[0], b.latents[0])
 
 
 def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
@@ -300,8 +300,8 @@ def test_cli_edit_one_and_several_targets(cli_pipe, image_path, tmp_path, capsys
     assert s["guide_from_source"] is False  # the tiny pipeline's default
 
     plain, guided = tmp_path / "plain.png", tmp_path / "guided.png"  # with classifier-free guidance
-    assert main(args[:-3] + ["--guidance", "3", "-o", str(plain), "--quiet"]) == 0
-    assert main(args[:-3] + ["--guidance", "3", "--guide-from-source", "-o", str(guided), "--quiet"]) == 0
+    assert main(args[:-3] + ["--edit-guidance", "3", "-o", str(plain), "--quiet"]) == 0
+    assert main(args[:-3] + ["--edit-guidance", "3", "--guide-from-source", "-o", str(guided), "--quiet"]) == 0
     assert json.loads(guided.with_suffix(".json").read_text())["settings"]["guide_from_source"] is True
     assert np.abs(np.asarray(Image.open(guided), float) - np.asarray(Image.open(plain), float)).mean() > 0.1
 

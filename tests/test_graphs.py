@@ -38,7 +38,7 @@ def test_replayed_calls_give_the_eager_answers(tiny, astronaut32, kind, guidance
     # one graph, captured at the signature's second call and replayed from then on
     assert g.captures == 1 and g.replays == replayed.nfe - 1 and not g.fallbacks
     # other prompts, timesteps and strengths reuse that graph (the conditioning is an input buffer)
-    common = dict(strength=0.5, guidance_scale=guidance, inversion_guidance=guidance, num_inference_steps=4,
+    common = dict(strength=0.5, guidance_scale=guidance, edit_guidance_scale=guidance, num_inference_steps=4,
                   max_iterations=3, output_type="latent")
     edited = nrinv.edit(adapter, astronaut32, PROMPT, ["a photo of a dog", "a red cat"], **common)
     reference = nrinv.edit(pipe, astronaut32, PROMPT, ["a photo of a dog", "a red cat"], **common)

@@ -85,6 +85,8 @@ def test_guidance_range_in_the_api(tiny, astronaut32):
             nrinv.invert(pipe, astronaut32, PROMPT, guidance_scale=bad, num_inference_steps=2)
         with pytest.raises(InputError, match="finite number"):
             nrinv.edit(pipe, astronaut32, PROMPT, "a dog", guidance_scale=bad, num_inference_steps=2)
+        with pytest.raises(InputError, match="finite number"):
+            nrinv.edit(pipe, astronaut32, PROMPT, "a dog", edit_guidance_scale=bad, num_inference_steps=2)
     assert nrinv.invert(pipe, astronaut32, PROMPT, guidance_scale=0.0, num_inference_steps=2).finite
 
 

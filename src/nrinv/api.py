@@ -13,14 +13,15 @@ from torch import Tensor
 
 from .core import inversion as core
 from .core.adapters import adapter_for
-from .core.inversion import InversionResult
+from .core.inversion import InversionOptions, InversionResult, inversion_parameters
 from .errors import InputError
 from .io.images import ImageLike, load_pixels, resolve_size
 from .io.outputs import check_output_type, format_images
 
-__all__ = ["invert", "invert_batch", "reconstruct", "ReconstructionOutput"]
+__all__ = ["invert", "invert_batch", "reconstruct", "ReconstructionOutput", "InversionOptions", "InversionResult"]
 
 
+@inversion_parameters
 def invert(
     pipe: Any,
     image: Optional[ImageLike] = None,
@@ -29,15 +30,7 @@ def invert(
     height: Optional[int] = None,
     width: Optional[int] = None,
     image_latents: Optional[Tensor] = None,
-    method: Optional[str] = None,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    negative_prompt: Optional[str] = None,
-    options: Any = None,
-    max_iterations: Optional[int] = None,
-    warm_start: Any = None,
+    inversion: InversionOptions,
     max_pixels: Optional[int] = None,
     progress: bool = False,
 ) -> InversionResult:
@@ -45,7 +38,8 @@ def invert(
 
     ``height``/``width`` resize the image first (or give the image size of ``image_latents``, an
     already encoded latent).  ``result.latents`` is what ``pipe(prompt, latents=..., generator=...)``
-    takes to regenerate the image.  See :func:`nrinv.core.inversion.invert` for the solver arguments.
+    takes to regenerate the image.  The inversion's parameters (``method``, ``num_inference_steps``,
+    ``guidance_scale``, ...): :class:`~nrinv.InversionOptions`, as ``inversion=`` or flat keywords.
     """
     resized = resolve_size(height, width)
     notes: list[str] = []
@@ -55,12 +49,11 @@ def invert(
             raise InputError("pass an image (or image_latents) to invert")
         pixels = load_pixels(image, size=resized, max_pixels=max_pixels, notes=notes)
     h, w = resized if resized else (None, None)
-    return core.invert(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, method=method,
-                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                       generator=generator, negative_prompt=negative_prompt, options=options,
-                       max_iterations=max_iterations, warm_start=warm_start, progress=progress, notes=notes)
+    return core.invert(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, inversion=inversion,
+                       progress=progress, notes=notes)
 
 
+@inversion_parameters
 def invert_batch(
     pipe: Any,
     images: Sequence[ImageLike],
@@ -68,15 +61,7 @@ def invert_batch(
     *,
     height: Optional[int] = None,
     width: Optional[int] = None,
-    method: Optional[str] = None,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    negative_prompt: Optional[str] = None,
-    options: Any = None,
-    max_iterations: Optional[int] = None,
-    warm_start: Any = None,
+    inversion: InversionOptions,
     max_pixels: Optional[int] = None,
     progress: bool = False,
 ) -> list[InversionResult]:
@@ -91,10 +76,7 @@ def invert_batch(
     sizes = {tuple(p.shape[-2:]) for p in pixels}
     if len(sizes) != 1:
         raise InputError(f"a batch needs images of one size, got {sorted(sizes)}; pass height= and width= to resize")
-    return core.invert_batch(pipe, torch.cat(pixels), prompts, method=method, num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, seed=seed, generator=generator,
-                             negative_prompt=negative_prompt, options=options, max_iterations=max_iterations,
-                             warm_start=warm_start, progress=progress, notes=notes)
+    return core.invert_batch(pipe, torch.cat(pixels), prompts, inversion=inversion, progress=progress, notes=notes)
 
 
 @dataclass

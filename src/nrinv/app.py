@@ -278,7 +278,7 @@ class EditorApp:
             raise InputError("type a target prompt")
         t0 = time.perf_counter()
         _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
-                               guidance_scale=check_guidance(guidance, "guidance"),
+                               edit_guidance_scale=check_guidance(guidance, "guidance"),
                                guide_from_source=state.get("guide_from_source", False), output_type="pil")
         seconds = time.perf_counter() - t0
         edited = images[0]

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
+from .api import InversionOptions
 from .errors import InputError
 from .io.files import save_json, save_latent
 from .io.images import load_image
@@ -106,9 +107,10 @@ def invert_dir(
     size: Optional[tuple[int, int]] = None,
     max_pixels: Optional[int] = None,
     progress: bool = True,
-    **invert_kwargs: Any,
+    inversion: Optional[InversionOptions] = None,
 ) -> BatchSummary:
-    """Invert this process's share of ``folder`` into ``out``; see the module docstring."""
+    """Invert this process's share of ``folder`` into ``out`` with ``inversion``'s parameters; see the
+    module docstring."""
     from .api import invert_batch
 
     if (prompt is None) == (captions is None):
@@ -147,7 +149,7 @@ def invert_dir(
         for group in groups.values():
             try:
                 results = invert_batch(pipe, [g[1] for g in group], [g[2] for g in group], progress=False,
-                                       **invert_kwargs)
+                                       inversion=inversion)
             except (InputError, ValueError) as exc:
                 for g in group:
                     fail(g[0], str(exc).splitlines()[0])

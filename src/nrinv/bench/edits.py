@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .harness import budgets, invert_kwargs, parse_method, perceptual_scores
+from .harness import budgets, inversion_options, parse_method, perceptual_scores
 from .report import mean_present, read_rows, write_rows
 from ..metrics import as_numpy
 
@@ -52,7 +52,7 @@ def run_edit_bench(
     n: int,
     steps: Optional[int] = None,
     strength: Optional[float] = None,
-    guidance_scale: Optional[float] = None,
+    edit_guidance_scale: Optional[float] = None,
     guide_from_source: Optional[bool] = None,
     mask_threshold: Optional[float] = -1.0,
     seed: int = 0,
@@ -63,7 +63,7 @@ def run_edit_bench(
 ) -> list[dict]:
     """Run (or resume) the edit benchmark on ``n`` items into ``out/edits.csv``; returns all rows.
 
-    ``strength`` / ``guidance_scale`` / ``guide_from_source`` default to
+    ``strength`` / ``edit_guidance_scale`` / ``guide_from_source`` default to
     :func:`nrinv.edit_defaults`; inversion
     runs at the pipeline's own default guidance (the source prompt describes the image).
     """
@@ -80,7 +80,7 @@ def run_edit_bench(
     adapter = adapter_for(pipe)
     defaults = edit_defaults(adapter)
     strength = float(defaults["strength"] if strength is None else strength)
-    target_guidance = float(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+    target_guidance = float(defaults["edit_guidance_scale"] if edit_guidance_scale is None else edit_guidance_scale)
     contrast = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
     # -1: the model's default (None there means a global edit)
     threshold = defaults["mask_threshold"] if mask_threshold == -1.0 else mask_threshold
@@ -97,11 +97,11 @@ def run_edit_bench(
             continue
         item = items[i]
         bar.set_postfix(item=i, method=method, it=its)
-        kwargs = invert_kwargs(parsed[method], its, steps=steps, guidance=inv_guidance, seed=seed,
-                               method_options=method_options)
+        inversion = inversion_options(parsed[method], its, steps=steps, guidance=inv_guidance, seed=seed,
+                                      method_options=method_options)
         t0 = time.perf_counter()
-        inv = invert(adapter, item["source_image"], item["source_caption"], **kwargs)
-        _, images = regenerate(inv, item["target_caption"], strength=strength, guidance_scale=target_guidance,
+        inv = invert(adapter, item["source_image"], item["source_caption"], inversion=inversion, progress=False)
+        _, images = regenerate(inv, item["target_caption"], strength=strength, edit_guidance_scale=target_guidance,
                                guide_from_source=contrast, mask_threshold=threshold, output_type="pt")
         wall = time.perf_counter() - t0
         edited = as_numpy(images[0])

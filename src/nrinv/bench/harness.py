@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.adapters import adapter_for
-from ..api import invert
+from ..api import InversionOptions, invert
 from ..core.inversion import prepare, sample
 from ..core.schedulers import draw_noise, seeded_generator
 from ..core.solvers import SOLVERS, get_solver, make_options
@@ -37,7 +37,7 @@ from .images import BenchImage
 from .measure import PeakMemory, machine_info, sync
 from .report import make_plots, read_rows, write_rows
 
-__all__ = ["run_bench", "forward_time", "overhead_ratio", "parse_method", "invert_kwargs", "perceptual_scores",
+__all__ = ["run_bench", "forward_time", "overhead_ratio", "parse_method", "inversion_options", "perceptual_scores",
            "step_status_counts", "budgets", "COLUMNS"]
 
 def _row_key(row: dict) -> tuple:
@@ -113,15 +113,16 @@ def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
     return iterations if get_solver(solver).iterates else (1,)
 
 
-def invert_kwargs(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
-                  method_options: Optional[dict[str, dict]] = None) -> dict:
-    """Keyword arguments of ``nrinv.invert`` for a parsed method spec at an iteration budget."""
+def inversion_options(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
+                      method_options: Optional[dict[str, dict]] = None) -> InversionOptions:
+    """The inversion parameters of a parsed method spec at an iteration budget."""
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
     warm = warm if warm in (None, "last", "linear") else bool(warm)
-    return dict(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed, options=options,
-                max_iterations=iterations if get_solver(solver).iterates else None, warm_start=warm, progress=False)
+    return InversionOptions(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                            options=options, max_iterations=iterations if get_solver(solver).iterates else None,
+                            warm_start=warm)
 
 
 def perceptual_scores(lpips: Any, clip: Any, image: np.ndarray, reference: np.ndarray, prompt: str) -> dict:
@@ -196,8 +197,9 @@ def run_bench(
             with torch.no_grad():
                 ceiling = adapter.decode(adapter.encode(pixels), size)
             ceilings[img.name] = psnr(_hwc(pixels), _hwc(ceiling))
-        kwargs = invert_kwargs(parsed[method], its, steps=steps, guidance=guidance, seed=seed,
-                               method_options=method_options)
+        inversion = inversion_options(parsed[method], its, steps=steps, guidance=guidance, seed=seed,
+                                      method_options=method_options)
+        kwargs = dict(inversion=inversion, progress=False)
         timed = img is images[0] and repeats > 0
         if timed:
             t_forward = min(t_forward, forward_time(pipe, images[0].prompt, size, steps, guidance, repeats=5))

@@ -5,8 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import (UsageError, add_model_args, add_solver_args, image_size, load_model, seed_value,
-                     solver_args)
+from .common import UsageError, add_inversion_args, add_model_args, image_size, inversion_args, load_model
 
 
 def cmd_invert_dir(args) -> int:
@@ -19,9 +18,9 @@ def cmd_invert_dir(args) -> int:
         raise UsageError("give --prompt (one caption for all) or --captions FILE (.csv or .jsonl)")
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("the prompt is empty")
-    if args.batch_size < 1 or (args.steps is not None and args.steps < 1):
-        raise UsageError("--batch-size and --steps must be >= 1")
-    method, options = solver_args(args)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    inversion = inversion_args(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; give the output folder")
@@ -48,8 +47,7 @@ def cmd_invert_dir(args) -> int:
     summary = invert_dir(pipe, Path(args.folder), Path(args.output), prompt=args.prompt, captions=captions,
                          model=args.model, batch_size=args.batch_size, rank=rank, world_size=world,
                          retry_failed=args.retry_failed, size=args.resize, max_pixels=args.max_pixels,
-                         progress=not args.quiet, method=method, options=options,
-                         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+                         progress=not args.quiet, inversion=inversion)
     if not args.quiet:
         print(f"[process {rank}/{world}] {summary.line()}")
     for name, reason in summary.failed.items():
@@ -68,10 +66,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="one caption for every image")
     p.add_argument("--captions", default=None, help="captions file: .csv (file,caption) or .jsonl")
     p.add_argument("--batch-size", type=int, default=4, help="images per network call")
-    add_solver_args(p)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--seed", type=seed_value, default=0)
+    add_inversion_args(p)
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize every image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)

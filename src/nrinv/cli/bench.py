@@ -69,7 +69,7 @@ def cmd_bench(args) -> int:
         from ..io.files import save_json
 
         edit_rows = run_edit_bench(pipe, out=Path(args.out), methods=methods, iterations=iterations, n=args.edits,
-                                   steps=args.steps, strength=args.edit_strength, guidance_scale=args.edit_guidance,
+                                   steps=args.steps, strength=args.edit_strength, edit_guidance_scale=args.edit_guidance,
                                    guide_from_source=args.guide_from_source,
                                    mask_threshold=-1.0 if args.edit_mask_threshold is None
                                    else (args.edit_mask_threshold or None),

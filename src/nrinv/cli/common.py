@@ -68,10 +68,10 @@ def check_folder(path: Path, flag: str) -> None:
 
 
 def check_guidances(args) -> None:
-    """--guidance / --inversion-guidance: finite and within the documented range, before any work."""
+    """--guidance / --edit-guidance / --sample-guidance: finite and within the documented range, before any work."""
     from ..core.inversion import check_guidance
 
-    for flag in ("guidance", "inversion_guidance"):
+    for flag in ("guidance", "edit_guidance", "sample_guidance"):
         value = getattr(args, flag, None)
         if value is not None:
             run(check_guidance, value=value, what="--" + flag.replace("_", "-"))
@@ -134,24 +134,35 @@ def load_model(model: str, dtype: str, device: str, cuda_graphs: bool = True) ->
         raise UsageError(str(exc).splitlines()[0]) from None
 
 
-def solver_args(args) -> tuple[Optional[str], dict]:
-    """``--method``, ``--iterations`` and ``--option`` checked now, before any work."""
+#: --warm-start's values -> InversionOptions.warm_start
+WARM_START = {"auto": None, "on": True, "off": False, "last": "last", "linear": "linear"}
+
+
+def inversion_args(args) -> Any:
+    """The :class:`~nrinv.core.inversion.InversionOptions` of ``add_inversion_args``' flags, checked now
+    (``--method``, ``--iterations``, ``--option``, ``--steps``, ``--guidance``), before any work."""
+    from ..core.defaults import ModelDefaults
+    from ..core.inversion import InversionOptions
     from ..core.solvers import get_solver, make_options
 
     try:
         if args.method is not None:
             get_solver(args.method)
-        overrides = parse_option(args.option)
-        if args.iterations is not None:
-            if args.iterations < 1:
-                raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
-            overrides["max_iterations"] = args.iterations
-        from ..core.defaults import DEFAULT_METHOD
-
-        make_options(args.method or DEFAULT_METHOD, overrides)
+        options = parse_option(args.option)
+        if args.iterations is not None and args.iterations < 1:
+            raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        # unknown solver options fail now, against the named method or (before the model is loaded)
+        # the method the model defaults start from
+        make_options(args.method or ModelDefaults.method, options,
+                     **({} if args.iterations is None else {"max_iterations": args.iterations}))
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    return args.method, overrides
+    check_guidances(args)
+    return InversionOptions(method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                            negative_prompt=args.negative_prompt, max_iterations=args.iterations,
+                            options=options or None, warm_start=WARM_START[args.warm_start], seed=args.seed)
 
 
 def run(fn, **kwargs) -> Any:
@@ -186,10 +197,20 @@ def add_model_args(p: argparse.ArgumentParser, default: Optional[str] = DEFAULT_
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
-def add_solver_args(p: argparse.ArgumentParser) -> None:
+def add_inversion_args(p: argparse.ArgumentParser) -> None:
+    """The flags of :class:`~nrinv.core.inversion.InversionOptions` (read back by ``inversion_args``);
+    the same flag means the same in every subcommand."""
     p.add_argument("--method", default=None, help="inversion solver (see `nrinv methods`; default: the model's)")
     p.add_argument("--iterations", type=int, default=None, help="solver iterations per step (default: the model's)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="solver option, repeatable")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance of the inversion (and reconstruction) (default: the model's)")
+    p.add_argument("--negative-prompt", default=None, help="the guidance's negative prompt")
+    p.add_argument("--warm-start", choices=tuple(WARM_START), default="auto",
+                   help="start each step from the previous steps' model output; auto: on without classifier-free "
+                        "guidance (default: %(default)s)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
 
 
 #: seeds a torch generator takes, with room for the per-image offsets some commands add

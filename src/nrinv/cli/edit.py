@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .._version import __version__
-from .common import (UsageError, add_model_args, add_solver_args, check_device, check_guidances, check_target,
-                     image_size, load_model, note, open_image, run, seed_value, solver_args, validate)
+from .common import (UsageError, add_inversion_args, add_model_args, check_device, check_target, image_size,
+                     inversion_args, load_model, note, open_image, run, validate)
 
 
-def _common(p: argparse.ArgumentParser, *, guidance_help: str) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
     from ..io.images import DEFAULT_MAX_PIXELS
 
-    add_solver_args(p)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help=guidance_help)
-    p.add_argument("--seed", type=seed_value, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
+    add_inversion_args(p)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
     add_model_args(p)
 
@@ -67,8 +64,7 @@ def cmd_edit(args) -> int:
     validate(checks.check_steps, args.steps)
     validate(checks.check_adjust, args.encode_adjust)
     validate(checks.check_mask_threshold, args.mask_threshold)
-    method, options = solver_args(args)
-    check_guidances(args)
+    inversion = inversion_args(args)
     image_path = Path(args.image)
     output = Path(args.output) if args.output else image_path.with_name(image_path.stem + ".edit.png")
     pngs = edit_output_paths(output, len(args.target))
@@ -80,10 +76,8 @@ def cmd_edit(args) -> int:
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
-                  strength=args.strength, guidance_scale=args.guidance, method=method, seed=args.seed,
-                  num_inference_steps=args.steps, inversion_guidance=args.inversion_guidance, options=options,
-                  negative_prompt=args.negative_prompt, guide_from_source=args.guide_from_source,
-                  mask_threshold=args.mask_threshold,
+                  strength=args.strength, edit_guidance_scale=args.edit_guidance, inversion=inversion,
+                  guide_from_source=args.guide_from_source, mask_threshold=args.mask_threshold,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
     ceiling = vae_ceiling_psnr(result.inversion.setup.adapter, to_tensor(image))
     low = vae_ceiling_note(ceiling)
@@ -164,8 +158,7 @@ def cmd_interpolate(args) -> int:
     validate(checks.check_count, args.n, "n")
     validate(checks.check_steps, args.steps)
     validate(checks.check_adjust, args.encode_adjust)
-    method, options = solver_args(args)
-    check_guidances(args)
+    inversion = inversion_args(args)
     out = Path(args.output)
     check_target(out, args.force, (".png",), "strip")
     check_target(_sidecar(out), args.force)
@@ -181,8 +174,7 @@ def cmd_interpolate(args) -> int:
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     prompts = [args.prompt] if args.prompt_b is None else [args.prompt, args.prompt_b]
     result = run(interpolate, pipe=pipe, image_a=image_a, image_b=image_b, prompts=prompts, n=args.n,
-                  method=method, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  options=options, encode_adjust=args.encode_adjust, resize=args.resize,
+                  inversion=inversion, encode_adjust=args.encode_adjust, resize=args.resize,
                   max_pixels=args.max_pixels, progress=not args.quiet)
     strip, pils = _strip(result.images)
     record = _base_record(args, result.stats())
@@ -207,8 +199,7 @@ def cmd_seed(args) -> int:
     validate(checks.check_steps, args.steps)
     validate(checks.check_spread, args.spread)
     validate(checks.check_count, args.columns, "--columns")
-    method, options = solver_args(args)
-    check_guidances(args)
+    inversion = inversion_args(args)
     out = Path(args.output)
     check_target(out, args.force, (".png",), "grid")
     check_target(_sidecar(out), args.force)
@@ -218,8 +209,7 @@ def cmd_seed(args) -> int:
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(seed_from_images, pipe=pipe, images=images, prompt=args.prompt, n_samples=args.n,
-                  spread=args.spread, seed=args.seed, method=method, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, inversion_guidance=args.inversion_guidance, options=options,
+                  spread=args.spread, sample_guidance_scale=args.sample_guidance, inversion=inversion,
                   height=size[0], width=size[1], max_pixels=args.max_pixels, progress=not args.quiet)
     grid = _grid(result.images, args.columns)
     record = _base_record(args, result.stats())
@@ -244,8 +234,8 @@ def register(sub) -> None:
     p.add_argument("--target", action="append", required=True, help="text describing the edit; repeatable")
     p.add_argument("--strength", type=float, default=None,
                    help="fraction of the schedule re-run with the target, in (0, 1] (default: the model's)")
-    p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion (default: the model's)")
-    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--edit-guidance", type=float, default=None,
+                   help="guidance of the target regeneration (default: the model's edit default)")
     p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
                    help="guide the regeneration away from the source prompt instead of the empty one "
                         "(default: the model's)")
@@ -257,7 +247,7 @@ def register(sub) -> None:
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize the image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("-o", "--output", default=None, help="output PNG (default: IMAGE.edit.png)")
-    _common(p, guidance_help="guidance of the target regeneration (default: the model's edit default)")
+    _common(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("interpolate", help="interpolate between two images through their noise latents",
@@ -274,7 +264,7 @@ def register(sub) -> None:
     p.add_argument("--gif-ms", type=gif_ms, default=200,
                    help="GIF frame duration in ms, 10 to 655350 (GIF stores hundredths of a second)")
     p.add_argument("-o", "--output", required=True, help="strip PNG")
-    _common(p, guidance_help="guidance of inversion and regeneration (default: the model's)")
+    _common(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("seed", help="generate a rare concept from a few example images",
@@ -285,10 +275,11 @@ def register(sub) -> None:
     p.add_argument("-n", type=int, default=4, help="number of samples (default: %(default)s)")
     p.add_argument("--spread", type=float, default=DEFAULT_SEED_SPREAD,
                    help="slerp weight toward fresh noise, in [0, 1] (default: %(default)s)")
-    p.add_argument("--inversion-guidance", type=float, default=None, help="guidance of the inversion")
+    p.add_argument("--sample-guidance", type=float, default=None,
+                   help="guidance of the generation (default: the model's edit default)")
     p.add_argument("--columns", type=int, default=4, help="grid columns")
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize the examples first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("-o", "--output", required=True, help="grid PNG")
-    _common(p, guidance_help="guidance of the generation (default: the model's edit default)")
+    _common(p)
     p.set_defaults(func=cmd_seed)

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from .common import (DEFAULT_MODEL, UsageError, add_model_args, add_solver_args, check_device, check_guidances,
-                     check_target, image_size, load_model, note, open_image, run, seed_value, solver_args)
+from .common import (DEFAULT_MODEL, UsageError, add_inversion_args, add_model_args, check_device, check_target,
+                     image_size, inversion_args, load_model, note, open_image, run)
 
 #: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
 LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
@@ -21,10 +21,7 @@ def cmd_invert(args) -> int:
 
     if not args.prompt or not args.prompt.strip():
         raise UsageError("the prompt is empty; describe the image with --prompt")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    check_guidances(args)
-    method, options = solver_args(args)
+    inversion = inversion_args(args)
     check_device(args.device)
     image_path = Path(args.image)
     out = Path(args.output) if args.output else image_path.with_suffix(".latent.safetensors")
@@ -34,10 +31,7 @@ def cmd_invert(args) -> int:
     image, notes = open_image(args.image, args.max_pixels, args.model, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
-    result = run(invert, pipe=pipe, image=image, prompt=args.prompt, method=method, options=options,
-                 num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                 negative_prompt=args.negative_prompt, warm_start=False if args.no_warm_start else None,
-                 progress=not args.quiet)
+    result = run(invert, pipe=pipe, image=image, prompt=args.prompt, inversion=inversion, progress=not args.quiet)
     stats = result.stats()
     ceiling = vae_ceiling_psnr(result.setup.adapter, to_tensor(image))
     low = vae_ceiling_note(ceiling)
@@ -111,13 +105,7 @@ def register(sub) -> None:
     p = sub.add_parser("invert", help="invert an image to its noise latent")
     p.add_argument("image")
     p.add_argument("--prompt", required=True, help="text describing the image")
-    p.add_argument("--negative-prompt", default=None)
-    add_solver_args(p)
-    p.add_argument("--no-warm-start", action="store_true",
-                   help="start each step from the known latent instead of the previous step's model output")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=seed_value, default=0, help="seed of the sampler's noise (ancestral/LCM samplers)")
+    add_inversion_args(p)
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize the image first to HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")

@@ -9,6 +9,9 @@ images and shaping outputs like diffusers is ``nrinv.api``'s job.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,11 +24,12 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import InputError
 from .adapters import Adapter, Conditioning, adapter_for, size_notes
+from .options import Options
 from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
-__all__ = ["Setup", "InversionResult", "invert", "invert_batch", "reconstruct", "sample", "prepare",
-           "solver_options", "check_guidance", "MAX_GUIDANCE"]
+__all__ = ["InversionOptions", "inversion_parameters", "Setup", "InversionResult", "invert", "invert_batch",
+           "reconstruct", "sample", "prepare", "solver_options", "check_guidance", "MAX_GUIDANCE"]
 
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
 #: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
@@ -42,6 +46,93 @@ def check_guidance(value: Any, what: str = "guidance_scale") -> float:
     if not math.isfinite(g) or not 0.0 <= g <= MAX_GUIDANCE:
         raise InputError(f"{what} must be a finite number in [0, {MAX_GUIDANCE:g}], got {value!r}")
     return g
+
+
+@dataclass(frozen=True)
+class InversionOptions(Options):
+    """The parameters of an inversion, declared once.
+
+    Every entry point that inverts (``nrinv.invert``, ``invert_batch``, ``edit``, ``interpolate``,
+    ``seed_from_images``, the bench harness, the CLI) takes them, either as one object,
+    ``inversion=InversionOptions(...)``, or as flat keywords of the same names (a flat keyword
+    overrides the object's field).  A name means the same everywhere; ``None`` takes the model's
+    default (``nrinv.core.defaults``).
+
+    ``method``: a solver of ``SOLVERS``.  ``num_inference_steps``: sampler steps.
+    ``guidance_scale``: the classifier-free guidance the image is inverted (and reconstructed) at;
+    where a workflow regenerates at another guidance, that one has its own name
+    (``edit_guidance_scale``, ``sample_guidance_scale``).  ``negative_prompt``: the guidance's
+    unconditional prompt.  ``max_iterations``: solver iterations per step (not for a solver that
+    does not iterate).  ``options``: the solver's options (dict or ``SolverOptions``).
+    ``warm_start``: start each step from a model output predicted from the steps solved before (no
+    extra network call; see ``_solve_steps``): ``None`` turns it on exactly when no classifier-free
+    guidance is used, in the model's mode; ``True`` / ``False`` force it; ``"last"`` / ``"linear"``
+    choose the mode.  ``seed`` / ``generator``: the noise stochastic samplers (Euler-ancestral, LCM)
+    draw, as the stock pipeline draws it with ``generator`` (read, not advanced), else with
+    ``torch.Generator().manual_seed(seed)``.
+    """
+
+    method: Optional[str] = None
+    num_inference_steps: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    negative_prompt: Optional[str] = None
+    max_iterations: Optional[int] = None
+    options: Any = None
+    warm_start: Any = None
+    seed: int = 0
+    generator: Optional[torch.Generator] = None
+
+    @classmethod
+    def merge(cls, base: Optional["InversionOptions"], **flat: Any) -> "InversionOptions":
+        """``base`` (default: all defaults) with the given flat keywords replacing its fields."""
+        if base is None:
+            return cls.from_dict(flat)
+        if not isinstance(base, InversionOptions):
+            raise InputError(f"inversion= takes an InversionOptions, got {type(base).__name__}")
+        return base.replace(**flat)
+
+    def replace(self, **changes: Any) -> "InversionOptions":
+        return dataclasses.replace(self, **type(self).from_dict(changes).given(changes))
+
+    def given(self, names: Any = None) -> dict[str, Any]:
+        """The fields named in ``names`` (default: all), as a dict of keyword arguments."""
+        return {f: getattr(self, f) for f in (self.field_names() if names is None else names)}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.given()
+        out["options"] = self.options.to_dict() if hasattr(self.options, "to_dict") else self.options
+        g = self.generator
+        out["generator"] = None if g is None else {"device": str(g.device), "initial_seed": int(g.initial_seed())}
+        return out
+
+
+def inversion_parameters(fn: Callable) -> Callable:
+    """Give ``fn`` the flat keywords of :class:`InversionOptions`, declared once.
+
+    ``fn`` takes a keyword ``inversion: InversionOptions``; the wrapper takes ``inversion=`` and/or
+    the flat keywords, merges them and passes ``fn`` one ``InversionOptions``.  The flat keywords
+    appear in the wrapper's signature (``help()``, ``inspect.signature``) just before ``inversion``.
+    """
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    names = [p.name for p in params]
+    clash = set(names) & set(InversionOptions.field_names())
+    if clash:
+        raise TypeError(f"{fn.__qualname__} writes out inversion parameter(s) {sorted(clash)}; they come from "
+                        "InversionOptions")
+    at = names.index("inversion")
+    flat = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+            for f in dataclasses.fields(InversionOptions)]
+    fields = frozenset(InversionOptions.field_names())
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, inversion: Optional[InversionOptions] = None, **kwargs: Any) -> Any:
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        return fn(*args, inversion=InversionOptions.merge(inversion, **given), **kwargs)
+
+    own = params[at].replace(default=None, annotation="Optional[InversionOptions]")
+    wrapper.__signature__ = sig.replace(parameters=params[:at] + flat + [own] + params[at + 1:])  # type: ignore[attr-defined]
+    return wrapper
 
 
 @dataclass
@@ -241,13 +332,14 @@ def _auto_warm(warm_start: Any, setup: Setup) -> Optional[str]:
     return setup.adapter.defaults.warm_start if on else None
 
 
-def solver_options(pipe: Any, method: Optional[str], options: Any = None,
-                   max_iterations: Optional[int] = None) -> tuple[str, SolverOptions]:
-    """``(method, options)`` with the model's defaults filled in: its method, and its iterations per
-    step unless ``max_iterations`` or ``options`` set them (``ddim`` is one evaluation)."""
+def solver_options(pipe: Any, inversion: InversionOptions) -> tuple[str, SolverOptions]:
+    """``(method, options)`` of ``inversion`` with the model's defaults filled in: its method, and its
+    iterations per step unless ``max_iterations`` or ``options`` set them (not for a solver that does
+    not iterate)."""
     defaults = adapter_for(pipe).defaults
-    method = defaults.method if method is None else method
+    method = defaults.method if inversion.method is None else inversion.method
     iterates = get_solver(method).iterates
+    options, max_iterations = inversion.options, inversion.max_iterations
     given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
     if iterates and "max_iterations" not in given and not overrides:
@@ -288,6 +380,7 @@ def _check_pixels(images: Tensor) -> Tensor:
     return images
 
 
+@inversion_parameters
 def invert(
     pipe: Any,
     images: Optional[Tensor] = None,
@@ -296,15 +389,7 @@ def invert(
     image_latents: Optional[Tensor] = None,
     height: Optional[int] = None,
     width: Optional[int] = None,
-    method: Optional[str] = None,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    negative_prompt: Optional[str] = None,
-    options: Any = None,
-    max_iterations: Optional[int] = None,
-    warm_start: Any = None,
+    inversion: InversionOptions,
     progress: bool = False,
     notes: Sequence[str] = (),
 ) -> InversionResult:
@@ -312,16 +397,11 @@ def invert(
 
     Give ``images`` ((1, 3, H, W) in [0, 1]) or an already encoded ``image_latents`` (scaled, in the
     pipeline's latent layout; ``height``/``width`` are then the image size, default the model's).
-    ``method`` names a solver of ``nrinv.SOLVERS`` (default: the model's); ``options`` (dict or
-    options dataclass) and ``max_iterations`` configure it.  Stochastic samplers (Euler-ancestral,
-    LCM) use the noise the stock pipeline draws with ``generator`` (CPU or GPU; read, not advanced),
-    else with ``torch.Generator().manual_seed(seed)``.  ``warm_start`` starts each step from a model
-    output predicted from the steps solved before (no extra network call; not for ``ddim``; see
-    ``_solve_steps``): ``None`` turns it on exactly when no classifier-free guidance is used, in the
-    model's mode; ``True`` / ``False`` force it; ``"last"`` / ``"linear"`` choose the mode.
+    The inversion's parameters: :class:`InversionOptions`.
     """
     adapter = adapter_for(pipe)
-    method, options = solver_options(adapter, method, options, max_iterations)
+    method, options = solver_options(adapter, inversion)
+    negative_prompt, generator = inversion.negative_prompt, inversion.generator
     t0 = time.perf_counter()
     if image_latents is None:
         if images is None:
@@ -337,13 +417,14 @@ def invert(
     encode_time = time.perf_counter() - t0
     notes = list(notes) + [n for n in size_notes(*size, adapter.default_size()) if n not in notes]
 
-    setup = prepare(adapter, prompt, size=size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
+    setup = prepare(adapter, prompt, size=size, num_inference_steps=inversion.num_inference_steps,
+                    guidance_scale=inversion.guidance_scale, seed=inversion.seed, negative_prompt=negative_prompt,
+                    generator=generator)
     expected = adapter.latent_shape(*size, batch=encoded.shape[0])
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
-    warm = _auto_warm(warm_start, setup)
+    warm = _auto_warm(inversion.warm_start, setup)
     captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, warm)
     capture = adapter.capture_time - captured
@@ -378,20 +459,13 @@ def reconstruct(pipe: Any, result: InversionResult, *, progress: bool = False) -
     return sample(setup, result.scheduler_latents, progress=progress)
 
 
+@inversion_parameters
 def invert_batch(
     pipe: Any,
     images: Tensor,
     prompts: Sequence[str] | str,
     *,
-    method: Optional[str] = None,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    negative_prompt: Optional[str] = None,
-    options: Any = None,
-    max_iterations: Optional[int] = None,
-    warm_start: Any = None,
+    inversion: InversionOptions,
     progress: bool = False,
     notes: Optional[Sequence[Sequence[str]]] = None,
 ) -> list[InversionResult]:
@@ -408,7 +482,8 @@ def invert_batch(
     if len(prompts) != images.shape[0] or not len(prompts):
         raise InputError(f"got {images.shape[0]} images and {len(prompts)} prompts")
     adapter = adapter_for(pipe)
-    method, options = solver_options(adapter, method, options, max_iterations)
+    method, options = solver_options(adapter, inversion)
+    negative_prompt, generator = inversion.negative_prompt, inversion.generator
     size = (int(images.shape[-2]), int(images.shape[-1]))
     adapter.check_size(*size)
     t0 = time.perf_counter()
@@ -416,12 +491,13 @@ def invert_batch(
         encoded = adapter.encode(images)
     encode_time = time.perf_counter() - t0
 
-    setup = prepare(adapter, prompts[0], size=size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt, generator=generator)
+    setup = prepare(adapter, prompts[0], size=size, num_inference_steps=inversion.num_inference_steps,
+                    guidance_scale=inversion.guidance_scale, seed=inversion.seed, negative_prompt=negative_prompt,
+                    generator=generator)
     conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
-    warm = _auto_warm(warm_start, batch_setup)
+    warm = _auto_warm(inversion.warm_start, batch_setup)
     captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm)
     capture = adapter.capture_time - captured

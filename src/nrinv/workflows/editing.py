@@ -16,7 +16,8 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
+from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, invert, inversion_parameters,
+                              sample, solver_options)
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -82,7 +83,7 @@ def _images(setup: Setup, latents: list[Tensor], output_type: str) -> list[Any]:
         return format_images(latents, lambda z: setup.adapter.decode(z, setup.size), output_type)
 
 
-def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, guidance_scale: float,
+def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, edit_guidance_scale: float,
                negative_prompt: Optional[str] = None, guide_from_source: bool = False,
                mask_threshold: Optional[float] = None, output_type: str = "pil",
                progress: bool = False) -> tuple[list[Tensor], list[Any]]:
@@ -97,7 +98,8 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     check_output_type(output_type)
     targets = prompt_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
-    latents = _regenerate(inversion, targets, start, check_guidance(guidance_scale), negative_prompt, progress,
+    latents = _regenerate(inversion, targets, start, check_guidance(edit_guidance_scale, "edit_guidance_scale"),
+                          negative_prompt, progress,
                           check_mask_threshold(mask_threshold), guide_from_source)
     return latents, _images(inversion.setup, latents, output_type)
 
@@ -125,6 +127,7 @@ class EditResult:
         return out
 
 
+@inversion_parameters
 def edit(
     pipe: Any,
     image: ImageLike,
@@ -132,18 +135,11 @@ def edit(
     target_prompts: Prompts,
     *,
     strength: Optional[float] = None,
-    guidance_scale: Optional[float] = None,
-    method: Optional[str] = None,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    num_inference_steps: Optional[int] = None,
-    inversion_guidance: Optional[float] = None,
-    max_iterations: Optional[int] = None,
-    options: Any = None,
-    negative_prompt: Optional[str] = None,
+    edit_guidance_scale: Optional[float] = None,
     guide_from_source: Optional[bool] = None,
     mask_threshold: Optional[float] = None,
     encode_adjust: Optional[float] = DEFAULT_ENCODE_ADJUST,
+    inversion: InversionOptions,
     height: Optional[int] = None,
     width: Optional[int] = None,
     max_pixels: Optional[int] = None,
@@ -152,10 +148,11 @@ def edit(
 ) -> EditResult:
     """Edit ``image`` (described by ``source_prompt``) toward each of ``target_prompts``.
 
-    Inverts once with the source prompt at ``inversion_guidance`` (the model's default), then for
-    each target re-runs the last ``strength`` fraction of the schedule from the inverted trajectory
-    with the target prompt at ``guidance_scale``.  ``None`` strength / guidance / ``guide_from_source``
-    / ``mask_threshold`` take ``edit_defaults(pipe)``.  ``encode_adjust`` (e.g. 0.05) first applies
+    Inverts once with the source prompt (the inversion's parameters, ``guidance_scale`` included:
+    :class:`~nrinv.InversionOptions`), then for each target re-runs the last ``strength`` fraction of
+    the schedule from the inverted trajectory with the target prompt at ``edit_guidance_scale``.
+    ``None`` strength / edit guidance / ``guide_from_source`` / ``mask_threshold`` take
+    ``edit_defaults(pipe)``.  ``encode_adjust`` (e.g. 0.05) first applies
     ``adjust_encoding``.  ``result.images`` holds one image per target, as ``output_type`` asks
     (``pil`` | ``np`` | ``pt`` | ``latent``).
 
@@ -177,12 +174,14 @@ def edit(
     adapter = adapter_for(pipe)
     defaults = edit_defaults(adapter)
     strength = check_strength(defaults["strength"] if strength is None else strength)
-    target_guidance = check_guidance(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+    target_guidance = check_guidance(defaults["edit_guidance_scale"] if edit_guidance_scale is None
+                                     else edit_guidance_scale, "edit_guidance_scale")
     guide_from_source = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
     mask_threshold = check_mask_threshold(defaults["mask_threshold"] if mask_threshold is None else mask_threshold)
-    check_steps(num_inference_steps)
+    check_steps(inversion.num_inference_steps)
     encode_adjust = check_adjust(encode_adjust)
-    method, solver_opts = solver_options(adapter, method, options, max_iterations)
+    solver_options(adapter, inversion)  # bad solver arguments fail before any work
+    negative_prompt = inversion.negative_prompt
 
     timings: dict[str, float] = {}
     t_total = time.perf_counter()
@@ -194,22 +193,20 @@ def edit(
     adjusted = None
     if encode_adjust is not None:
         t0 = time.perf_counter()
-        adjusted = adjust_encoding(adapter, encoded, source_prompt, strength=encode_adjust, seed=seed,
-                                   generator=generator, height=size[0], width=size[1],
-                                   num_inference_steps=num_inference_steps, guidance_scale=inversion_guidance,
-                                   negative_prompt=negative_prompt)
+        adjusted = adjust_encoding(adapter, encoded, source_prompt, strength=encode_adjust, seed=inversion.seed,
+                                   generator=inversion.generator, height=size[0], width=size[1],
+                                   num_inference_steps=inversion.num_inference_steps,
+                                   guidance_scale=inversion.guidance_scale, negative_prompt=negative_prompt)
         timings["encode_adjust"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    inversion = invert(adapter, None, source_prompt, image_latents=adjusted if adjusted is not None else encoded,
-                       height=size[0], width=size[1], method=method, num_inference_steps=num_inference_steps,
-                       guidance_scale=inversion_guidance, seed=seed, generator=generator,
-                       negative_prompt=negative_prompt, options=solver_opts, progress=progress, notes=notes)
+    inverted = invert(adapter, None, source_prompt, image_latents=adjusted if adjusted is not None else encoded,
+                      height=size[0], width=size[1], inversion=inversion, progress=progress, notes=notes)
     timings["invert"] = time.perf_counter() - t0
-    setup = inversion.setup
+    setup = inverted.setup
     start, rerun = start_step(len(setup.schedule), strength)
     t0 = time.perf_counter()
-    latents = _regenerate(inversion, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
+    latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
                           guide_from_source)
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -218,7 +215,7 @@ def edit(
     timings["total"] = time.perf_counter() - t_total
 
     settings = {
-        "method": method,
+        "method": inverted.settings["method"],
         "source_prompt": source_prompt,
         "target_prompts": targets,
         "negative_prompt": negative_prompt,
@@ -227,14 +224,14 @@ def edit(
         "strength": strength,
         "start_step": start,
         "rerun_steps": rerun,
-        "guidance_scale": target_guidance,
-        "inversion_guidance": setup.guidance_scale,
+        "edit_guidance_scale": target_guidance,
+        "guidance_scale": setup.guidance_scale,
         "num_inference_steps": setup.num_inference_steps,
-        "seed": inversion.settings["seed"],
+        "seed": inverted.settings["seed"],
         "encode_adjust": encode_adjust,
         "height": size[0],
         "width": size[1],
         "output_type": output_type,
         "notes": notes,
     }
-    return EditResult(images, latents, targets, inversion, settings, timings, adjusted)
+    return EditResult(images, latents, targets, inverted, settings, timings, adjusted)

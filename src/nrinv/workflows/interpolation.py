@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import InversionResult, invert, sample, solver_options
+from ..core.inversion import InversionOptions, InversionResult, invert, inversion_parameters, sample, solver_options
 from ..errors import InputError
 from ..io.images import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_pixels
 from ..io.outputs import check_output_type, format_images
@@ -40,6 +40,7 @@ def interpolation_weights(n: int) -> list[float]:
     return [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
 
 
+@inversion_parameters
 def interpolate(
     pipe: Any,
     image_a: ImageLike,
@@ -47,14 +48,8 @@ def interpolate(
     prompts: Prompts,
     *,
     n: int = 5,
-    method: Optional[str] = None,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    max_iterations: Optional[int] = None,
-    options: Any = None,
     encode_adjust: Optional[float] = DEFAULT_ENCODE_ADJUST,
+    inversion: InversionOptions,
     resize: bool = False,
     max_pixels: Optional[int] = None,
     output_type: str = "pil",
@@ -66,6 +61,8 @@ def interpolate(
     steps, guidance and seed (so the recorded noise list), and the frames are sampled with that
     schedule: the first and last frames are the two reconstructions.  ``n == 1`` gives the midpoint.
     Images of different sizes raise ``InputError`` unless ``resize`` (B is resized to A's size).
+    The inversions' parameters: :class:`~nrinv.InversionOptions` (the frames are sampled at its
+    ``guidance_scale``).
     """
     check_output_type(output_type)
     plist = prompt_list(prompts, "prompt")
@@ -73,10 +70,10 @@ def interpolate(
         raise InputError(f"give one or two prompts, got {len(plist)}")
     prompt_a, prompt_b = plist[0], plist[-1]
     n = check_count(n, "n")
-    check_steps(num_inference_steps)
+    check_steps(inversion.num_inference_steps)
     encode_adjust = check_adjust(encode_adjust)
     adapter = adapter_for(pipe)
-    method, solver_opts = solver_options(adapter, method, options, max_iterations)
+    method, _ = solver_options(adapter, inversion)  # bad solver arguments fail before any work
 
     timings: dict[str, float] = {}
     t_total = time.perf_counter()
@@ -93,17 +90,17 @@ def interpolate(
     encoded_b, _ = encode_pixels(adapter, pix_b)
     timings["encode"] = time.perf_counter() - t0
 
-    common = dict(height=size[0], width=size[1], method=method, num_inference_steps=num_inference_steps,
-                  guidance_scale=guidance_scale, seed=seed, generator=generator, options=solver_opts,
-                  progress=progress)
     inversions = []
     t0 = time.perf_counter()
     for encoded, prompt in ((encoded_a, prompt_a), (encoded_b, prompt_b)):
         if encode_adjust is not None:
-            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, seed=seed, generator=generator,
-                                      height=size[0], width=size[1], num_inference_steps=num_inference_steps,
-                                      guidance_scale=guidance_scale)
-        inversions.append(invert(adapter, None, prompt, image_latents=encoded, **common))
+            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, seed=inversion.seed,
+                                      generator=inversion.generator, height=size[0], width=size[1],
+                                      num_inference_steps=inversion.num_inference_steps,
+                                      guidance_scale=inversion.guidance_scale,
+                                      negative_prompt=inversion.negative_prompt)
+        inversions.append(invert(adapter, None, prompt, image_latents=encoded, height=size[0], width=size[1],
+                                 inversion=inversion, progress=progress))
     timings["invert"] = time.perf_counter() - t0
     inv_a, inv_b = inversions
     setup = inv_a.setup

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import InversionResult, Setup, check_guidance, invert, sample, solver_options
+from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, invert, inversion_parameters,
+                              sample, solver_options)
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -42,6 +43,7 @@ def typical_noise_norm(setup: Setup) -> float:
     return float(setup.schedule.init_noise_sigma) * math.sqrt(math.prod(shape))
 
 
+@inversion_parameters
 def seed_from_images(
     pipe: Any,
     images: Sequence[ImageLike],
@@ -49,14 +51,8 @@ def seed_from_images(
     *,
     n_samples: int = 4,
     spread: float = DEFAULT_SEED_SPREAD,
-    seed: int = 0,
-    generator: Optional[torch.Generator] = None,
-    method: Optional[str] = None,
-    num_inference_steps: Optional[int] = None,
-    guidance_scale: Optional[float] = None,
-    inversion_guidance: Optional[float] = None,
-    max_iterations: Optional[int] = None,
-    options: Any = None,
+    sample_guidance_scale: Optional[float] = None,
+    inversion: InversionOptions,
     height: Optional[int] = None,
     width: Optional[int] = None,
     max_pixels: Optional[int] = None,
@@ -65,10 +61,11 @@ def seed_from_images(
 ) -> SeedResult:
     """Generate ``n_samples`` images of a rare concept from a few example ``images``.
 
-    The examples are inverted with ``prompt`` (at ``inversion_guidance``); the centroid of their
-    noises is rescaled to the typical noise norm.  Sample 0 starts from the centroid itself,
-    sample i >= 1 from ``slerp(centroid, fresh noise, spread)``; all are generated with ``prompt`` at
-    ``guidance_scale`` (default: ``edit_defaults(pipe)``'s guidance).  Examples of different sizes
+    The examples are inverted with ``prompt`` (the inversion's parameters, ``guidance_scale``
+    included: :class:`~nrinv.InversionOptions`); the centroid of their noises is rescaled to the
+    typical noise norm.  Sample 0 starts from the centroid itself, sample i >= 1 from
+    ``slerp(centroid, fresh noise, spread)``; all are generated with ``prompt`` at
+    ``sample_guidance_scale`` (default: ``edit_defaults(pipe)``'s edit guidance).  Examples of different sizes
     are resized to the first's size (or to ``height`` x ``width``).
     """
     check_output_type(output_type)
@@ -79,10 +76,11 @@ def seed_from_images(
         raise InputError("give at least one example image")
     n_samples = check_count(n_samples, "n_samples")
     spread = check_spread(spread)
-    check_steps(num_inference_steps)
+    check_steps(inversion.num_inference_steps)
     adapter = adapter_for(pipe)
-    method, solver_opts = solver_options(adapter, method, options, max_iterations)
-    guidance = check_guidance(edit_defaults(adapter)["guidance_scale"] if guidance_scale is None else guidance_scale)
+    method, _ = solver_options(adapter, inversion)  # bad solver arguments fail before any work
+    guidance = check_guidance(edit_defaults(adapter)["edit_guidance_scale"] if sample_guidance_scale is None
+                              else sample_guidance_scale, "sample_guidance_scale")
 
     timings: dict[str, float] = {}
     t_total = time.perf_counter()
@@ -96,9 +94,8 @@ def seed_from_images(
     timings["encode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    inversions = [invert(adapter, None, prompt, image_latents=z, height=size[0], width=size[1], method=method,
-                         num_inference_steps=num_inference_steps, guidance_scale=inversion_guidance, seed=seed,
-                         generator=generator, options=solver_opts, progress=progress)
+    inversions = [invert(adapter, None, prompt, image_latents=z, height=size[0], width=size[1], inversion=inversion,
+                         progress=progress)
                   for z in encoded]
     timings["invert"] = time.perf_counter() - t0
 
@@ -106,8 +103,8 @@ def seed_from_images(
     norm = typical_noise_norm(setup)
     mean = torch.stack([inv.scheduler_latents for inv in inversions]).mean(0)
     centroid = mean * (norm / float(mean.norm()))
-    cond = adapter.conditioning(prompt, None, guidance, setup.size)
-    gen = helper_generator(seed, generator)
+    cond = adapter.conditioning(prompt, inversion.negative_prompt, guidance, setup.size)
+    gen = helper_generator(inversion.seed, inversion.generator)
     noises = [centroid]
     for _ in range(1, n_samples):
         fresh = noise_like(centroid, gen)
@@ -123,8 +120,8 @@ def seed_from_images(
 
     settings = {
         "method": method, "prompt": prompt, "n_examples": len(images), "n_samples": n_samples, "spread": spread,
-        "num_inference_steps": setup.num_inference_steps, "guidance_scale": guidance,
-        "inversion_guidance": setup.guidance_scale, "seed": inversions[0].settings["seed"], "height": size[0],
+        "num_inference_steps": setup.num_inference_steps, "sample_guidance_scale": guidance,
+        "guidance_scale": setup.guidance_scale, "seed": inversions[0].settings["seed"], "height": size[0],
         "width": size[1], "centroid_norm": float(centroid.norm()), "output_type": output_type, "notes": notes,
     }
     return SeedResult(out_images, noises, centroid, inversions, settings, timings)

@@ -1,0 +1,87 @@
+"""The inversion's parameters are declared once (``InversionOptions``) and every entry point takes all
+of them, with the same names, defaults and meaning: a signature that drops or renames one fails here."""
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+import nrinv
+from nrinv.core import inversion as engine
+from nrinv.core.inversion import InversionOptions
+
+#: every public function that inverts an image
+ENTRY_POINTS = [nrinv.invert, nrinv.invert_batch, nrinv.edit, nrinv.interpolate, nrinv.seed_from_images,
+                engine.invert, engine.invert_batch]
+#: old names with another meaning; none may come back
+RETIRED = {"inversion_guidance", "size", "decode", "latent", "torch_dtype"}
+
+
+@pytest.mark.parametrize("fn", ENTRY_POINTS, ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_every_entry_point_takes_every_inversion_parameter(fn):
+    params = inspect.signature(fn).parameters
+    for f in dataclasses.fields(InversionOptions):
+        assert f.name in params, f"{fn.__name__} lacks {f.name}"
+        p = params[f.name]
+        assert (p.kind, p.default) == (inspect.Parameter.KEYWORD_ONLY, f.default), (fn.__name__, f.name)
+    assert params["inversion"].default is None
+    assert not RETIRED & set(params), (fn.__name__, RETIRED & set(params))
+
+
+def test_writing_an_inversion_parameter_by_hand_is_refused():
+    def invert(pipe, *, inversion, method=None):  # the drift this declaration prevents
+        return inversion
+
+    with pytest.raises(TypeError, match="method"):
+        engine.inversion_parameters(invert)
+
+
+def test_flat_keywords_and_the_options_object_are_one_parameter_set(tiny, astronaut32):
+    pipe = tiny("sd")
+    kw = dict(method="gnri", num_inference_steps=3, guidance_scale=2.0, max_iterations=2, warm_start=False, seed=4)
+    flat = nrinv.invert(pipe, astronaut32, "a photo of a cat", **kw)
+    boxed = nrinv.invert(pipe, astronaut32, "a photo of a cat", inversion=InversionOptions(**kw))
+    # a flat keyword overrides the object's field
+    mixed = nrinv.invert(pipe, astronaut32, "a photo of a cat", inversion=InversionOptions(**dict(kw, method="ddim")),
+                         method="gnri")
+    assert torch.equal(flat.scheduler_latents, boxed.scheduler_latents)
+    assert torch.equal(flat.scheduler_latents, mixed.scheduler_latents)
+    assert (flat.settings["method"], flat.settings["guidance_scale"], flat.nfe) == ("gnri", 2.0, 6)
+    with pytest.raises(ValueError, match="unknown option"):
+        InversionOptions.from_dict({"inversion_guidance": 2.0})
+    json_ready = InversionOptions(generator=torch.Generator().manual_seed(5), options={"lam": 0.0}).to_dict()
+    assert json_ready["generator"] == {"device": "cpu", "initial_seed": 5} and json_ready["options"] == {"lam": 0.0}
+
+
+def test_workflows_invert_with_the_same_parameters_as_invert(tiny, astronaut32):
+    """``edit`` (which lacked warm_start) and ``interpolate`` (which lacked negative_prompt) pass the whole
+    set on: their inversion is the one ``invert`` makes with the same keywords."""
+    pipe = tiny("sd")
+    kw = dict(num_inference_steps=3, guidance_scale=3.0, negative_prompt="a blurry photo", max_iterations=2,
+              warm_start=True, seed=1)
+    alone = nrinv.invert(pipe, astronaut32, "a photo of a cat", **kw)
+    edited = nrinv.edit(pipe, astronaut32, "a photo of a cat", "a photo of a dog", output_type="latent", **kw)
+    frames = nrinv.interpolate(pipe, astronaut32, astronaut32, "a photo of a cat", n=1, output_type="latent", **kw)
+    assert alone.settings["warm_start"] is not None  # forced on despite the guidance
+    for inv in (edited.inversion, frames.inversions[0]):
+        assert torch.equal(inv.scheduler_latents, alone.scheduler_latents)
+        assert inv.settings["warm_start"] == alone.settings["warm_start"]
+        assert inv.settings["negative_prompt"] == "a blurry photo"
+    assert edited.settings["guidance_scale"] == 3.0 and "edit_guidance_scale" in edited.settings
+
+
+def test_the_cli_flags_are_the_parameter_set():
+    """Each subcommand that inverts has every flag of the set, read back into one ``InversionOptions``."""
+    from nrinv.cli.main import build_parser
+    from nrinv.cli.common import inversion_args
+
+    flags = ["--method", "gnri", "--iterations", "3", "--option", "lam=0.0", "--steps", "4", "--guidance", "2.5",
+             "--negative-prompt", "blurry", "--warm-start", "linear", "--seed", "7"]
+    expected = InversionOptions(method="gnri", num_inference_steps=4, guidance_scale=2.5, negative_prompt="blurry",
+                                max_iterations=3, options={"lam": 0.0}, warm_start="linear", seed=7)
+    parser = build_parser()
+    for command in (["invert", "x.png", "--prompt", "p"], ["invert-dir", "d", "-o", "o", "--prompt", "p"],
+                    ["edit", "x.png", "--source", "p", "--target", "q"], ["interpolate", "a", "b", "--prompt", "p",
+                                                                            "-o", "s.png"],
+                    ["seed", "x.png", "--prompt", "p", "-o", "g.png"]):
+        assert inversion_args(parser.parse_args(command + flags)) == expected, command[0]
