@@ -31,7 +31,9 @@ import torch  # noqa: E402
 
 import nrinv  # noqa: E402
 from nrinv.workflows import editing  # noqa: E402
-from nrinv.core.defaults import DEFAULT_METHOD  # noqa: E402
+from nrinv.core.defaults import ModelDefaults  # noqa: E402
+
+DEFAULT_METHOD = ModelDefaults.method  # the solver of the built-in model's row
 from nrinv.metrics import psnr  # noqa: E402
 from nrinv.shapes.editeval import judge_confident, score_edit  # noqa: E402
 
@@ -55,7 +57,7 @@ def mean_rows(rows: list[dict]) -> dict:
 class Runner:
     def __init__(self, pipe, args):
         self.pipe, self.args = pipe, args
-        self.adapter = nrinv.adapter_for(pipe)
+        self.adapter = nrinv.core.adapter_for(pipe)
         self.cache: dict = {}
         self.guide_from_source = args.guide_from_source
 
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
 
     # 1. encode_adjust: reconstruction PSNR with and without, default method
     if args.adjust_n and args.adjust:
-        adapter = nrinv.adapter_for(pipe)
+        adapter = nrinv.core.adapter_for(pipe)
         rows = []
         for idx, item in enumerate(items[: args.adjust_n]):
             src = item["source_image"]

@@ -264,8 +264,8 @@ def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) 
     base_mb = weights_mb(device)
     image = Image.fromarray(data.astronaut()).resize((size, size), Image.LANCZOS)
     images8 = [image.rotate(45 * i) for i in range(8)]
-    eager = nrinv.adapter_for(pipe, cuda_graphs=False)
-    graphed = nrinv.adapter_for(pipe)  # graphs on where the network is on CUDA
+    eager = nrinv.core.adapter_for(pipe, cuda_graphs=False)
+    graphed = nrinv.core.adapter_for(pipe)  # graphs on where the network is on CUDA
     default = graphed.defaults
     tokens = text_tokens(pipe)
     row: dict = {"model": name, "size": size, "steps": 4, "dtype": str(graphed.dtype).replace("torch.", ""),

@@ -17,7 +17,7 @@ from nrinv.shapes.editeval import judge_confident
 torch.set_num_threads(1)
 model = sys.argv[1] if len(sys.argv) > 1 else "builtin:shapes"
 pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 4
-pipe = nrinv.adapter_for(nrinv.load_pipeline(model, device="cpu"))
+pipe = nrinv.core.adapter_for(nrinv.load_pipeline(model, device="cpu"))
 valid, ends = [], []
 for k in range(pairs):
     sa, sb = sample_scene(90_000_000 + 2 * k), sample_scene(90_000_001 + 2 * k)

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from nrinv.core.schedulers import draw_noise, seeded_generator
     from nrinv.shapes.editset import edit_set
 
-    adapter = nrinv.adapter_for(nrinv.load_pipeline(args.model, device="cpu"))
+    adapter = nrinv.core.adapter_for(nrinv.load_pipeline(args.model, device="cpu"))
     d = adapter.defaults
     items = edit_set(args.scenes, seed=4)
     setup = prepare(adapter, items[0]["source_caption"], size=(64, 64), num_inference_steps=d.num_inference_steps)

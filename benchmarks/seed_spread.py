@@ -22,7 +22,7 @@ from nrinv.shapes.judge import judge_batch
 SPREADS = [float(x) for x in sys.argv[1:]] or [0.15, 0.3, 0.45, 0.6, 0.75]
 SET = int(__import__("os").environ.get("CONCEPT_SET", "0"))  # 0: concepts 0-9, 1: concepts 10-19, ...
 torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
-pipe = nrinv.adapter_for(nrinv.load_pipeline("builtin:shapes"))
+pipe = nrinv.core.adapter_for(nrinv.load_pipeline("builtin:shapes"))
 concepts = []
 for c in range(10 * SET, 10 * SET + 10):
     concepts.append(concept_examples(c))

@@ -26,8 +26,8 @@ def oracle_rows(name, sched):
     adapter = OracleAdapter(sched, (1, 4, 4, 4), num_inference_steps=4)
     setup = nrinv.core.inversion.prepare(adapter, "", size=(4, 4), seed=0)
     z_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * setup.schedule.init_noise_sigma
-    x = nrinv.sample(setup, z_T)
-    for method in nrinv.SOLVERS:
+    x = nrinv.core.sample(setup, z_T)
+    for method in nrinv.core.SOLVERS:
         cells = []
         for it in ITERS:
             if method == "ddim" and it > 1:
@@ -42,7 +42,7 @@ def oracle_rows(name, sched):
 def sd_rows():
     pipe = tiny_pipeline("sd")
     img = Image.fromarray(data.astronaut()).resize((32, 32), Image.LANCZOS)
-    for method in nrinv.SOLVERS:
+    for method in nrinv.core.SOLVERS:
         cells = []
         for it in ITERS:
             if method == "ddim" and it > 1:

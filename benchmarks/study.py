@@ -50,7 +50,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     pipe = nrinv.load_pipeline(args.model)
-    adapter = nrinv.adapter_for(pipe)
+    adapter = nrinv.core.adapter_for(pipe)
     size = adapter.default_size()
     images = load_image_set("shapes", size=size, n=args.n_images, seed=0)
     defaults = adapter.defaults
@@ -201,7 +201,7 @@ def default_context(summary, fp50):
 
 DEFAULT_REASONING = (
     "The default is **anderson, 2 iterations per step, with the warm start when no classifier-free guidance is "
-    "used** (`nrinv.DEFAULT_METHOD`, `nrinv.DEFAULT_ITERATIONS`, `warm_start=None`): on this smooth 20-step model "
+    "used** (`nrinv.model_defaults(pipe).method`, `.max_iterations`, `warm_start=None`): on this smooth 20-step model "
     "fixed point and Anderson coincide at 2 iterations (sections 1 and 4), and Anderson is the one that keeps "
     "converging where plain fixed point stalls - the large steps of few-step samplers (Euler-ancestral 4 steps, "
     "LCM: see the oracle and tiny-pipeline tables in the top-level README). The warm start helps at guidance 1 "

@@ -12,7 +12,7 @@ from nrinv.core.inversion import InversionOptions
 
 #: every public function that inverts an image
 ENTRY_POINTS = [nrinv.invert, nrinv.invert_batch, nrinv.edit, nrinv.interpolate, nrinv.seed_from_images,
-                engine.invert, engine.invert_batch]
+                engine.invert_tensor, engine.invert_tensor_batch]
 #: old names with another meaning; none may come back
 RETIRED = {"inversion_guidance", "size", "decode", "latent", "torch_dtype"}
 
@@ -85,3 +85,31 @@ def test_the_cli_flags_are_the_parameter_set():
                                                                             "-o", "s.png"],
                     ["seed", "x.png", "--prompt", "p", "-o", "g.png"]):
         assert inversion_args(parser.parse_args(command + flags)) == expected, command[0]
+
+
+def test_public_names_are_user_verbs_and_results_each_with_one_meaning():
+    """``nrinv`` exports the verbs and their results; the engine lives in ``nrinv.core``; no function name
+    is defined twice in the package (two ``check_size`` / ``load_pipeline`` / ``invert`` with different
+    contracts were)."""
+    import ast
+    from pathlib import Path
+
+    import nrinv.core
+
+    assert set(nrinv.__all__) == {
+        "__version__", "load_pipeline", "invert", "invert_batch", "reconstruct", "edit", "regenerate", "interpolate",
+        "seed_from_images", "adjust_encoding", "model_defaults", "edit_defaults", "InversionOptions",
+        "InversionResult", "ReconstructionOutput", "EditResult", "InterpolationResult", "SeedResult", "Status",
+        "InputError"}
+    for name in ("prepare", "sample", "Setup", "Problem", "SOLVERS", "adapter_for", "DEFAULT_METHOD"):
+        assert not hasattr(nrinv, name), name
+    assert not set(nrinv.__all__) & set(nrinv.core.__all__) - {"InversionOptions", "InversionResult", "Status",
+                                                                "model_defaults"}
+    src = Path(nrinv.__file__).parent
+    where: dict[str, list[str]] = {}
+    for path in src.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(path.relative_to(src)))
+    for name in ("invert", "invert_batch", "reconstruct", "load_pipeline", "check_size"):
+        assert len(where.get(name, [])) <= 1, (name, where[name])

@@ -103,8 +103,8 @@ def test_graph_replay_gives_the_eager_answers(astronaut32, kind):
     pipe = _pipe(kind, "float16")
     steps, guidance = CASES[kind]
     kw = dict(num_inference_steps=steps, guidance_scale=guidance, max_iterations=3, generator=_generator(1))
-    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
-    adapter = nrinv.adapter_for(pipe)
+    eager = nrinv.invert(nrinv.core.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
+    adapter = nrinv.core.adapter_for(pipe)
     replayed = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
     assert adapter.graphs is not None and adapter.graphs.captures == 1, adapter.graphs.fallbacks
     # captured at the signature's second call (the first runs eagerly), replayed from then on

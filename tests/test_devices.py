@@ -155,7 +155,7 @@ def test_fp16_sdxl_vae_runs_upcast_and_is_restored(tiny, astronaut32):
     try:
         pipe.vae.to(torch.float16)
         assert pipe.vae.config.force_upcast
-        adapter = nrinv.adapter_for(pipe)
+        adapter = nrinv.core.adapter_for(pipe)
         x = torch.from_numpy(__import__("numpy").asarray(astronaut32, dtype="float32") / 255).permute(2, 0, 1)[None]
         z = adapter.encode(x)
         image = adapter.decode(z, (32, 32))

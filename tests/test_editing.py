@@ -61,7 +61,7 @@ def test_guidance_from_source_follows_the_reconstruction_where_prompts_agree(tin
     assert res.settings["guide_from_source"] is True
     k = res.settings["start_step"]
     # e(source) + 3 (e(source) - e(source)) = e(source): the inversion's own path at guidance 1
-    expected = nrinv.sample(res.inversion.setup, res.inversion.trajectory[k], start=k)
+    expected = nrinv.core.sample(res.inversion.setup, res.inversion.trajectory[k], start=k)
     assert torch.allclose(res.latents[0], expected, atol=1e-5)
     assert _rel(res.latents[1], expected) > 1e-3
     # guided from the empty prompt instead, the same target leaves that path
@@ -98,7 +98,7 @@ def test_small_strength_returns_the_encoded_image(tiny, astronaut32, kind):
     assert res.settings["rerun_steps"] == 0
     assert torch.equal(res.latents[0], res.inversion.encoded)
     with torch.no_grad():
-        ceiling = nrinv.adapter_for(pipe).decode(res.inversion.encoded, (32, 32))
+        ceiling = nrinv.core.adapter_for(pipe).decode(res.inversion.encoded, (32, 32))
     assert torch.allclose(res.images[0], ceiling[0])
 
 
@@ -108,7 +108,7 @@ def test_strength_sets_the_start_step_and_shares_the_trajectory(tiny, astronaut3
     k = res.settings["start_step"]
     assert k == STEPS - 2
     setup = res.inversion.setup
-    expected = nrinv.sample(setup, res.inversion.trajectory[k], start=k)  # source cond: continues the trajectory
+    expected = nrinv.core.sample(setup, res.inversion.trajectory[k], start=k)  # source cond: continues the trajectory
     assert torch.allclose(res.latents[0], expected, atol=1e-6)
     assert _rel(res.latents[0], res.inversion.encoded) < 5e-3
 
@@ -141,7 +141,7 @@ def test_edit_guidance_above_one_uses_cfg(tiny, astronaut32):
 
 def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
     pipe = tiny("sd")
-    adapter = nrinv.adapter_for(pipe)
+    adapter = nrinv.core.adapter_for(pipe)
     with torch.no_grad():
         z = adapter.encode(nrinv.io.images.to_tensor(astronaut32))
     a1 = editing.adjust_encoding(pipe, z, SRC, strength=0.05, seed=0, height=32, width=32, num_inference_steps=STEPS)
@@ -161,7 +161,7 @@ def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
 def test_adjust_encoding_other_families(tiny, astronaut32, kind):
     pipe = tiny(kind)
     with torch.no_grad():
-        z = nrinv.adapter_for(pipe).encode(nrinv.io.images.to_tensor(astronaut32))
+        z = nrinv.core.adapter_for(pipe).encode(nrinv.io.images.to_tensor(astronaut32))
     a = editing.adjust_encoding(pipe, z, SRC, strength=0.1, height=32, width=32)
     assert torch.isfinite(a).all() and 0 < _rel(a, z) < 1
 
@@ -171,13 +171,13 @@ def test_slerp_keeps_norms_and_endpoints():
     a, b = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
     b = b * (a.norm() / b.norm())
     for w in (0.1, 0.5, 0.9):
-        assert math.isclose(float(nrinv.slerp(a, b, w).norm()), float(a.norm()), rel_tol=1e-5)
-    assert torch.equal(nrinv.slerp(a, b, 0), a) and torch.equal(nrinv.slerp(a, b, 1), b)
+        assert math.isclose(float(nrinv.workflows.slerp(a, b, w).norm()), float(a.norm()), rel_tol=1e-5)
+    assert torch.equal(nrinv.workflows.slerp(a, b, 0), a) and torch.equal(nrinv.workflows.slerp(a, b, 1), b)
     # the norm follows a straight line between different norms; lerp would shrink it
     c = 2 * b
-    assert math.isclose(float(nrinv.slerp(a, c, 0.5).norm()), 1.5 * float(a.norm()), rel_tol=1e-5)
+    assert math.isclose(float(nrinv.workflows.slerp(a, c, 0.5).norm()), 1.5 * float(a.norm()), rel_tol=1e-5)
     assert float(torch.lerp(a, b, 0.5).norm()) < 0.8 * float(a.norm())
-    assert torch.allclose(nrinv.slerp(a, a, 0.3), a, atol=1e-5)
+    assert torch.allclose(nrinv.workflows.slerp(a, a, 0.3), a, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))

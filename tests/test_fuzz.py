@@ -92,7 +92,7 @@ def files(tmp_path_factory):
 def adapter():
     from nrinv.testing import tiny_pipeline
 
-    return nrinv.adapter_for(tiny_pipeline("sd"))
+    return nrinv.core.adapter_for(tiny_pipeline("sd"))
 
 
 def test_the_api_works_or_refuses_in_one_line(files, adapter):

@@ -21,7 +21,7 @@ def fake_capture(run):
 
 def graphed(pipe, capture=fake_capture, **kw):
     """An adapter of ``pipe`` whose graphs (one per pipeline, fresh here) use ``capture``."""
-    adapter = nrinv.adapter_for(pipe, cuda_graphs=True)
+    adapter = nrinv.core.adapter_for(pipe, cuda_graphs=True)
     adapter._graphs = GraphedNetwork(capture=capture, lock=adapter.lock, **kw)
     return adapter
 
@@ -30,7 +30,7 @@ def graphed(pipe, capture=fake_capture, **kw):
 def test_replayed_calls_give_the_eager_answers(tiny, astronaut32, kind, guidance):
     pipe = tiny(kind)
     kw = dict(num_inference_steps=4, guidance_scale=guidance, max_iterations=3, seed=2)
-    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
+    eager = nrinv.invert(nrinv.core.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
     adapter = graphed(pipe)
     replayed = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
     assert torch.allclose(replayed.scheduler_latents, eager.scheduler_latents, atol=1e-6)
@@ -97,14 +97,14 @@ def test_conditioning_changed_in_place_is_copied_again():
 
 
 def test_graphs_are_off_on_the_cpu_and_can_be_switched_off(tiny):
-    assert nrinv.adapter_for(tiny("sd")).graphs is None  # nothing to capture on the CPU
-    assert nrinv.adapter_for(tiny("sd"), cuda_graphs=False).graphs is None
+    assert nrinv.core.adapter_for(tiny("sd")).graphs is None  # nothing to capture on the CPU
+    assert nrinv.core.adapter_for(tiny("sd"), cuda_graphs=False).graphs is None
 
 
 def test_replayed_calls_under_inference_mode(tiny, astronaut32):
     pipe = tiny("sd")
     kw = dict(num_inference_steps=3, max_iterations=2)
-    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, "an inference-mode cat", **kw)
+    eager = nrinv.invert(nrinv.core.adapter_for(pipe, cuda_graphs=False), astronaut32, "an inference-mode cat", **kw)
     adapter = graphed(pipe)
     with torch.inference_mode():  # the usual serving idiom; its tensors keep no version counter
         res = nrinv.invert(adapter, astronaut32, "an inference-mode cat", **kw)
@@ -126,7 +126,7 @@ def test_every_adapter_of_a_pipeline_shares_its_graphs_and_embeddings(tiny, astr
     calls = []
     monkeypatch.setattr(type(pipe), "encode_prompt", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(
         AssertionError("embedded again")))
-    second = nrinv.adapter_for(pipe, cuda_graphs=True)
+    second = nrinv.core.adapter_for(pipe, cuda_graphs=True)
     res = nrinv.invert(second, astronaut32, "a shared cat", num_inference_steps=3)
     assert second.graphs is first.graphs and first.graphs.captures == 1 and not calls
     assert res.capture_time == 0 and len(first.graphs.entries) == 1  # results hold no graphs of their own

@@ -113,7 +113,7 @@ def test_reconstruct_decodes_an_image(tiny, astronaut32):
 
 def test_unsupported_pipeline_and_scheduler_errors(tiny):
     with pytest.raises(ValueError, match="not supported; supported pipelines"):
-        nrinv.adapter_for(object())
+        nrinv.core.adapter_for(object())
     from diffusers import IPNDMScheduler
 
     pipe = tiny("sd")

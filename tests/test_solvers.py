@@ -97,7 +97,7 @@ def test_full_inversion_loop_on_oracle(sched):
     adapter = OracleAdapter(SCHEDULERS[sched](), (1, 4, 4, 4), num_inference_steps=4)
     setup = nrinv.core.inversion.prepare(adapter, "", size=(4, 4), seed=7)
     z_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * setup.schedule.init_noise_sigma
-    x = nrinv.sample(setup, z_T)
+    x = nrinv.core.sample(setup, z_T)
     naive = nrinv.invert(adapter, image_latents=x, method="ddim", seed=7, progress=False)
     exact = nrinv.invert(adapter, image_latents=x, method="newton_krylov", seed=7, max_iterations=8,
                          options={"rtol": 1e-7, "atol": 0.0}, progress=False)

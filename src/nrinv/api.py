@@ -11,9 +11,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .core import inversion as core
 from .core.adapters import adapter_for
-from .core.inversion import InversionOptions, InversionResult, inversion_parameters
+from .core.inversion import (InversionOptions, InversionResult, inversion_parameters, invert_tensor,
+                             invert_tensor_batch, reconstruct_latent)
 from .errors import InputError
 from .io.images import ImageLike, load_pixels, resolve_size
 from .io.outputs import check_output_type, format_images
@@ -49,7 +49,7 @@ def invert(
             raise InputError("pass an image (or image_latents) to invert")
         pixels = load_pixels(image, size=resized, max_pixels=max_pixels, notes=notes)
     h, w = resized if resized else (None, None)
-    return core.invert(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, inversion=inversion,
+    return invert_tensor(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, inversion=inversion,
                        progress=progress, notes=notes)
 
 
@@ -66,7 +66,7 @@ def invert_batch(
     progress: bool = False,
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (see
-    :func:`nrinv.core.inversion.invert_batch`); ``height``/``width`` resize them all first."""
+    :func:`nrinv.core.inversion.invert_tensor_batch`); ``height``/``width`` resize them all first."""
     resized = resolve_size(height, width)
     images = list(images)
     if not images:
@@ -76,7 +76,7 @@ def invert_batch(
     sizes = {tuple(p.shape[-2:]) for p in pixels}
     if len(sizes) != 1:
         raise InputError(f"a batch needs images of one size, got {sorted(sizes)}; pass height= and width= to resize")
-    return core.invert_batch(pipe, torch.cat(pixels), prompts, inversion=inversion, progress=progress, notes=notes)
+    return invert_tensor_batch(pipe, torch.cat(pixels), prompts, inversion=inversion, progress=progress, notes=notes)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil",
     """Regenerate the image from an inversion's noise with the same prompt, steps and noise."""
     check_output_type(output_type)
     adapter = adapter_for(pipe)
-    z = core.reconstruct(adapter, result, progress=progress)
+    z = reconstruct_latent(adapter, result, progress=progress)
     size = (result.settings["height"], result.settings["width"])
     with torch.no_grad():
         images = format_images([z], lambda lat: adapter.decode(lat, size), output_type)

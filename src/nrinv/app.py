@@ -333,7 +333,7 @@ class EditorApp:
     def build(self):
         import gradio as gr
 
-        from .core.defaults import DEFAULT_METHOD
+        from .core.defaults import ModelDefaults
         from .core.solvers import SOLVERS
 
         methods = list(SOLVERS)
@@ -354,7 +354,7 @@ class EditorApp:
                                     allow_custom_value=True)
                 dtype = gr.Dropdown(list(DTYPE_CHOICES), value=self.dtype if self.dtype in DTYPE_CHOICES else "auto",
                                     label="precision", elem_id="dtype", allow_custom_value=True)
-                method = gr.Dropdown(methods, value=DEFAULT_METHOD, label="inversion method", allow_custom_value=True)
+                method = gr.Dropdown(methods, value=ModelDefaults.method, label="inversion method", allow_custom_value=True)
                 steps = gr.Number(0, label=f"steps (0 = model default, at most {lim.max_steps})", precision=0)
                 iterations = gr.Number(0, label=f"iterations per step (0 = default, at most {lim.max_iterations})",
                                        precision=0)

@@ -14,12 +14,7 @@ from typing import Any, Callable, Optional
 
 from .options import Options
 
-__all__ = ["ModelDefaults", "model_defaults", "model_kind", "DEFAULT_METHOD", "DEFAULT_ITERATIONS",
-           "SHAPES_UNET_FINGERPRINT", "MODEL_KINDS"]
-
-#: the default solver and its iterations per step (benchmarks/README.md); a kind may override them
-DEFAULT_METHOD = "anderson"
-DEFAULT_ITERATIONS = 2
+__all__ = ["ModelDefaults", "model_defaults", "model_kind", "SHAPES_UNET_FINGERPRINT", "MODEL_KINDS"]
 
 
 @dataclass(frozen=True)
@@ -39,8 +34,10 @@ class ModelDefaults(Options):
     edit_guidance_scale: Optional[float] = None
     guide_from_source: bool = False
     mask_threshold: Optional[float] = None
-    method: str = DEFAULT_METHOD
-    max_iterations: int = DEFAULT_ITERATIONS
+    #: the solver and its iterations per step unless a kind's row says otherwise (benchmarks/README.md);
+    #: what a pipeline gets is ``model_defaults(pipe).method`` / ``.max_iterations``
+    method: str = "anderson"
+    max_iterations: int = 2
     #: how the warm start predicts a step's model output: "last" (the output implied by the step solved
     #: just before) or "linear" (extrapolated in t from the last two); chosen per model by measurement
     warm_start: str = "last"

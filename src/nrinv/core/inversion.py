@@ -28,8 +28,9 @@ from .options import Options
 from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
-__all__ = ["InversionOptions", "inversion_parameters", "Setup", "InversionResult", "invert", "invert_batch",
-           "reconstruct", "sample", "prepare", "solver_options", "check_guidance", "MAX_GUIDANCE"]
+__all__ = ["InversionOptions", "inversion_parameters", "Setup", "InversionResult", "invert_tensor",
+           "invert_tensor_batch", "reconstruct_latent", "sample", "prepare", "solver_options", "check_guidance",
+           "MAX_GUIDANCE"]
 
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
 #: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
@@ -381,7 +382,7 @@ def _check_pixels(images: Tensor) -> Tensor:
 
 
 @inversion_parameters
-def invert(
+def invert_tensor(
     pipe: Any,
     images: Optional[Tensor] = None,
     prompt: str = "",
@@ -393,7 +394,8 @@ def invert(
     progress: bool = False,
     notes: Sequence[str] = (),
 ) -> InversionResult:
-    """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``images``.
+    """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``images`` (the engine
+    of ``nrinv.invert``: tensors in, no image loading).
 
     Give ``images`` ((1, 3, H, W) in [0, 1]) or an already encoded ``image_latents`` (scaled, in the
     pipeline's latent layout; ``height``/``width`` are then the image size, default the model's).
@@ -447,7 +449,7 @@ def invert(
     )
 
 
-def reconstruct(pipe: Any, result: InversionResult, *, progress: bool = False) -> Tensor:
+def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = False) -> Tensor:
     """The final latent ``z_N`` regenerated from an inversion's noise with the same prompt, steps and noise."""
     setup = result.setup
     adapter = adapter_for(pipe)
@@ -460,7 +462,7 @@ def reconstruct(pipe: Any, result: InversionResult, *, progress: bool = False) -
 
 
 @inversion_parameters
-def invert_batch(
+def invert_tensor_batch(
     pipe: Any,
     images: Tensor,
     prompts: Sequence[str] | str,

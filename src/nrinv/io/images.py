@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["load_image", "load_pixels", "resolve_size", "check_size", "to_tensor", "to_pil", "ImageLike",
+__all__ = ["load_image", "load_pixels", "resolve_size", "check_resize", "to_tensor", "to_pil", "ImageLike",
            "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -22,7 +22,7 @@ _KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 
-def check_size(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "resize to") -> None:
+def check_resize(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "resize to") -> None:
     """A target ``(h, w)``: positive, and within the pixel limit."""
     if size is None:
         return
@@ -81,7 +81,7 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
     resizes (and is held to ``max_pixels`` too).
     """
     notes = notes if notes is not None else []
-    check_size(size, max_pixels)
+    check_resize(size, max_pixels)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, invert, inversion_parameters,
-                              sample, solver_options)
+from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, inversion_parameters,
+                              invert_tensor, sample, solver_options)
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -200,7 +200,7 @@ def edit(
         timings["encode_adjust"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    inverted = invert(adapter, None, source_prompt, image_latents=adjusted if adjusted is not None else encoded,
+    inverted = invert_tensor(adapter, None, source_prompt, image_latents=adjusted if adjusted is not None else encoded,
                       height=size[0], width=size[1], inversion=inversion, progress=progress, notes=notes)
     timings["invert"] = time.perf_counter() - t0
     setup = inverted.setup

@@ -10,7 +10,8 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import InversionOptions, InversionResult, invert, inversion_parameters, sample, solver_options
+from ..core.inversion import (InversionOptions, InversionResult, inversion_parameters, invert_tensor, sample,
+                              solver_options)
 from ..errors import InputError
 from ..io.images import DEFAULT_MAX_PIXELS, ImageLike, load_image, load_pixels
 from ..io.outputs import check_output_type, format_images
@@ -99,7 +100,7 @@ def interpolate(
                                       num_inference_steps=inversion.num_inference_steps,
                                       guidance_scale=inversion.guidance_scale,
                                       negative_prompt=inversion.negative_prompt)
-        inversions.append(invert(adapter, None, prompt, image_latents=encoded, height=size[0], width=size[1],
+        inversions.append(invert_tensor(adapter, None, prompt, image_latents=encoded, height=size[0], width=size[1],
                                  inversion=inversion, progress=progress))
     timings["invert"] = time.perf_counter() - t0
     inv_a, inv_b = inversions

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, invert, inversion_parameters,
-                              sample, solver_options)
+from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, inversion_parameters,
+                              invert_tensor, sample, solver_options)
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -94,7 +94,7 @@ def seed_from_images(
     timings["encode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    inversions = [invert(adapter, None, prompt, image_latents=z, height=size[0], width=size[1], inversion=inversion,
+    inversions = [invert_tensor(adapter, None, prompt, image_latents=z, height=size[0], width=size[1], inversion=inversion,
                          progress=progress)
                   for z in encoded]
     timings["invert"] = time.perf_counter() - t0
