@@ -115,13 +115,13 @@ def test_strength_sets_the_start_step_and_shares_the_trajectory(tiny, astronaut3
 
 def test_several_targets_share_one_inversion(tiny, astronaut32, monkeypatch):
     calls = []
-    real = editing.invert
+    real = editing.invert_tensor
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(editing, "invert", counting)
+    monkeypatch.setattr(editing, "invert_tensor", counting)
     res = _edit(tiny("sd"), astronaut32, [SRC, TGT, "a blue cat"], strength=0.75, method="ddim",
                 max_iterations=None)
     assert len(calls) == 1
