@@ -346,7 +346,7 @@ def meta_check(log, models=None) -> dict:
     meta, out = torch.device("meta"), {}
     for name in models or MODELS:
         pipe, size = build(name, False, meta)
-        adapter = nrinv.adapter_for(pipe)
+        adapter = nrinv.core.adapter_for(pipe)
         cond = adapter.conditioning(PROMPT, None, 0.0, (size, size))
         scheduler = copy.deepcopy(pipe.scheduler)  # timesteps from the CPU: a scheduler cannot step on meta
         scheduler.set_timesteps(4)

@@ -70,7 +70,7 @@ def test_coupled_solve_beats_ddim_style_inversion_and_counts_every_call(tiny, as
     pipe = tiny("sd")
     original = _with_scheduler(pipe, lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c))
     try:
-        adapter = nrinv.adapter_for(pipe)
+        adapter = nrinv.core.adapter_for(pipe)
         calls = [0]
         forward = adapter._forward
 

@@ -45,9 +45,9 @@ def test_two_threads_share_one_graphed_adapter(tiny, astronaut32):
     pipe = tiny("sd")
     images = [astronaut32, astronaut32.rotate(90)]
     kw = dict(num_inference_steps=3, max_iterations=2)
-    expected = [nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), im, PROMPT, **kw).scheduler_latents
+    expected = [nrinv.invert(nrinv.core.adapter_for(pipe, cuda_graphs=False), im, PROMPT, **kw).scheduler_latents
                 for im in images]
-    adapter = nrinv.adapter_for(pipe, cuda_graphs=True)
+    adapter = nrinv.core.adapter_for(pipe, cuda_graphs=True)
     adapter._graphs = GraphedNetwork(capture=slow_capture, capture_after=1, lock=adapter.lock)
     results = _in_threads(lambda i: [nrinv.invert(adapter, images[i], PROMPT, **kw).scheduler_latents
                                      for _ in range(2)])
@@ -63,9 +63,9 @@ def test_two_threads_encode_through_the_upcast_sdxl_vae():
     pipe = tiny_pipeline("sdxl").to(dtype=torch.float16)
     assert pipe.vae.config.force_upcast
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    expected = nrinv.adapter_for(pipe).encode(images)
+    expected = nrinv.core.adapter_for(pipe).encode(images)
     # each thread its own adapter of the one pipeline, as two app requests would have
-    results = _in_threads(lambda i: [nrinv.adapter_for(pipe).encode(images) for _ in range(8)])
+    results = _in_threads(lambda i: [nrinv.core.adapter_for(pipe).encode(images) for _ in range(8)])
     assert all(torch.equal(z, expected) for runs in results for z in runs)
     assert pipe.vae.dtype == torch.float16
 

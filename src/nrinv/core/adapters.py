@@ -8,7 +8,7 @@ network runs in.
 
 An adapter is also the persistent object of a pipeline: it keeps the prompt embeddings and probed
 schedules it computed (and, on CUDA, captured graphs of the network call), so a caller that keeps
-it (``adapter = nrinv.adapter_for(pipe)``, passed wherever a pipeline is accepted) pays for them
+it (``adapter = nrinv.core.adapter_for(pipe)``, passed wherever a pipeline is accepted) pays for them
 once.  It never writes onto the pipeline.
 """
 from __future__ import annotations

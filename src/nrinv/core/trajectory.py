@@ -139,7 +139,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
     spec = get_solver(method)
     sweeps = DEFAULT_SWEEPS if sweeps is None else int(sweeps)
     sweep_iterations = DEFAULT_SWEEP_ITERATIONS if sweep_iterations is None else int(sweep_iterations)
-    if method == "ddim":
+    if not spec.iterates:
         sweeps = 0
     precision = float(torch.finfo(setup.adapter.dtype).eps)
     grad_ctx = torch.enable_grad if spec.needs_grad else torch.no_grad
@@ -245,7 +245,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
 
     def warm(a: int, b: int) -> Optional[Tensor]:
         """The pass's starting point from a predicted model output (no network call)."""
-        if not warm_start or method == "ddim" or a != b or a + 1 >= n or M[a + 1] is None:
+        if not warm_start or not spec.iterates or a != b or a + 1 >= n or M[a + 1] is None:
             return None
         m_pred = M[a + 1]
         if warm_start == "linear" and a + 2 < n and M[a + 2] is not None and steps[a + 1].t != steps[a + 2].t:
