@@ -33,7 +33,7 @@ def oracle_rows(name, sched):
             if method == "ddim" and it > 1:
                 cells.append("")
                 continue
-            r = nrinv.invert(adapter, latent=x, method=method, max_iterations=None if method == "ddim" else it,
+            r = nrinv.invert(adapter, image_latents=x, method=method, max_iterations=None if method == "ddim" else it,
                              options={"rtol": 0.0, "atol": 0.0}, progress=False)
             cells.append(f"{float((r.scheduler_latents - z_T).norm() / z_T.norm()):.1e} ({r.nfe})")
         yield f"| oracle {name} | {method} | " + " | ".join(cells) + " |"

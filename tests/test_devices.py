@@ -183,7 +183,7 @@ def test_model_cpu_offload_computes_on_the_execution_device_without_graphs(astro
     plain = nrinv.invert(tiny_pipeline("sd"), astronaut32, "a cat", num_inference_steps=3, max_iterations=2)
     pipe = tiny_pipeline("sd")
     pipe.enable_model_cpu_offload(device="cpu")  # on a GPU machine: device="cuda", weights kept on the CPU
-    adapter = nrinv.adapter_for(pipe, cuda_graphs=True)
+    adapter = nrinv.core.adapter_for(pipe, cuda_graphs=True)
     adapter._graphs = GraphedNetwork()  # even where graphs are asked for: the weights move between calls
     assert adapter.device == pipe._execution_device == torch.device("cpu", 0) and adapter.offloaded
     assert adapter.graphs is None

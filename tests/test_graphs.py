@@ -199,7 +199,7 @@ def test_graphs_of_moved_or_swapped_weights_are_not_replayed(astronaut32):
         other.conv_out.bias.add_(0.01)
     pipe.unet = other  # a swapped network
     swapped = nrinv.invert(adapter, astronaut32, PROMPT, **kw)
-    eager = nrinv.invert(nrinv.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
+    eager = nrinv.invert(nrinv.core.adapter_for(pipe, cuda_graphs=False), astronaut32, PROMPT, **kw)
     assert torch.allclose(swapped.scheduler_latents, eager.scheduler_latents, atol=1e-6)
     assert not torch.allclose(swapped.scheduler_latents, first.scheduler_latents, atol=1e-3)
     g = adapter.graphs

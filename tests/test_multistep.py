@@ -126,9 +126,9 @@ def test_schedule_cache_follows_the_scheduler_not_its_id(tiny):
     original = pipe.scheduler
     pipe.scheduler = diffusers.DDIMScheduler.from_config(original.config)
     try:
-        eps = nrinv.adapter_for(pipe).schedule(4, (32, 32), seed=0)
+        eps = nrinv.core.adapter_for(pipe).schedule(4, (32, 32), seed=0)
         pipe.scheduler.register_to_config(prediction_type="v_prediction")
-        v = nrinv.adapter_for(pipe).schedule(4, (32, 32), seed=0)
+        v = nrinv.core.adapter_for(pipe).schedule(4, (32, 32), seed=0)
         assert v is not eps and v.steps[0].B != pytest.approx(eps.steps[0].B)
     finally:
         pipe.scheduler = original
