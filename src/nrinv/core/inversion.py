@@ -84,6 +84,13 @@ class InversionOptions(Options):
     generator: Optional[torch.Generator] = None
 
     @classmethod
+    def from_dict(cls, values: Any = None, **overrides: Any) -> "InversionOptions":
+        try:
+            return super().from_dict(values, **overrides)
+        except ValueError as exc:  # a user's argument: InputError, as the entry points raise
+            raise InputError(str(exc)) from None
+
+    @classmethod
     def merge(cls, base: Optional["InversionOptions"], **flat: Any) -> "InversionOptions":
         """``base`` (default: all defaults) with the given flat keywords replacing its fields."""
         if base is None:
