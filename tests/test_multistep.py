@@ -139,3 +139,28 @@ def test_brownian_tree_sampler_is_refused_by_name():
     fake = type("DPMSolverSDEScheduler", (), {"config": {}, "timesteps": torch.zeros(1)})()
     with pytest.raises(UnsupportedSchedulerError, match="Brownian"):
         affine_schedule(fake, (1, 4, 8, 8), seed=0)
+
+
+# Each family with the scheduler it ships (configurations as in the published scheduler_config.json
+# files), no swap: SD 1.5 -> PNDM (PLMS, skip_prk_steps); SD 2.1 (v-prediction) -> DDIM; SDXL base ->
+# Euler (leading spacing, steps_offset 1); SD 3.5 -> flow-match Euler (shift 3) on an MMDiT-X transformer.
+FAMILIES = {
+    "sd15-pndm": ("sd", lambda c: diffusers.PNDMScheduler.from_config(c, **SD15_PNDM), 10, 1.0),
+    "sd21-ddim-v": ("sd_v", lambda c: diffusers.DDIMScheduler.from_config(c), 10, 1.0),
+    "sdxl-base-euler": ("sdxl", lambda c: diffusers.EulerDiscreteScheduler.from_config(
+        c, timestep_spacing="leading", steps_offset=1, interpolation_type="linear"), 10, 1.0),
+    "sd35-flow-euler": ("sd35", None, 8, 1.0),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_families_invert_with_the_scheduler_they_ship(tiny, astronaut32, family):
+    kind, make, steps, guidance = FAMILIES[family]
+    pipe = tiny(kind)
+    original = _with_scheduler(pipe, make) if make is not None else pipe.scheduler
+    try:
+        res = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=steps, guidance_scale=guidance, seed=3)
+        assert res.finite
+        assert _regeneration_error(pipe, res, steps, 3) < 1e-2
+    finally:
+        pipe.scheduler = original

@@ -20,7 +20,7 @@ import torch
 __all__ = ["tiny_pipeline", "TINY_KINDS", "clip_tokenizer", "t5_tokenizer", "calibrate_vae", "tiny_clip_folder",
            "tiny_lpips_folder"]
 
-TINY_KINDS = ("sd", "sd_v", "sdxl", "lcm", "sd3", "flux")
+TINY_KINDS = ("sd", "sd_v", "sdxl", "lcm", "sd3", "sd35", "flux")
 
 
 def clip_tokenizer():
@@ -186,12 +186,14 @@ def tiny_pipeline(kind: str = "sd", *, smooth: Optional[float] = 0.2, seed: int 
             unet=unet, scheduler=scheduler)
         if smooth is not None:
             unet.smooth(scheduler.alphas_cumprod, smooth)
-    elif kind == "sd3":
+    elif kind in ("sd3", "sd35"):
         base = diffusers.SD3Transformer2DModel
         cls = _smooth_transformer(base, 1000.0) if smooth is not None else base
-        transformer = cls(sample_size=16, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
-                          num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
-                          pooled_projection_dim=64, out_channels=4)
+        # SD 3.5 (medium) adds RMS-normed queries/keys and dual-attention (MMDiT-X) blocks
+        v35 = dict(qk_norm="rms_norm", dual_attention_layers=(0,)) if kind == "sd35" else {}
+        transformer = cls(sample_size=16, patch_size=1, in_channels=4, num_layers=2 if v35 else 1,
+                          attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                          joint_attention_dim=32, pooled_projection_dim=64, out_channels=4, **v35)
         vae = diffusers.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
                                       down_block_types=["DownEncoderBlock2D"] * 2,
                                       up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1,
