@@ -359,7 +359,8 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         if SWEEP_MODE == "gauss_seidel":
             gauss_seidel(sweeps)
         else:
-            newton_sweeps(sweeps)
+            with torch.no_grad():
+                newton_sweeps(sweeps)
     wall = time.perf_counter() - t0
 
     results: list[SolveResult] = []
