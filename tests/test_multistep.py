@@ -24,6 +24,7 @@ CASES = {
     "sd-edm-dpm": ("sd", lambda c: diffusers.EDMDPMSolverMultistepScheduler(), 10, None),                 # 2.4e-5
     "sd-heun": ("sd", lambda c: diffusers.HeunDiscreteScheduler.from_config(c), 6, 4),
     "sd-kdpm2": ("sd", lambda c: diffusers.KDPM2DiscreteScheduler.from_config(c), 6, 4),
+    "sd-kdpm2-ancestral": ("sd", lambda c: diffusers.KDPM2AncestralDiscreteScheduler.from_config(c), 6, 4),
     "sd-tcd": ("sd", lambda c: diffusers.TCDScheduler.from_config(c), 10, None),                          # 1.5e-3
     "sd-ddpm": ("sd", lambda c: diffusers.DDPMScheduler.from_config(c, clip_sample=False), 10, None),     # 3.4e-3
     "sd_v-pndm": ("sd_v", lambda c: diffusers.PNDMScheduler.from_config(c, **SD15_PNDM), 10, None),
