@@ -165,3 +165,20 @@ def test_families_invert_with_the_scheduler_they_ship(tiny, astronaut32, family)
         assert _regeneration_error(pipe, res, steps, 3) < 1e-2
     finally:
         pipe.scheduler = original
+
+
+def test_edit_reruns_a_multistep_sampler_from_the_middle(tiny, astronaut32):
+    """Re-running the last part of a DPM++ 2M schedule starts with the inverted trajectory as the
+    sampler's history, so the source prompt gives back the image (as for single-step samplers)."""
+    from nrinv.workflows.editing import regenerate
+
+    pipe = tiny("sd")
+    original = _with_scheduler(pipe, lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c))
+    try:
+        res = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=10, guidance_scale=1.0)
+        latents, _ = regenerate(res, PROMPT, strength=0.5, guidance_scale=1.0, output_type="latent")
+        assert float((latents[0] - res.encoded).norm() / res.encoded.norm()) < 1e-3
+        other, _ = regenerate(res, "a red dog", strength=0.5, guidance_scale=1.0, output_type="latent")
+        assert float((other[0] - res.encoded).norm() / res.encoded.norm()) > 1e-3
+    finally:
+        pipe.scheduler = original
