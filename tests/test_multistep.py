@@ -180,9 +180,9 @@ def test_edit_reruns_a_multistep_sampler_from_the_middle(tiny, astronaut32):
     original = _with_scheduler(pipe, lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c))
     try:
         res = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=10, guidance_scale=1.0)
-        latents, _ = regenerate(res, PROMPT, strength=0.5, guidance_scale=1.0, output_type="latent")
+        latents, _ = regenerate(res, PROMPT, strength=0.5, edit_guidance_scale=1.0, output_type="latent")
         assert float((latents[0] - res.encoded).norm() / res.encoded.norm()) < 1e-3
-        other, _ = regenerate(res, "a red dog", strength=0.5, guidance_scale=1.0, output_type="latent")
+        other, _ = regenerate(res, "a red dog", strength=0.5, edit_guidance_scale=1.0, output_type="latent")
         assert float((other[0] - res.encoded).norm() / res.encoded.norm()) > 1e-3
     finally:
         pipe.scheduler = original
