@@ -144,7 +144,7 @@ class GraphedNetwork:
         self._stamp: Optional[tuple] = None
         self._weights: Optional[tuple] = None   # the full (address, dtype, device) list of the network
         self._weights_id = 0
-        self._ends: Optional[tuple] = None      # weak references to the first and last parameter
+        self._ends: Optional[tuple] = None      # weak references to the network, its first and last parameter
         self.capture_time = 0.0
         self.captures = 0
         self.replays = 0
@@ -178,11 +178,11 @@ class GraphedNetwork:
         if network is None:
             return 0
         ends = self._ends
-        if ends is None or ends[0] is not network:
+        if ends is None or ends[0]() is not network:  # weak: a swapped-out network is not kept alive
             params = list(network.parameters())
             if not params:
                 return 0
-            ends = self._ends = (network, weakref.ref(params[0]), weakref.ref(params[-1]))
+            ends = self._ends = (weakref.ref(network), weakref.ref(params[0]), weakref.ref(params[-1]))
         first, last = ends[1](), ends[2]()
         if first is None or last is None:
             self._ends = None
