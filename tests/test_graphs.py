@@ -275,3 +275,18 @@ def test_a_failed_capture_is_retried_later_an_inexact_one_never():
     for _ in range(5):
         assert torch.equal(_call(g, 2), torch.tensor([3.0, 5.0]))
     assert len(attempts) == 1 and g.captures == 0
+
+
+def test_embeddings_shared_per_pipeline_follow_a_moved_or_swapped_text_encoder(astronaut32):
+    import copy
+
+    from nrinv.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    first = nrinv.adapter_for(pipe).conditioning(PROMPT, None, 1.0, (32, 32)).cond["encoder_hidden_states"]
+    other = copy.deepcopy(pipe.text_encoder)
+    with torch.no_grad():
+        next(other.parameters()).mul_(1.5)
+    pipe.text_encoder = other  # e.g. a fine-tuned text encoder swapped in
+    swapped = nrinv.adapter_for(pipe).conditioning(PROMPT, None, 1.0, (32, 32)).cond["encoder_hidden_states"]
+    assert not torch.allclose(first, swapped)

@@ -337,14 +337,27 @@ class Adapter:
     # -- conditioning and the denoiser ----------------------------------------------------------
     def conditioning(self, prompt: str, negative_prompt: Optional[str], guidance_scale: float,
                      size: tuple[int, int]) -> Conditioning:
-        """Prompt embeddings for images of ``size = (height, width)``; computed once per adapter."""
+        """Prompt embeddings for images of ``size = (height, width)``; computed once per pipeline (for
+        its text encoders' current weights)."""
         key = (prompt, negative_prompt, float(guidance_scale), tuple(size), id(self.network), str(self.dtype),
-               str(self.device))
+               str(self.device), self._text_encoders_stamp())
         if key not in self._conditionings:
             # normal tensors even under torch.inference_mode(): cached, they may meet autograd later
             with self.lock, torch.inference_mode(False), torch.no_grad():
                 self._conditionings[key] = self._embed(prompt, negative_prompt, float(guidance_scale), tuple(size))
         return self._conditionings[key]
+
+    def _text_encoders_stamp(self) -> tuple:
+        """Which text encoders, where, with a LoRA or not: cached embeddings are shared by every call on
+        this pipeline, so a swapped, moved or LoRA-loaded text encoder must not reuse them."""
+        stamp = []
+        components = getattr(self.pipe, "components", None)
+        for name, module in (components.items() if isinstance(components, dict) else ()):
+            if name.startswith("text_encoder") and isinstance(module, torch.nn.Module):
+                first = next(module.parameters(), None)
+                stamp.append((name, id(module), None if first is None else (first.data_ptr(), first.dtype),
+                              getattr(module, "_hf_peft_config_loaded", None)))
+        return tuple(stamp)
 
     def _embed(self, prompt: str, negative_prompt: Optional[str], guidance_scale: float,
                size: tuple[int, int]) -> Conditioning:
