@@ -114,6 +114,8 @@ def flux_schnell(tiny: bool, device: torch.device = torch.device("cpu"), dtype: 
 
     sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     tokenizers = dict(tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer())
+    if not tiny:
+        tokenizers["tokenizer_2"].model_max_length = 512  # FLUX.1-schnell's T5 tokenizer (the test one: 16)
     with made_on(device, dtype):
         networks = _flux_networks(tiny)
     pipe = diffusers.FluxPipeline(scheduler=sched, **tokenizers, **networks)
@@ -259,8 +261,6 @@ def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) 
 
     pipe, size = build(name, tiny, device)
     pipe.set_progress_bar_config(disable=True)
-    if name.startswith("flux") and not tiny:
-        pipe.tokenizer_2.model_max_length = 512  # FLUX.1-schnell's T5 tokenizer (the test one stops at 16)
     base_mb = weights_mb(device)
     image = Image.fromarray(data.astronaut()).resize((size, size), Image.LANCZOS)
     images8 = [image.rotate(45 * i) for i in range(8)]
@@ -355,6 +355,7 @@ def meta_check(log, models=None) -> dict:
         placed = {k: (str(v.device), str(v.dtype).replace("torch.", "")) for k, v in pipe.components.items()
                   if isinstance(v, torch.nn.Module)}
         out[name] = {"size": size, "network_parameters": sum(p.numel() for p in adapter.network.parameters()),
+                     **{k: list(v.shape) for k, v in cond.cond.items() if k == "encoder_hidden_states"},
                      "output_shape": list(output.shape), "output_device": str(output.device),
                      "output_dtype": str(output.dtype).replace("torch.", ""), "components": placed}
         log(f"{name}: {size}x{size} built on meta ({out[name]['network_parameters'] / 1e9:.2f} B network "

@@ -55,6 +55,7 @@ def test_full_size_builders_and_one_network_call_on_meta(capsys):
     out = _module().meta_check(print)
     assert out["sdxl-turbo"]["output_shape"] == [1, 4, 64, 64] and out["sdxl-turbo"]["output_dtype"] == "float32"
     assert out["flux-schnell"]["output_shape"] == [1, 1024, 64]
+    assert out["flux-schnell"]["encoder_hidden_states"] == [1, 512, 4096]  # 512 T5 tokens, as the real model
     # the published sizes: SDXL's UNet 2.57 B parameters, FLUX.1's transformer 11.9 B
     assert round(out["sdxl-turbo"]["network_parameters"] / 1e9, 2) == 2.57
     assert round(out["flux-schnell"]["network_parameters"] / 1e9, 1) == 11.9
