@@ -283,10 +283,10 @@ def test_embeddings_shared_per_pipeline_follow_a_moved_or_swapped_text_encoder(a
     from nrinv.testing import tiny_pipeline
 
     pipe = tiny_pipeline("sd")
-    first = nrinv.adapter_for(pipe).conditioning(PROMPT, None, 1.0, (32, 32)).cond["encoder_hidden_states"]
+    first = nrinv.core.adapter_for(pipe).conditioning(PROMPT, None, 1.0, (32, 32)).cond["encoder_hidden_states"]
     other = copy.deepcopy(pipe.text_encoder)
     with torch.no_grad():
         next(other.parameters()).mul_(1.5)
     pipe.text_encoder = other  # e.g. a fine-tuned text encoder swapped in
-    swapped = nrinv.adapter_for(pipe).conditioning(PROMPT, None, 1.0, (32, 32)).cond["encoder_hidden_states"]
+    swapped = nrinv.core.adapter_for(pipe).conditioning(PROMPT, None, 1.0, (32, 32)).cond["encoder_hidden_states"]
     assert not torch.allclose(first, swapped)
