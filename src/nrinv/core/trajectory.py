@@ -320,7 +320,9 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
             ms = {k: models[k](Z[k]) for k in range(n)}
             R = [Z[k + 1] - cp.combine(k, zs, ms, steps[k].C) for k in range(n)]
             norms = [_rms(r) for r in R]
-            done = all(bool((norms[k] <= options.atol + options.rtol * _rms(Z[k + 1])).all()) for k in range(n))
+            # per sample: a converged sample keeps its trajectory, so a batch gives each image its own answer
+            settled = torch.stack([norms[k] <= options.atol + options.rtol * _rms(Z[k + 1]) for k in range(n)]).all(0)
+            done = bool(settled.all())
             for a, b in cp.groups:
                 worst = torch.stack([norms[k].max() for k in range(a, b + 1)]).max().reshape(1)
                 rec = records[a]
@@ -340,8 +342,9 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
             flat = lambda zs: torch.cat([z.flatten(1) for z in zs], 1)  # noqa: E731
             mixed = mixer.step(flat(Z[:n]), flat(stepped))
             size = Z[0][0].numel()
+            keep = settled.reshape((-1,) + (1,) * (Z[0].dim() - 1))
             for i, part in enumerate(mixed.split(size, dim=1)):
-                Z[i] = part.reshape(Z[i].shape)
+                Z[i] = torch.where(keep, Z[i], part.reshape(Z[i].shape))
 
     t0 = time.perf_counter()
     groups = list(reversed(cp.groups))
