@@ -65,6 +65,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-images", type=int, default=4)
     ap.add_argument("--configs", default="2x0,2x1,2x2,2x6",
                     help="comma-separated ITERATIONSxSWEEPS of the coupled solve")
+    ap.add_argument("--sweep-mode", default="newton", choices=["newton", "gauss_seidel"],
+                    help="whole-trajectory sweeps (the default) or per-step Gauss-Seidel re-solves")
+    ap.add_argument("--no-baselines", dest="with_ddim", action="store_false",
+                    help="skip the inverse-scheduler and ddim rows")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -73,7 +78,10 @@ def main(argv=None) -> int:
     from nrinv.bench.images import load_image_set
     from nrinv.core.inversion import prepare, sample
     from nrinv.core.solvers import make_options
+    from nrinv.core import trajectory
     from nrinv.core.trajectory import solve_trajectory
+
+    trajectory.SWEEP_MODE = args.sweep_mode
 
     pipe = nrinv.load_pipeline("builtin:shapes", device="cpu", dtype=torch.float32)
     pipe.scheduler = SAMPLERS[args.sampler](pipe.scheduler.config)
@@ -97,16 +105,17 @@ def main(argv=None) -> int:
                          "psnr": psnr(rec, x), "ceiling": ceiling, "seconds": seconds,
                          "latent_error": float((z - encoded).norm() / encoded.norm())})
 
-        if args.sampler == "dpm2m":
+        if args.sampler == "dpm2m" and args.with_ddim:
             t0 = time.perf_counter()
             z0, nfe = inverse_scheduler(setup, encoded, args.steps)
             record("inverse-scheduler", z0, nfe, time.perf_counter() - t0)
-        methods = [("ddim", 1, 0)] + [("anderson", i, s) for i, s in configs]
+        methods = ([("ddim", 1, 0)] if args.with_ddim else []) + [("anderson", i, s) for i, s in configs]
         for method, its, sweeps in methods:
             t0 = time.perf_counter()
             results, trajectory, _, _ = solve_trajectory(setup, encoded, method, make_options(method, max_iterations=its),
                                                          warm_start=None, sweeps=sweeps)
-            label = "ddim" if method == "ddim" else f"anderson x{its}, {sweeps} sweeps"
+            label = "ddim" if method == "ddim" else f"anderson x{its}, {sweeps} sweeps" + (
+                " (Gauss-Seidel)" if args.sweep_mode == "gauss_seidel" and sweeps else "")
             record(label, trajectory[0], sum(r.nfe for r in results), time.perf_counter() - t0)
     summary = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -115,7 +124,7 @@ def main(argv=None) -> int:
                                                                         "latent_error", "seconds")} | {"method": method})
     out = Path(__file__).resolve().parent / "results" / "multistep"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.sampler}{args.steps}.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
+    (out / f"{args.sampler}{args.steps}{args.tag}.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
     print(f"### {args.sampler}, {args.steps} steps, builtin:shapes, {args.n_images} images\n")
     print("| method | NFE per step | PSNR dB | below VAE ceiling dB | latent error |\n|---|---|---|---|---|")
     for s in summary:
