@@ -15,7 +15,7 @@ from .api import InversionOptions, InversionResult, ReconstructionOutput, invert
 from .core.defaults import model_defaults
 from .core.solvers import Status
 from .errors import InputError
-from .loading import load_pipeline
+from .loading import load_pipeline, train_inverter
 from .workflows import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, edit_defaults, interpolate,
                         regenerate, seed_from_images)
 
@@ -23,5 +23,5 @@ from .workflows import (EditResult, InterpolationResult, SeedResult, adjust_enco
 __all__ = [
     "__version__", "load_pipeline", "invert", "invert_batch", "reconstruct", "edit", "regenerate", "interpolate",
     "seed_from_images", "adjust_encoding", "model_defaults", "edit_defaults", "InversionOptions", "InversionResult",
-    "ReconstructionOutput", "EditResult", "InterpolationResult", "SeedResult", "Status", "InputError",
+    "ReconstructionOutput", "EditResult", "InterpolationResult", "SeedResult", "Status", "InputError", "train_inverter",
 ]

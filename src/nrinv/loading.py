@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
@@ -21,7 +22,7 @@ from .errors import InputError
 from .shapes import dtype_kwarg
 
 __all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "builtin_models", "model_geometry", "BUILTIN_PREFIX",
-           "DTYPES"]
+           "DTYPES", "builtin_prompts", "train_inverter"]
 
 BUILTIN_PREFIX = "builtin:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -202,3 +203,23 @@ def _hub_unreachable(timeout: float = 5.0) -> Optional[str]:
     thread.start()
     thread.join(timeout)
     return answer[0] if answer else f"no answer from {host} in {timeout:g} s"
+
+
+def builtin_prompts(pipe: Any) -> Optional[Callable[[random.Random], str]]:
+    """Random captions of the shapes world for the built-in models (``None`` for any other model)."""
+    from .core.defaults import model_defaults
+
+    if model_defaults(pipe).kind not in ("shapes", "shapes-lcm"):
+        return None
+    from .shapes.world import sample_scene
+
+    return lambda rng: sample_scene(rng.randrange(10**9)).caption()
+
+
+def train_inverter(pipe: Any, out: Any = None, *, prompts: Any = None, **kwargs: Any) -> Any:
+    """:func:`nrinv.core.inverter.train_inverter`, with random shapes-world captions as the prompts of the
+    built-in models (any other model needs ``prompts``): trains the learned initial guess of the
+    inversion solver on trajectories the pipeline samples itself and saves it beside the model."""
+    from .core.inverter import train_inverter as train
+
+    return train(pipe, out, prompts=prompts if prompts is not None else builtin_prompts(pipe), **kwargs)

@@ -89,14 +89,18 @@ def parse_method(spec: str) -> tuple[str, dict]:
     ``warm_start=true`` / ``false`` / ``last`` / ``linear`` in the brackets sets the inversion loop's warm
     start (without it, the bench runs what ``nrinv invert`` runs by default).
     """
+    from ..core.edit_friendly import TRAJECTORY_METHODS
+
     spec = spec.strip()
     if "[" not in spec:
-        get_solver(spec)
+        if spec not in TRAJECTORY_METHODS:
+            get_solver(spec)
         return spec, {}
     if not spec.endswith("]"):
         raise ValueError(f"bad method spec {spec!r}; write e.g. gnri[lam=0.01]")
     name, body = spec[:-1].split("[", 1)
-    get_solver(name)
+    if name not in TRAJECTORY_METHODS:
+        get_solver(name)
     options: dict[str, Any] = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
@@ -104,13 +108,18 @@ def parse_method(spec: str) -> tuple[str, dict]:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             options[key.strip()] = value.strip()
-    make_options(name, {k: v for k, v in options.items() if k != "warm_start"})  # reject unknown keys now
+    if name in TRAJECTORY_METHODS:
+        TRAJECTORY_METHODS[name].from_dict({k: v for k, v in options.items() if k != "warm_start"})
+    else:
+        make_options(name, {k: v for k, v in options.items() if k != "warm_start"})  # reject unknown keys now
     return name, options
 
 
 def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
     """The iteration budgets a bench runs ``solver`` at: one for a solver that does not iterate."""
-    return iterations if get_solver(solver).iterates else (1,)
+    from ..core.edit_friendly import TRAJECTORY_METHODS
+
+    return iterations if solver in TRAJECTORY_METHODS or get_solver(solver).iterates else (1,)
 
 
 def inversion_options(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
@@ -119,9 +128,10 @@ def inversion_options(method: tuple[str, dict], iterations: int, *, steps: int, 
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
-    warm = warm if warm in (None, "last", "linear") else bool(warm)
+    warm = warm if warm in (None, "last", "linear", "learned") else bool(warm)
     return InversionOptions(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                            options=options, max_iterations=iterations if get_solver(solver).iterates else None,
+                            options=options, max_iterations=iterations if solver in TRAJECTORY_METHODS
+                            or get_solver(solver).iterates else None,
                             warm_start=warm)
 
 
@@ -215,7 +225,7 @@ def run_bench(
             result = invert(pipe, img.image, img.prompt, **kwargs)
         if not timed:
             wall = result.wall_time
-        rec = sample(result.setup, result.scheduler_latents)
+        rec = sample(result.setup, result.scheduler_latents, corrections=result.corrections)
         with torch.no_grad():
             image = adapter.decode(rec, size)
         row = {

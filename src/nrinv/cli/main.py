@@ -13,7 +13,7 @@ from .common import OneLineParser, UsageError
 
 #: each module has ``register(subparsers)`` adding parsers whose ``func(args) -> int`` may raise UsageError
 SUBCOMMAND_MODULES = ("nrinv.cli.invert", "nrinv.cli.edit", "nrinv.cli.batch", "nrinv.cli.bench", "nrinv.cli.demo",
-                      "nrinv.cli.app")
+                      "nrinv.cli.app", "nrinv.cli.train_inverter")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,8 @@ _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NO
 #: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
 #: guided prediction (guidance 1e9 gave noise of size 1e5 and a black image)
 MAX_GUIDANCE = 50.0
+#: warm start modes: see ``_solve_steps``
+WARM_STARTS = ("last", "linear", "learned")
 
 
 def check_guidance(value: Any, what: str = "guidance_scale") -> float:
@@ -189,6 +191,24 @@ class InversionResult:
     setup: Optional[Setup] = field(default=None, repr=False)
     capture_time: float = 0.0            # seconds spent capturing CUDA graphs during this inversion
     total_time: float = 0.0              # seconds of the whole call: encoding, setup, captures and solve
+    #: per sampler step, a latent added to the stock step's output (``method="edit_friendly"``; None
+    #: for a solved inversion, whose stock regeneration needs nothing but ``latents``)
+    corrections: Optional[list[Optional[Tensor]]] = field(default=None, repr=False)
+
+    def pipeline_kwargs(self, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
+        """What the stock pipeline needs besides the prompt to regenerate this inversion:
+        ``pipe(prompt, **result.pipeline_kwargs())`` (a target prompt instead edits with the same noises).
+        ``latents``, ``generator`` (seeded as the inversion was, unless given), steps, guidance, size, and
+        for an edit-friendly inversion the ``callback_on_step_end`` that applies its corrections."""
+        if self.corrections is not None:
+            from .edit_friendly import pipeline_kwargs
+
+            return pipeline_kwargs(self, generator=generator)
+        s = self.settings
+        return {"latents": self.latents, "generator": generator if generator is not None else
+                torch.Generator().manual_seed(s["seed"] if s.get("seed") is not None else 0),
+                "num_inference_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"],
+                "height": s["height"], "width": s["width"]}
 
     @property
     def status(self) -> Status:
@@ -241,8 +261,10 @@ def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_step
 
 
 def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioning] = None,
-           progress: bool = False, stop: Optional[int] = None) -> Tensor:
-    """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop)."""
+           progress: bool = False, stop: Optional[int] = None,
+           corrections: Optional[Sequence[Optional[Tensor]]] = None) -> Tensor:
+    """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop);
+    ``corrections[i]`` (an edit-friendly inversion's) is added after step ``i``."""
     z = z.to(device=setup.schedule.device, dtype=torch.float32)
     if setup.schedule.coupling is not None:
         from .trajectory import sample_trajectory
@@ -254,11 +276,14 @@ def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioni
     with torch.no_grad():
         for step in tqdm(setup.schedule.steps[start:stop], desc="sampling", disable=not progress, leave=False):
             z = step.apply(z, setup.denoiser(step, cond)(z))
+            if corrections is not None and corrections[step.index] is not None:
+                z = z + corrections[step.index]
     return z
 
 
 def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOptions,
-                 progress: bool, warm_start: Optional[str] = None) -> tuple[list[SolveResult], list[Tensor], float]:
+                 progress: bool, warm_start: Optional[str] = None,
+                 guess: Any = None) -> tuple[list[SolveResult], list[Tensor], float]:
     """Solve the implicit equations from the last sampler step to the first.
 
     ``warm_start``: start each step's solver not from the known latent but from the DDIM-style guess
@@ -268,7 +293,9 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     before it linearly in the timestep.  Measured on the built-in 20-step model, "linear" against
     "last": latent error 0.120 -> 0.094 with Euler-ancestral at 4 steps and 8 NFE, 0.022 -> 0.019 with
     DDIM at 20 steps and 20 NFE; on the tiny random test models it is worse, so each model's
-    defaults say which (``ModelDefaults.warm_start``).
+    defaults say which (``ModelDefaults.warm_start``).  ``"learned"``: ``guess`` (a
+    ``core.inverter.LearnedGuess``) predicts the output from the known next latent, the last implied
+    output, the timesteps and the prompt, at every step including the first solved one.
     """
     if setup.schedule.coupling is not None:  # multistep / second-order: one coupled system (trajectory.py)
         from .trajectory import solve_trajectory
@@ -294,7 +321,11 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
             return step.fixed_point_map(z_next, model(zz))
 
         start = z_next
-        if warm_start and implied and spec.iterates:
+        if warm_start == "learned" and guess is not None and spec.iterates:
+            rhs = z_next - (0 if step.C is None else step.C)
+            predicted = guess.predict(rhs, implied, step.t, setup.guidance_scale, setup.cond)
+            start = step.fixed_point_map(z_next, predicted)
+        elif warm_start and implied and spec.iterates:
             start = step.fixed_point_map(z_next, _predicted_output(implied if warm_start == "linear" else implied[-1:],
                                                                    step.t))
         problem = Problem(fn=fixed_point_map, z0=start, guidance_mean=step.guidance_mean_scale * z_next,
@@ -332,12 +363,26 @@ def _auto_warm(warm_start: Any, setup: Setup) -> Optional[str]:
     it: measured on the built-in model, the warm start helps at guidance 1 and can hurt at guidance
     3-7.5 with few steps (benchmarks/README.md, section 4).  ``True`` / on: the model's mode
     (``ModelDefaults.warm_start``); ``"last"`` / ``"linear"``: that mode."""
-    if warm_start in ("last", "linear"):
+    if warm_start in WARM_STARTS:
         return warm_start
     if warm_start is not None and not isinstance(warm_start, bool):
-        raise InputError(f"warm_start must be None, True, False, 'last' or 'linear'; got {warm_start!r}")
+        raise InputError(f"warm_start must be None, True, False, 'last', 'linear' or 'learned'; got {warm_start!r}")
     on = (not getattr(setup.cond, "cfg", False)) if warm_start is None else warm_start
     return setup.adapter.defaults.warm_start if on else None
+
+
+def _learned_guess(adapter: Adapter, warm: Optional[str], notes: list[str]) -> tuple[Optional[str], Any]:
+    """``(mode, guess)``: the inverter saved beside the model for ``"learned"``; without one (or one
+    trained for another network) the "linear" warm start, with a note."""
+    if warm != "learned":
+        return warm, None
+    from .inverter import load_inverter
+
+    guess = load_inverter(adapter)
+    if guess is None:
+        notes.append("no learned inverter beside this model (nrinv train-inverter): used the linear warm start")
+        return "linear", None
+    return warm, guess
 
 
 def solver_options(pipe: Any, inversion: InversionOptions) -> tuple[str, SolverOptions]:
@@ -406,10 +451,16 @@ def invert_tensor(
 
     Give ``images`` ((1, 3, H, W) in [0, 1]) or an already encoded ``image_latents`` (scaled, in the
     pipeline's latent layout; ``height``/``width`` are then the image size, default the model's).
-    The inversion's parameters: :class:`InversionOptions`.
+    The inversion's parameters: :class:`InversionOptions`.  ``method="edit_friendly"`` solves each
+    step's noise instead of the implicit equation (``core.edit_friendly``): exact at one network call per
+    step, regenerated by the stock pipeline through ``result.pipeline_kwargs()``.
     """
     adapter = adapter_for(pipe)
-    method, options = solver_options(adapter, inversion)
+    trajectory_options = _trajectory_options(inversion.method, inversion.options)
+    if trajectory_options is not None:  # its "solved" trajectory uses the model's default solver
+        method, options = solver_options(adapter, inversion.replace(method=None, options=None))
+    else:
+        method, options = solver_options(adapter, inversion)
     negative_prompt, generator = inversion.negative_prompt, inversion.generator
     t0 = time.perf_counter()
     if image_latents is None:
@@ -434,8 +485,14 @@ def invert_tensor(
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
     warm = _auto_warm(inversion.warm_start, setup)
+    warm, guess = _learned_guess(adapter, warm, notes)
     captured = adapter.capture_time
-    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, warm)
+    if trajectory_options is not None:
+        result = _invert_edit_friendly(setup, encoded, trajectory_options, inversion.seed, generator, encode_time,
+                                       prompt, negative_prompt, notes, method, options, warm, guess, progress)
+        result.total_time = time.perf_counter() - t0
+        return result
+    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, warm, guess)
     capture = adapter.capture_time - captured
     z = trajectory[0]
     return InversionResult(
@@ -456,6 +513,54 @@ def invert_tensor(
     )
 
 
+def _trajectory_options(method: Optional[str], options: Any) -> Any:
+    """The options of a trajectory method (``edit_friendly``), or None for a solver."""
+    from .edit_friendly import TRAJECTORY_METHODS
+
+    if method not in TRAJECTORY_METHODS:
+        return None
+    given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
+    try:
+        return TRAJECTORY_METHODS[method].from_dict(given)
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: Optional[int],
+                          generator: Optional[torch.Generator], encode_time: float, prompt: str,
+                          negative_prompt: Optional[str], notes: list[str], method: str, options: SolverOptions,
+                          warm: Optional[str], guess: Any, progress: bool) -> InversionResult:
+    from types import SimpleNamespace
+
+    from .edit_friendly import invert_edit_friendly
+
+    def solve() -> Any:
+        results, trajectory, _ = _solve_steps(setup, encoded, method, options, progress, warm, guess)
+        return SimpleNamespace(trajectory=trajectory, nfe=sum(r.nfe for r in results))
+
+    adapter = setup.adapter
+    captured = adapter.capture_time
+    parts = invert_edit_friendly(setup, encoded, ef_options, seed, solve)
+    capture = adapter.capture_time - captured
+    trajectory = parts["trajectory"]
+    steps = []
+    scale = encoded.float().pow(2).mean().sqrt().clamp_min(1e-12)
+    for i, d in enumerate(parts["corrections"]):
+        steps.append(SolveResult(z=trajectory[i], status=Status.CONVERGED, iterations=1, nfe=1,
+                                 residual_history=(d.float().pow(2).mean().sqrt() / scale).reshape(1)))
+    z = trajectory[0]
+    settings = dict(_settings(setup, "edit_friendly", options, prompt, negative_prompt, list(notes), generator),
+                    options=ef_options.to_dict(), warm_start=warm if ef_options.trajectory == "solved" else None,
+                    additive_correction=round(parts["additive_correction"], 6))
+    if ef_options.trajectory == "solved":
+        settings["trajectory_solver"] = {"method": method, "options": options.to_dict()}
+    return InversionResult(
+        scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma), encoded=encoded,
+        trajectory=trajectory, steps=steps, noises=parts["noises"], nfe=parts["nfe"],
+        wall_time=parts["wall_time"] - capture, encode_time=encode_time, settings=settings, setup=setup,
+        capture_time=capture, corrections=parts["corrections"])
+
+
 def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = False) -> Tensor:
     """The final latent ``z_N`` regenerated from an inversion's noise with the same prompt, steps and noise."""
     setup = result.setup
@@ -465,7 +570,7 @@ def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = F
         setup = prepare(adapter, s["prompt"], size=(s["height"], s["width"]),
                         num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"],
                         seed=s["seed"], negative_prompt=s.get("negative_prompt"))
-    return sample(setup, result.scheduler_latents, progress=progress)
+    return sample(setup, result.scheduler_latents, progress=progress, corrections=result.corrections)
 
 
 @inversion_parameters
@@ -507,8 +612,9 @@ def invert_tensor_batch(
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
     warm = _auto_warm(inversion.warm_start, batch_setup)
+    warm, guess = _learned_guess(adapter, warm, [])
     captured = adapter.capture_time
-    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm)
+    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm, guess)
     capture = adapter.capture_time - captured
     total = time.perf_counter() - t0
     out = []

@@ -67,12 +67,13 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     for target in targets:
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
         if mask_threshold is None:
-            z = sample(setup, traj[start], start=start, cond=cond, progress=progress)
+            z = sample(setup, traj[start], start=start, cond=cond, progress=progress,
+                       corrections=inversion.corrections)
         else:  # outside the mask, every step lands back on the inverted trajectory
             z = traj[start].float()
             mask = local_edit_mask(setup, z, start, cond, mask_threshold)
             for j in range(start, len(setup.schedule)):
-                z = sample(setup, z, start=j, stop=j + 1, cond=cond)
+                z = sample(setup, z, start=j, stop=j + 1, cond=cond, corrections=inversion.corrections)
                 z = mask * z + (1 - mask) * traj[j + 1].float()
         latents.append(z)
     return latents

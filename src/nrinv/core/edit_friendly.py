@@ -1,0 +1,165 @@
+"""Edit-friendly inversion: solve each step's noise instead of recording it (``method="edit_friendly"``).
+
+For a sampler that draws noise in every step (LCM, Euler-ancestral, DDPM / SDE samplers) the step is
+``z_{i+1} = A_i z_i + B_i m_i(z_i) + c_i n_i`` with ``n_i`` the drawn noise (``schedulers.py``).  Given any
+trajectory ``z_0 .. z_N`` ending at the encoded image, the noise that makes the stock step land exactly
+on it is ``n_i' = n_i + d_i / c_i`` with the correction ``d_i = z_{i+1} - (A_i z_i + B_i m_i(z_i) + c_i n_i)``:
+one network call per step and no implicit equation, so the regeneration is exact by construction at
+NFE = steps (Huberman-Spiegelglas et al., "An Edit Friendly DDPM Noise Space", CVPR 2024; TurboEdit,
+Deutch et al. 2024, for few-step models).  A step that draws no noise (the last step of LCM and
+Euler-ancestral, every DDIM step) keeps its correction ``d_i`` as an additive term.
+
+Trajectories (``options={"trajectory": ...}``):
+
+* ``"forward"`` (default): ``z_i = add_noise(z_N, eps_i, t_i)`` with independent ``eps_i`` (the
+  edit-friendly DDPM construction): N network calls in all;
+* ``"solved"``: the trajectory of the model's default deterministic inversion (its NFE plus N); the
+  corrections are then its residuals, so the regeneration becomes exact at any solver budget.
+
+The stock pipeline regenerates the result through ``callback_on_step_end``: after the stock step ``i``
+(with the generator's own draw) the callback adds ``d_i`` to the latents, and on the last step also to
+LCM's ``denoised`` (the latent it decodes).  ``result.pipeline_kwargs()`` gives everything to pass::
+
+    out = pipe(prompt, **result.pipeline_kwargs())            # regenerates the image
+    edit = pipe(target_prompt, **result.pipeline_kwargs())    # TurboEdit-style edit: same noises
+
+Editing re-runs the sampler from the inverted trajectory with the target prompt and the same solved
+noises (``nrinv.edit(..., method="edit_friendly")``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from .options import Options
+from .schedulers import seeded_generator
+
+__all__ = ["EditFriendlyOptions", "TRAJECTORY_METHODS", "edit_friendly_steps", "step_callback", "pipeline_kwargs"]
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EditFriendlyOptions(Options):
+    """``trajectory``: "forward" (independent forward noising, N calls) or "solved" (the model's default
+    deterministic inversion, then N calls); ``trajectory_seed``: the seed of the forward noises
+    (default: the inversion's seed + 1)."""
+
+    trajectory: str = "forward"
+    trajectory_seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.trajectory not in ("forward", "solved"):
+            raise ValueError(f"trajectory must be 'forward' or 'solved', got {self.trajectory!r}")
+
+
+#: inversion methods that construct a trajectory rather than solve the per-step equation
+TRAJECTORY_METHODS = {"edit_friendly": EditFriendlyOptions}
+
+
+def _noise_coefficient(step: Any, noise: Optional[Tensor]) -> float:
+    """``c`` with ``C = c * noise`` (0 where the step draws no noise)."""
+    if noise is None or step.C is None:
+        return 0.0
+    return float((step.C * noise).sum() / (noise * noise).sum().clamp_min(1e-30))
+
+
+def forward_trajectory(setup: Any, encoded: Tensor, seed: int) -> list[Tensor]:
+    """``z_i = add_noise(z_N, eps_i, t_i)`` for i < N (independent ``eps_i`` of ``seed``), ``z_N = encoded``."""
+    adapter = setup.adapter
+    scheduler = adapter.prepare_scheduler(setup.num_inference_steps, *setup.size)
+    gen = seeded_generator(seed)
+    out = []
+    for step in setup.schedule.steps:
+        eps = torch.randn(encoded.shape, generator=gen, dtype=torch.float32).to(encoded.device)
+        t = step.timestep.reshape(1).to(encoded.device)
+        if hasattr(scheduler, "add_noise"):
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+            z = scheduler.add_noise(encoded, eps, t)
+        elif hasattr(scheduler, "scale_noise"):
+            z = scheduler.scale_noise(encoded, t, eps)
+        else:
+            raise InputError(f"{type(scheduler).__name__} has no add_noise: use options trajectory='solved'")
+        out.append(z.float())
+    return out + [encoded]
+
+
+def edit_friendly_steps(setup: Any, trajectory: list[Tensor]) -> tuple[list[Optional[Tensor]], list[Optional[Tensor]],
+                                                                          int]:
+    """Per sampler step: the correction ``d_i`` (added to the stock step's output) and the solved noise
+    ``n_i'`` (None where the step draws none); and the network calls made (one per step)."""
+    corrections: list[Optional[Tensor]] = []
+    noises: list[Optional[Tensor]] = []
+    with torch.no_grad():
+        for i, step in enumerate(setup.schedule.steps):
+            z = trajectory[i].float()
+            stock = step.apply(z, setup.denoiser(step)(z))
+            d = trajectory[i + 1].float() - stock
+            corrections.append(d)
+            recorded = setup.schedule.noises[i] if i < len(setup.schedule.noises) else None
+            c = _noise_coefficient(step, recorded)
+            noises.append(None if c == 0 else recorded + d / c)
+    return corrections, noises, len(setup.schedule.steps)
+
+
+def step_callback(corrections: list[Optional[Tensor]], start: int = 0) -> Callable:
+    """A diffusers ``callback_on_step_end`` adding correction ``start + i`` after the pipeline's step ``i``
+    (to ``latents``, and on the last step to ``denoised`` where the pipeline decodes that)."""
+    last = len(corrections) - 1
+
+    def callback(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+        d = corrections[start + i]
+        if d is None:
+            return kwargs
+        out = {}
+        for key in ("latents", "denoised"):
+            value = kwargs.get(key)
+            if value is None or (key == "denoised" and start + i != last):
+                continue
+            out[key] = value + d.to(device=value.device, dtype=value.dtype)
+        return out
+    return callback
+
+
+def pipeline_kwargs(result: Any, *, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
+    """What to pass to the stock pipeline (besides the prompt) so that it regenerates ``result``."""
+    if result.corrections is None:
+        raise InputError("this inversion has no per-step corrections; pass latents=result.latents instead")
+    s = result.settings
+    pipe = result.setup.adapter.pipe if result.setup is not None else None
+    inputs = ["latents"] + (["denoised"] if pipe is not None and "denoised" in getattr(pipe, "_callback_tensor_inputs", ())
+                            else [])
+    if generator is None:
+        generator = seeded_generator(s["seed"] if s.get("seed") is not None else 0)
+    kwargs = {"latents": result.latents, "generator": generator, "num_inference_steps": s["num_inference_steps"],
+              "guidance_scale": s["guidance_scale"], "height": s["height"], "width": s["width"],
+              "callback_on_step_end": step_callback(result.corrections),
+              "callback_on_step_end_tensor_inputs": inputs}
+    return kwargs
+
+
+def invert_edit_friendly(setup: Any, encoded: Tensor, options: EditFriendlyOptions, seed: int,
+                         solve: Callable[[], Any]) -> dict[str, Any]:
+    """The pieces of an edit-friendly ``InversionResult``: trajectory, corrections, noises, calls, time.
+    ``solve()`` runs the model's default deterministic inversion (for ``trajectory="solved"``)."""
+    t0 = time.perf_counter()
+    extra_nfe = 0
+    if options.trajectory == "forward":
+        seed_f = options.trajectory_seed if options.trajectory_seed is not None else (seed or 0) + 1
+        trajectory = forward_trajectory(setup, encoded, seed_f)
+    else:
+        solved = solve()
+        trajectory = solved.trajectory
+        extra_nfe = solved.nfe
+    corrections, noises, nfe = edit_friendly_steps(setup, trajectory)
+    scale = float(encoded.float().pow(2).mean().sqrt().clamp_min(1e-12))
+    return {"trajectory": trajectory, "corrections": corrections, "noises": noises, "nfe": nfe + extra_nfe,
+            "wall_time": time.perf_counter() - t0,
+            # the part no noise can absorb (steps that draw none), relative to the image latent
+            "additive_correction": max((float(d.float().pow(2).mean().sqrt()) / scale
+                                        for d, n in zip(corrections, noises) if n is None), default=0.0)}

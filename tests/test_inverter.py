@@ -1,0 +1,64 @@
+"""The learned initial guess (core/inverter.py): training, saving beside the model, use by invert."""
+import pytest
+import torch
+
+import nrinv
+from nrinv.core.adapters import adapter_for
+from nrinv.core.inverter import InitialGuessNet, LearnedGuess, load_inverter, network_fingerprint, train_inverter
+
+PROMPT = "a photo of a cat"
+
+
+def test_untrained_network_is_the_last_warm_start():
+    net = InitialGuessNet(channels=4, width=16, prompt_dim=8)
+    y, m_prev, m_prev2 = torch.randn(3, 2, 4, 8, 8).unbind(0)
+    ones, zeros = torch.ones(2), torch.zeros(2)
+    out = net(y, m_prev, ones, m_prev2, ones, 500 * ones, 250 * ones, 6 * ones, torch.randn(2, 8))
+    assert torch.equal(out, m_prev)  # zero-initialised output layer: exactly the "last" warm start
+    assert torch.equal(net(y, m_prev, zeros, m_prev2, zeros, ones, zeros, ones, torch.randn(2, 8)), torch.zeros_like(y))
+
+
+def test_train_save_load_and_fingerprint(tiny, tmp_path):
+    pipe = tiny("lcm")
+    guess = train_inverter(pipe, tmp_path / "inv", prompts=[PROMPT, "a dog"], max_updates=2, batch_trajectories=2,
+                           batch_size=4, width=16, log=None)
+    assert guess.info["training"]["updates"] == 2 and guess.info["training"]["trajectories"] == 2
+    assert (tmp_path / "inv" / "inverter.safetensors").is_file()
+    loaded = load_inverter(pipe, tmp_path / "inv")
+    assert loaded is not None and loaded.info["fingerprint"] == network_fingerprint(adapter_for(pipe))
+    for a, b in zip(loaded.net.parameters(), guess.net.parameters()):
+        assert torch.equal(a, b)
+    # a pipeline with other weights does not use it
+    other = tiny("lcm", smooth=0.3)
+    other.unet.conv_in.weight.data.mul_(1.01)
+    try:
+        assert load_inverter(other, tmp_path / "inv") is None
+        with pytest.raises(ValueError, match="another network"):
+            load_inverter(other, tmp_path / "inv", strict=True)
+    finally:
+        other.unet.conv_in.weight.data.div_(1.01)
+    assert load_inverter(pipe, tmp_path / "missing") is None
+
+
+def test_learned_start_keeps_the_answer(tiny, astronaut32, tmp_path, monkeypatch):
+    """The guess moves only the start: solved to convergence the inversion is the same root."""
+    pipe = tiny("sdxl")
+    guess = train_inverter(pipe, tmp_path / "inv", prompts=[PROMPT], max_updates=1, batch_trajectories=2,
+                           batch_size=4, width=16, guidance=[0.0], log=None)
+    import nrinv.core.inverter as inverter
+
+    monkeypatch.setattr(inverter, "inverter_dir", lambda pipe: tmp_path / "inv")
+    kw = dict(num_inference_steps=4, guidance_scale=0.0, seed=3, method="anderson", max_iterations=30)
+    learned = nrinv.invert(pipe, astronaut32, PROMPT, warm_start="learned", **kw)
+    assert learned.settings["warm_start"] == "learned" and guess.path is not None
+    plain = nrinv.invert(pipe, astronaut32, PROMPT, warm_start=False, **kw)
+    assert learned.ok and plain.ok
+    assert float((learned.scheduler_latents - plain.scheduler_latents).norm() / plain.scheduler_latents.norm()) < 1e-3
+
+
+def test_learned_without_an_inverter_falls_back_to_linear(tiny, astronaut32):
+    pipe = tiny("sdxl")
+    res = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=4, guidance_scale=0.0, warm_start="learned")
+    assert res.settings["warm_start"] == "linear"
+    assert any("no learned inverter" in n for n in res.settings["notes"])
+    assert isinstance(LearnedGuess, type)
