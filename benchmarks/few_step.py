@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -43,7 +44,21 @@ def pipeline(regime: str):
     return pipe, steps
 
 
-def rows_for(regime: str, n_images: int, per_step: list[int], extra: list[str], out: Path) -> list[dict]:
+def iterations_for(spec: str, cost: int) -> Optional[int]:
+    """Iterations per step that spend ``cost`` network calls per step, or None where the method cannot."""
+    name = spec.split("[")[0]
+    if name in ("ddim", "newton_krylov"):
+        return None if name == "newton_krylov" and cost == 1 else 1
+    if name == "edit_friendly":
+        # forward trajectory: one call per step; solved trajectory: the solver's iterations plus one
+        if "trajectory=solved" in spec:
+            return cost - 1 if cost > 1 else None
+        return 1 if cost == 1 else None
+    return cost
+
+
+def rows_for(regime: str, n_images: int, per_step: list[int], extra: list[str], out: Path,
+             methods: Optional[list[str]] = None) -> list[dict]:
     from nrinv.bench.harness import run_bench
     from nrinv.bench.images import load_image_set
 
@@ -51,11 +66,10 @@ def rows_for(regime: str, n_images: int, per_step: list[int], extra: list[str], 
     images = load_image_set("shapes", size=(64, 64), n=n_images, seed=7000)
     rows = []
     for cost in per_step:
-        methods = METHODS_BY_COST.get(cost, []) + extra
-        for spec in methods:
-            name = spec.split("[")[0]
-            its = 1 if name == "ddim" or (name == "newton_krylov") else cost
-            if name == "newton_krylov" and cost == 1:
+        specs = (METHODS_BY_COST.get(cost, []) if methods is None else methods) + extra
+        for spec in specs:
+            its = iterations_for(spec, cost)
+            if its is None:
                 continue
             got = run_bench(pipe, images, out=out, methods=[spec], iterations=[its], steps=steps, repeats=0,
                             progress=False, plots=False)
@@ -135,6 +149,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-images", type=int, default=8)
     ap.add_argument("--per-step", default="1,2,3", help="NFE per step budgets")
     ap.add_argument("--extra", default="", help="more method specs (semicolon-separated), run at every budget")
+    ap.add_argument("--methods", default=None, help="method specs (semicolon-separated) instead of the default "
+                    "set per budget")
+    ap.add_argument("--also", default="", help="comma-separated result folders whose budget_rows.json join this "
+                    "run's summary (methods measured in an earlier run)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -142,8 +160,11 @@ def main(argv=None) -> int:
     out = Path(args.out or Path(__file__).resolve().parent / "results" / "few_step" / args.regime)
     out.mkdir(parents=True, exist_ok=True)
     extra = [m for m in args.extra.split(";") if m.strip()]
-    rows = rows_for(args.regime, args.n_images, [int(x) for x in args.per_step.split(",")], extra, out)
+    methods = None if args.methods is None else [m for m in args.methods.split(";") if m.strip()]
+    rows = rows_for(args.regime, args.n_images, [int(x) for x in args.per_step.split(",")], extra, out, methods)
     (out / "budget_rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    for folder in filter(None, args.also.split(",")):
+        rows += json.loads((Path(folder) / "budget_rows.json").read_text())
     steps = REGIMES[args.regime][2]
     summary = summarize(rows, steps)
     table = markdown(summary, args.regime)

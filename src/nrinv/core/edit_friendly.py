@@ -47,10 +47,13 @@ from dataclasses import dataclass
 class EditFriendlyOptions(Options):
     """``trajectory``: "forward" (independent forward noising, N calls) or "solved" (the model's default
     deterministic inversion, then N calls); ``trajectory_seed``: the seed of the forward noises
-    (default: the inversion's seed + 1)."""
+    (default: the inversion's seed + 1); ``pseudo_guidance``: see :func:`edit_sample`."""
 
     trajectory: str = "forward"
     trajectory_seed: Optional[int] = None
+    #: edits: ``z_{i+1} = src_{i+1} + w (edit step - src_{i+1})``, the edit's departure from the source
+    #: trajectory amplified by ``w`` at no extra network call (TurboEdit's pseudo-guidance, in our form)
+    pseudo_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.trajectory not in ("forward", "solved"):
@@ -105,6 +108,26 @@ def edit_friendly_steps(setup: Any, trajectory: list[Tensor]) -> tuple[list[Opti
             c = _noise_coefficient(step, recorded)
             noises.append(None if c == 0 else recorded + d / c)
     return corrections, noises, len(setup.schedule.steps)
+
+
+def edit_sample(setup: Any, trajectory: list[Tensor], corrections: list[Optional[Tensor]], start: int, cond: Any,
+                pseudo_guidance: float = 1.0, mask: Optional[Tensor] = None) -> Tensor:
+    """Steps ``start ..`` from ``trajectory[start]`` with conditioning ``cond`` and the inversion's corrections
+    (the same solved noises).  ``pseudo_guidance`` ``w`` scales the departure from the source trajectory
+    after every step, ``z_{i+1} = src_{i+1} + w (step(z_i) + d_i - src_{i+1})`` (1: the stock sampler);
+    ``mask`` (0/1, latent resolution) keeps the source trajectory outside it."""
+    z = trajectory[start].float()
+    with torch.no_grad():
+        for step in setup.schedule.steps[start:]:
+            i = step.index
+            out = step.apply(z, setup.denoiser(step, cond)(z))
+            if corrections[i] is not None:
+                out = out + corrections[i]
+            src = trajectory[i + 1].float()
+            if pseudo_guidance != 1.0:
+                out = src + pseudo_guidance * (out - src)
+            z = out if mask is None else mask * out + (1 - mask) * src
+    return z
 
 
 def step_callback(corrections: list[Optional[Tensor]], start: int = 0) -> Callable:

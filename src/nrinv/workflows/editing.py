@@ -66,6 +66,14 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     latents = []
     for target in targets:
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
+        if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt
+            from ..core.edit_friendly import edit_sample
+
+            mask = None if mask_threshold is None else local_edit_mask(setup, traj[start].float(), start, cond,
+                                                                       mask_threshold)
+            latents.append(edit_sample(setup, traj, inversion.corrections, start, cond,
+                                       float(inversion.settings.get("options", {}).get("pseudo_guidance", 1.0)), mask))
+            continue
         if mask_threshold is None:
             z = sample(setup, traj[start], start=start, cond=cond, progress=progress,
                        corrections=inversion.corrections)
