@@ -135,7 +135,8 @@ def load_model(model: str, dtype: str, device: str, cuda_graphs: bool = True) ->
 
 
 #: --warm-start's values -> InversionOptions.warm_start
-WARM_START = {"auto": None, "on": True, "off": False, "last": "last", "linear": "linear"}
+WARM_START = {"auto": None, "on": True, "off": False, "last": "last", "linear": "linear",
+              "learned": "learned"}
 
 
 def inversion_args(args) -> Any:
@@ -143,20 +144,24 @@ def inversion_args(args) -> Any:
     (``--method``, ``--iterations``, ``--option``, ``--steps``, ``--guidance``), before any work."""
     from ..core.defaults import ModelDefaults
     from ..core.inversion import InversionOptions
+    from ..core.edit_friendly import TRAJECTORY_METHODS
     from ..core.solvers import get_solver, make_options
 
     try:
-        if args.method is not None:
-            get_solver(args.method)
         options = parse_option(args.option)
+        if args.method in TRAJECTORY_METHODS:
+            TRAJECTORY_METHODS[args.method].from_dict(options)
+        elif args.method is not None:
+            get_solver(args.method)
         if args.iterations is not None and args.iterations < 1:
             raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         # unknown solver options fail now, against the named method or (before the model is loaded)
         # the method the model defaults start from
-        make_options(args.method or ModelDefaults.method, options,
-                     **({} if args.iterations is None else {"max_iterations": args.iterations}))
+        if args.method not in TRAJECTORY_METHODS:
+            make_options(args.method or ModelDefaults.method, options,
+                         **({} if args.iterations is None else {"max_iterations": args.iterations}))
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     check_guidances(args)

@@ -43,6 +43,8 @@ def cmd_invert(args) -> int:
     stats["model"] = args.model
     stats["input"] = str(image_path)
     tensors = dict(zip(LATENT_KEYS, (result.scheduler_latents, result.latents, result.encoded)))
+    # an edit-friendly inversion's per-step corrections (`nrinv reconstruct` applies them)
+    tensors.update({f"correction.{i}": d for i, d in enumerate(result.corrections or []) if d is not None})
     save_latent(tensors, {"nrinv": json.dumps(stats)}, out, force=args.force)
     stats["output"] = str(out)
     save_json(stats, sidecar, force=args.force)
@@ -79,7 +81,9 @@ def cmd_reconstruct(args) -> int:
     setup = run(prepare, pipe=pipe, prompt=s["prompt"], size=(s["height"], s["width"]),
                 num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], seed=s["seed"],
                 negative_prompt=s.get("negative_prompt"))
-    z = sample(setup, tensors["scheduler_latents"], progress=not args.quiet)
+    found = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("correction.")}
+    corrections = [found.get(i) for i in range(len(setup.schedule))] if found else None
+    z = sample(setup, tensors["scheduler_latents"], progress=not args.quiet, corrections=corrections)
     with torch.no_grad():
         image = setup.adapter.decode(z, setup.size)
     save_png(image, out, force=args.force)

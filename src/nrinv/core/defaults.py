@@ -39,8 +39,11 @@ class ModelDefaults(Options):
     method: str = "anderson"
     max_iterations: int = 2
     #: how the warm start predicts a step's model output: "last" (the output implied by the step solved
-    #: just before) or "linear" (extrapolated in t from the last two); chosen per model by measurement
+    #: just before), "linear" (extrapolated in t from the last two) or "learned" (the inverter saved
+    #: beside the model, ``core/inverter.py``; "linear" without one); chosen per model by measurement
     warm_start: str = "last"
+    #: the inversion ``nrinv.edit`` uses (None: ``method``); e.g. "edit_friendly" (``core/edit_friendly.py``)
+    edit_method: Optional[str] = None
     height: Optional[int] = None
     width: Optional[int] = None
 

@@ -171,6 +171,9 @@ def edit(
     the update is the exact inversion's own, so unchanged content follows the reconstruction path.
     An explicit ``negative_prompt`` takes precedence.
 
+    ``method``: the inversion (default: the model's ``edit_method``, else its inversion method);
+    ``"edit_friendly"`` regenerates with the same solved noises (``nrinv.core.edit_friendly``).
+
     ``mask_threshold`` (e.g. 0.3): a local edit.  A mask of where the target and source predictions
     differ (``local_edit_mask``, as in DiffEdit) is taken at the first re-run step, and after every
     step the latent outside it is put back on the inverted trajectory, so unchanged content is the
@@ -189,7 +192,12 @@ def edit(
     mask_threshold = check_mask_threshold(defaults["mask_threshold"] if mask_threshold is None else mask_threshold)
     check_steps(inversion.num_inference_steps)
     encode_adjust = check_adjust(encode_adjust)
-    solver_options(adapter, inversion)  # bad solver arguments fail before any work
+    from ..core.edit_friendly import TRAJECTORY_METHODS
+
+    if inversion.method is None and adapter.defaults.edit_method is not None:  # the model's edit inversion
+        inversion = inversion.replace(method=adapter.defaults.edit_method)
+    if inversion.method not in TRAJECTORY_METHODS:  # edit_friendly's options are checked by invert
+        solver_options(adapter, inversion)  # bad solver arguments fail before any work
     negative_prompt = inversion.negative_prompt
 
     timings: dict[str, float] = {}
