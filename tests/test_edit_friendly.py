@@ -40,6 +40,25 @@ def test_stock_pipeline_regenerates_edit_friendly_inversion(tiny, astronaut32, k
     assert _rel(pipe(PROMPT, output_type="latent", **kwargs).images, res.encoded) > 1e-2
 
 
+def test_ddpm_sampler_and_a_multistep_refusal(tiny, astronaut32):
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    pipe = tiny("sd")
+    stock = pipe.scheduler
+    try:
+        pipe.scheduler = DDPMScheduler.from_config(stock.config)
+        res = nrinv.invert(pipe, astronaut32, PROMPT, method="edit_friendly", num_inference_steps=6,
+                           guidance_scale=1.0, seed=2)
+        # every DDPM step draws noise here (the last timestep is 1, not 0): all of the correction is noise
+        assert res.nfe == 6 and all(n is not None for n in res.noises) and res.settings["additive_correction"] == 0
+        assert _rel(pipe(PROMPT, output_type="latent", **res.pipeline_kwargs()).images, res.encoded) < 1e-5
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(stock.config)
+        with pytest.raises(nrinv.InputError, match="single-step sampler"):
+            nrinv.invert(pipe, astronaut32, PROMPT, method="edit_friendly", num_inference_steps=6, guidance_scale=1.0)
+    finally:
+        pipe.scheduler = stock
+
+
 def test_solved_trajectory_is_exact_with_smaller_corrections(tiny, astronaut32):
     # (the tiny LCM's solved inversion runs to noise of size ~1e3 on this photo, so Euler-ancestral here)
     pipe = tiny("sdxl")

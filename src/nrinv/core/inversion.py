@@ -539,6 +539,9 @@ def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: 
         return SimpleNamespace(trajectory=trajectory, nfe=sum(r.nfe for r in results))
 
     adapter = setup.adapter
+    if setup.schedule.coupling is not None:
+        raise InputError(f"edit_friendly needs a single-step sampler; {setup.schedule.scheduler_name} reaches back to "
+                         "earlier steps: use a solver method, or swap in DDPM / Euler-ancestral / LCM")
     captured = adapter.capture_time
     parts = invert_edit_friendly(setup, encoded, ef_options, seed, solve)
     capture = adapter.capture_time - captured
