@@ -85,14 +85,20 @@ def main(argv=None) -> int:
                                                 "generation_s_per_trajectory_step", "batch_size", "threads")}
     if args.sdxl:
         out["sdxl_unet_flops_512"] = sdxl_unet_flops()
-        # this CPU's measured throughput on the tiny network (FLOP/s, 1 thread, batch 1)
-        rate = out["network_call_flops"] / out["network_call_s"]
-        out["sdxl_call_cpu_s_at_tiny_rate"] = out["sdxl_unet_flops_512"] / rate
+        # this CPU's throughput, 1 thread: on the tiny network (overhead-bound, a pessimistic bound) and on a
+        # dense 1024x1024 float32 matmul (what a network of SDXL's size is bound by, an optimistic bound)
+        tiny_rate = out["network_call_flops"] / out["network_call_s"]
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        dense_rate = 2 * 1024**3 / _median_time(lambda: a @ b, 10)
+        out["cpu_flops_per_s"] = {"tiny_network": tiny_rate, "dense_matmul": dense_rate}
         # per training update: batch_size examples, each one frozen call forward + backward to the input
-        # (counted as 3 forward calls) plus one generated trajectory step (1 call) amortised per example
+        # (counted as 3 forward calls) plus its share of trajectory generation (1 call per example)
         per_example_calls = 3 + 1
-        out["sdxl_update_cpu_s"] = training["batch_size"] * per_example_calls * out["sdxl_call_cpu_s_at_tiny_rate"]
-        out["sdxl_cpu_hours_same_updates"] = out["sdxl_update_cpu_s"] * training["updates"] / 3600
+        for name, rate in out["cpu_flops_per_s"].items():
+            call_s = out["sdxl_unet_flops_512"] / rate
+            update_s = training["batch_size"] * per_example_calls * call_s
+            out[f"sdxl_at_{name}_rate"] = {"call_s": call_s, "update_s": update_s,
+                                           "cpu_core_hours_same_updates": update_s * training["updates"] / 3600}
     print(json.dumps(out, indent=1))
     return 0
 
