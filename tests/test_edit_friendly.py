@@ -79,7 +79,7 @@ def test_edit_with_same_noises_matches_the_stock_pipeline(tiny, astronaut32):
     pipe = tiny("lcm")
     res = nrinv.invert(pipe, astronaut32, PROMPT, method="edit_friendly", seed=3)
     target = "a photo of a dog"
-    ours = nrinv.regenerate(res, target, strength=1.0, guidance_scale=res.settings["guidance_scale"],
+    ours = nrinv.regenerate(res, target, strength=1.0, edit_guidance_scale=res.settings["guidance_scale"],
                             output_type="latent")[0][0]
     stock = pipe(target, output_type="latent", **res.pipeline_kwargs()).images
     assert _rel(stock, ours) < 1e-5
@@ -126,11 +126,11 @@ def test_pseudo_guidance_scales_the_departure_from_the_source(tiny, astronaut32)
     strong = nrinv.invert(pipe, astronaut32, PROMPT, method="edit_friendly", seed=3, options={"pseudo_guidance": 2.0})
     g = plain.settings["guidance_scale"]
     # the source prompt itself lands on the source trajectory whatever the scale
-    same = nrinv.regenerate(strong, PROMPT, strength=1.0, guidance_scale=g, output_type="latent")[0][0]
+    same = nrinv.regenerate(strong, PROMPT, strength=1.0, edit_guidance_scale=g, output_type="latent")[0][0]
     assert _rel(same, strong.encoded) < 1e-5
     target = "a photo of a dog"
-    z1 = nrinv.regenerate(plain, target, strength=1.0, guidance_scale=g, output_type="latent")[0][0]
-    z2 = nrinv.regenerate(strong, target, strength=1.0, guidance_scale=g, output_type="latent")[0][0]
+    z1 = nrinv.regenerate(plain, target, strength=1.0, edit_guidance_scale=g, output_type="latent")[0][0]
+    z2 = nrinv.regenerate(strong, target, strength=1.0, edit_guidance_scale=g, output_type="latent")[0][0]
     assert _rel(z2, plain.encoded) > 1.2 * _rel(z1, plain.encoded)
 
 
