@@ -100,7 +100,7 @@ def test_public_names_are_user_verbs_and_results_each_with_one_meaning():
         "__version__", "load_pipeline", "invert", "invert_batch", "reconstruct", "edit", "regenerate", "interpolate",
         "seed_from_images", "adjust_encoding", "model_defaults", "edit_defaults", "InversionOptions",
         "InversionResult", "ReconstructionOutput", "EditResult", "InterpolationResult", "SeedResult", "Status",
-        "InputError"}
+        "InputError", "train_inverter"}
     for name in ("prepare", "sample", "Setup", "Problem", "SOLVERS", "adapter_for", "DEFAULT_METHOD"):
         assert not hasattr(nrinv, name), name
     assert not set(nrinv.__all__) & set(nrinv.core.__all__) - {"InversionOptions", "InversionResult", "Status",

@@ -254,14 +254,14 @@ def test_start_up_logs_no_library_request_lines(server):
 
 
 def test_switching_the_model_sets_its_edit_controls(server, browser):
-    """builtin:shapes-lcm edits at strength 0.75 and guidance 6: picking it sets the sliders (they kept
+    """builtin:shapes-lcm edits at strength 1 and guidance 6: picking it sets the sliders (they kept
     the previous model's values)."""
     url, _ = server
     page = browser.new_page()
     page.goto(url)
     page.locator("#model input").click()
     page.get_by_role("option", name="builtin:shapes-lcm").click()
-    page.wait_for_function("document.querySelector('#strength input[type=number]').value == '0.75'", timeout=120_000)
+    page.wait_for_function("document.querySelector('#strength input[type=number]').value == '1'", timeout=120_000)
     assert page.locator("#guidance input[type=number]").input_value() == "6"
     page.close()
 

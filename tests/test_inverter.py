@@ -4,7 +4,8 @@ import torch
 
 import nrinv
 from nrinv.core.adapters import adapter_for
-from nrinv.core.inverter import InitialGuessNet, LearnedGuess, load_inverter, network_fingerprint, train_inverter
+from nrinv.core.inverter import InitialGuessNet, LearnedGuess, load_inverter, network_fingerprint
+from nrinv.core.inverter import train_initial_guess as train_inverter
 
 PROMPT = "a photo of a cat"
 

@@ -217,9 +217,9 @@ def builtin_prompts(pipe: Any) -> Optional[Callable[[random.Random], str]]:
 
 
 def train_inverter(pipe: Any, out: Any = None, *, prompts: Any = None, **kwargs: Any) -> Any:
-    """:func:`nrinv.core.inverter.train_inverter`, with random shapes-world captions as the prompts of the
+    """:func:`nrinv.core.inverter.train_initial_guess`, with random shapes-world captions as the prompts of the
     built-in models (any other model needs ``prompts``): trains the learned initial guess of the
     inversion solver on trajectories the pipeline samples itself and saves it beside the model."""
-    from .core.inverter import train_inverter as train
+    from .core.inverter import train_initial_guess as train
 
     return train(pipe, out, prompts=prompts if prompts is not None else builtin_prompts(pipe), **kwargs)

@@ -125,6 +125,8 @@ def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
 def inversion_options(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
                       method_options: Optional[dict[str, dict]] = None) -> InversionOptions:
     """The inversion parameters of a parsed method spec at an iteration budget."""
+    from ..core.edit_friendly import TRAJECTORY_METHODS
+
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto

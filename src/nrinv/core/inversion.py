@@ -358,17 +358,20 @@ def _predicted_output(implied: list[tuple[float, Tensor]], t: float) -> Tensor:
     return m1 + (m1 - m2) * ((t - t1) / (t1 - t2))
 
 
-def _auto_warm(warm_start: Any, setup: Setup) -> Optional[str]:
+def _auto_warm(warm_start: Any, setup: Setup, iterations: Optional[int] = None) -> Optional[str]:
     """The warm start mode, or None for off.  ``None`` = on without classifier-free guidance, off with
     it: measured on the built-in model, the warm start helps at guidance 1 and can hurt at guidance
-    3-7.5 with few steps (benchmarks/README.md, section 4).  ``True`` / on: the model's mode
-    (``ModelDefaults.warm_start``); ``"last"`` / ``"linear"``: that mode."""
+    3-7.5 with few steps (benchmarks/README.md, section 4).  ``True`` / on: the model's mode at this
+    many ``iterations`` per step (``ModelDefaults.warm_start_by_iterations``, else ``warm_start``);
+    ``"last"`` / ``"linear"`` / ``"learned"``: that mode."""
     if warm_start in WARM_STARTS:
         return warm_start
     if warm_start is not None and not isinstance(warm_start, bool):
         raise InputError(f"warm_start must be None, True, False, 'last', 'linear' or 'learned'; got {warm_start!r}")
     on = (not getattr(setup.cond, "cfg", False)) if warm_start is None else warm_start
-    return setup.adapter.defaults.warm_start if on else None
+    defaults = setup.adapter.defaults
+    by_budget = dict(getattr(defaults, "warm_start_by_iterations", ()) or ())
+    return by_budget.get(iterations, defaults.warm_start) if on else None
 
 
 def _learned_guess(adapter: Adapter, warm: Optional[str], notes: list[str]) -> tuple[Optional[str], Any]:
@@ -484,7 +487,7 @@ def invert_tensor(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
-    warm = _auto_warm(inversion.warm_start, setup)
+    warm = _auto_warm(inversion.warm_start, setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, notes)
     captured = adapter.capture_time
     if trajectory_options is not None:
@@ -614,7 +617,7 @@ def invert_tensor_batch(
     conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
-    warm = _auto_warm(inversion.warm_start, batch_setup)
+    warm = _auto_warm(inversion.warm_start, batch_setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, [])
     captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm, guess)

@@ -14,7 +14,7 @@ The solver then starts from ``f_i`` evaluated with the predicted output, ``(y_i 
 refines to its usual tolerance, so the answer is the same root and the stock pipeline regenerates it:
 the network only moves the start point.
 
-Training (:func:`train_inverter`) needs no data set: the pipeline generates its own trajectories from
+Training (:func:`train_initial_guess`) needs no data set: the pipeline generates its own trajectories from
 random noise, random prompts (``prompts``: a list or ``callable(rng) -> str``) and random recorded noise,
 and along a sampled trajectory every ``z_i`` is the exact root of step ``i``, ``m_{i+1}`` the exact
 implied output.  The loss is the start point's residual, ``||r(z_hat)||^2 = ||z_hat - f(z_hat)||^2``
@@ -44,7 +44,7 @@ from ..errors import InputError
 from .adapters import Adapter, Conditioning, adapter_for
 
 __all__ = ["InitialGuessNet", "LearnedGuess", "load_inverter", "inverter_dir", "network_fingerprint",
-           "train_inverter", "INVERTER_FOLDER", "WEIGHTS_NAME", "CONFIG_NAME"]
+           "train_initial_guess", "INVERTER_FOLDER", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 INVERTER_FOLDER = "inverter"
 WEIGHTS_NAME = "inverter.safetensors"
@@ -297,7 +297,7 @@ def _denoise_at(adapter: Adapter, z: Tensor, timesteps: Tensor, cond: Conditioni
     return adapter._forward(x, timesteps, dict(cond.cond), cond.shared).float()
 
 
-def train_inverter(
+def train_initial_guess(
     pipe: Any,
     out: Union[str, Path, None] = None,
     *,
