@@ -75,10 +75,14 @@ def test_costs_follow_what_requests_take():
 
 
 def test_the_edit_controls_follow_the_selected_model(app):
-    # builtin:shapes-lcm edits at strength 0.75 and guidance 6; the app kept the previous model's 0.6 / 1
-    assert app.model_settings("builtin:shapes-lcm") == (0.75, 6.0)
-    shapes = app.pipe("builtin:shapes").defaults
-    assert app.model_settings("builtin:shapes") == (shapes.edit_strength, shapes.edit_guidance)
+    """The app kept the previous model's strength / guidance; each model's come from the registry."""
+    from nrinv.core.defaults import MODEL_KINDS
+
+    registry = {kind: (d.edit_strength, d.edit_guidance) for kind, _, d in MODEL_KINDS}
+    assert registry["shapes-lcm"] != registry["shapes"]  # otherwise this test shows nothing
+    assert registry["shapes-lcm"][1] == 6.0 and registry["shapes"] == (0.6, 2.0)
+    assert app.model_settings("builtin:shapes-lcm") == registry["shapes-lcm"]
+    assert app.model_settings("builtin:shapes") == registry["shapes"]
 
 
 @pytest.mark.parametrize("size, expected, note", [
