@@ -113,3 +113,40 @@ def test_public_names_are_user_verbs_and_results_each_with_one_meaning():
                 where.setdefault(node.name, []).append(str(path.relative_to(src)))
     for name in ("invert", "invert_batch", "reconstruct", "load_pipeline", "check_size"):
         assert len(where.get(name, [])) <= 1, (name, where[name])
+
+
+def test_the_per_step_callback_traces_the_solve_with_real_values(tiny, astronaut32):
+    """``callback(info)`` after each step: the latents it sees are the trajectory, the NFE it counts adds up
+    to the result's, its residual is each step's last; reconstruct and edit report their sampling steps."""
+    pipe = tiny("sd")
+    kw = dict(num_inference_steps=4, max_iterations=3, method="anderson", seed=0)
+    seen = []
+    res = nrinv.invert(pipe, astronaut32, "a photo of a cat", callback=seen.append, **kw)
+    assert [s["i"] for s in seen] == [3, 2, 1, 0] and {s["phase"] for s in seen} == {"invert"}
+    assert seen[-1]["nfe"] == res.nfe and [b["nfe"] - a["nfe"] for a, b in zip([{"nfe": 0}] + seen, seen)] == \
+        [res.steps[s["i"]].nfe for s in seen]
+    for s in seen:
+        assert torch.equal(s["x"], res.trajectory[s["i"]])
+        assert float(s["residual"]) == res.steps[s["i"]].residual_norms[-1]
+        assert s["timestep"] == res.setup.schedule.steps[s["i"]].timestep
+    assert torch.equal(seen[-1]["x"], res.scheduler_latents)
+
+    sampled = []
+    rec = nrinv.reconstruct(pipe, res, output_type="latent", callback=sampled.append)
+    assert [s["i"] for s in sampled] == [0, 1, 2, 3] and [s["nfe"] for s in sampled] == [1, 2, 3, 4]
+    assert torch.equal(sampled[-1]["x"], rec.latents) and all(s["residual"] is None for s in sampled)
+
+    steps = []
+    out = nrinv.edit(pipe, astronaut32, "a photo of a cat", ["a photo of a dog", "a red cat"], strength=0.5,
+                     output_type="latent", callback=steps.append, **kw)
+    inverting = [s for s in steps if s["phase"] == "invert"]
+    regenerating = [s for s in steps if s["phase"] == "sample"]
+    assert len(inverting) == 4 and inverting[-1]["nfe"] == out.inversion.nfe
+    assert [(s["target"], s["i"]) for s in regenerating] == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert regenerating[-1]["nfe"] == out.inversion.nfe + 4
+    assert torch.equal(regenerating[1]["x"], out.latents[0]) and torch.equal(regenerating[-1]["x"], out.latents[1])
+    masked = []
+    local = nrinv.edit(pipe, astronaut32, "a photo of a cat", "a photo of a dog", strength=0.5, mask_threshold=0.3,
+                       output_type="latent", callback=masked.append, **kw)
+    last = [s for s in masked if s["phase"] == "sample"][-1]
+    assert torch.equal(last["x"], local.latents[0]) and last["nfe"] == local.inversion.nfe + 2 + 2  # + the mask's 2

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .core.adapters import adapter_for
-from .core.inversion import (InversionOptions, InversionResult, inversion_parameters, invert_tensor,
+from .core.inversion import (InversionOptions, InversionResult, StepCallback, inversion_parameters, invert_tensor,
                              invert_tensor_batch, reconstruct_latent)
 from .errors import InputError
 from .io.images import ImageLike, load_pixels, resolve_size
@@ -33,6 +33,7 @@ def invert(
     inversion: InversionOptions,
     max_pixels: Optional[int] = None,
     progress: bool = False,
+    callback: Optional[StepCallback] = None,
 ) -> InversionResult:
     """Find the noise from which ``pipe`` regenerates ``image`` (a path, PIL image, array or tensor).
 
@@ -40,6 +41,8 @@ def invert(
     already encoded latent).  ``result.latents`` is what ``pipe(prompt, latents=..., generator=...)``
     takes to regenerate the image.  The inversion's parameters (``method``, ``num_inference_steps``,
     ``guidance_scale``, ...): :class:`~nrinv.InversionOptions`, as ``inversion=`` or flat keywords.
+    ``callback(info)`` runs after each solved step, last step first, with the step index, timestep,
+    latent, residual and network calls so far (:data:`nrinv.core.inversion.StepCallback`).
     """
     resized = resolve_size(height, width)
     notes: list[str] = []
@@ -50,7 +53,7 @@ def invert(
         pixels = load_pixels(image, size=resized, max_pixels=max_pixels, notes=notes)
     h, w = resized if resized else (None, None)
     return invert_tensor(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, inversion=inversion,
-                       progress=progress, notes=notes)
+                         progress=progress, callback=callback, notes=notes)
 
 
 @inversion_parameters
@@ -64,6 +67,7 @@ def invert_batch(
     inversion: InversionOptions,
     max_pixels: Optional[int] = None,
     progress: bool = False,
+    callback: Optional[StepCallback] = None,
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (see
     :func:`nrinv.core.inversion.invert_tensor_batch`); ``height``/``width`` resize them all first."""
@@ -76,7 +80,8 @@ def invert_batch(
     sizes = {tuple(p.shape[-2:]) for p in pixels}
     if len(sizes) != 1:
         raise InputError(f"a batch needs images of one size, got {sorted(sizes)}; pass height= and width= to resize")
-    return invert_tensor_batch(pipe, torch.cat(pixels), prompts, inversion=inversion, progress=progress, notes=notes)
+    return invert_tensor_batch(pipe, torch.cat(pixels), prompts, inversion=inversion, progress=progress,
+                               callback=callback, notes=notes)
 
 
 @dataclass
@@ -87,12 +92,13 @@ class ReconstructionOutput:
     latents: Tensor
 
 
-def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil",
-                progress: bool = False) -> ReconstructionOutput:
-    """Regenerate the image from an inversion's noise with the same prompt, steps and noise."""
+def reconstruct(pipe: Any, result: InversionResult, *, output_type: str = "pil", progress: bool = False,
+                callback: Optional[StepCallback] = None) -> ReconstructionOutput:
+    """Regenerate the image from an inversion's noise with the same prompt, steps and noise.
+    ``callback(info)`` runs after each sampler step (:data:`nrinv.core.inversion.StepCallback`)."""
     check_output_type(output_type)
     adapter = adapter_for(pipe)
-    z = reconstruct_latent(adapter, result, progress=progress)
+    z = reconstruct_latent(adapter, result, progress=progress, callback=callback)
     size = (result.settings["height"], result.settings["width"])
     with torch.no_grad():
         images = format_images([z], lambda lat: adapter.decode(lat, size), output_type)

@@ -28,7 +28,7 @@ from .options import Options
 from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
-__all__ = ["InversionOptions", "inversion_parameters", "Setup", "InversionResult", "invert_tensor",
+__all__ = ["InversionOptions", "inversion_parameters", "StepCallback", "Setup", "InversionResult", "invert_tensor",
            "invert_tensor_batch", "reconstruct_latent", "sample", "prepare", "solver_options", "check_guidance",
            "MAX_GUIDANCE"]
 
@@ -260,30 +260,57 @@ def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_step
     return Setup(adapter, schedule, cond, tuple(size), steps, guidance, seed)
 
 
+#: ``callback(info)`` after each step of an inversion or a sampling run (k-diffusion's ``callback``,
+#: diffusers' ``callback_on_step_end``): ``info`` is a dict with ``"phase"`` (``"invert"`` or
+#: ``"sample"``), ``"i"`` (the sampler step, 0 = the first step of sampling), ``"t"`` and ``"timestep"``,
+#: ``"x"`` (the latent the step produced, float32: ``z_i`` when inverting, ``z_{i+1}`` when sampling),
+#: ``"residual"`` (the solve's last rms residual, a 0-d tensor on the device; ``None`` when sampling) and
+#: ``"nfe"`` (network calls of this call so far).  Workflows add keys (``"target"`` in an edit).
+StepCallback = Callable[[dict[str, Any]], None]
+
+
 def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioning] = None,
            progress: bool = False, stop: Optional[int] = None,
-           corrections: Optional[Sequence[Optional[Tensor]]] = None) -> Tensor:
+           corrections: Optional[Sequence[Optional[Tensor]]] = None, callback: Optional[StepCallback] = None,
+           nfe: int = 0) -> Tensor:
     """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop);
-    ``corrections[i]`` (an edit-friendly inversion's) is added after step ``i``."""
+    ``corrections[i]`` (an edit-friendly inversion's) is added after step ``i``; ``callback`` (see
+    ``StepCallback``) after each step, counting network calls from ``nfe``."""
     z = z.to(device=setup.schedule.device, dtype=torch.float32)
+    steps = setup.schedule.steps
     if setup.schedule.coupling is not None:
         from .trajectory import sample_trajectory
 
-        steps = setup.schedule.steps
+        calls = [0]
+
+        def model(k: int, x: Tensor) -> Tensor:
+            calls[0] += 1
+            return setup.denoiser(steps[k], cond)(x)
+
         with torch.no_grad():
-            return sample_trajectory(setup.schedule, z, lambda k, x: setup.denoiser(steps[k], cond)(x), start=start,
-                                     stop=stop, history=setup.history)
+            z = sample_trajectory(setup.schedule, z, model, start=start, stop=stop, history=setup.history)
+        if callback is not None:  # the coupled run is one system: reported once, at its last step
+            last = (len(steps) if stop is None else stop) - 1
+            callback({"phase": "sample", "i": last, "t": steps[last].t, "timestep": steps[last].timestep, "x": z,
+                      "residual": None, "nfe": nfe + calls[0]})
+        return z
     with torch.no_grad():
-        for step in tqdm(setup.schedule.steps[start:stop], desc="sampling", disable=not progress, leave=False):
+        for i in tqdm(range(start, len(steps) if stop is None else stop), desc="sampling", disable=not progress,
+                      leave=False):
+            step = steps[i]
             z = step.apply(z, setup.denoiser(step, cond)(z))
             if corrections is not None and corrections[step.index] is not None:
                 z = z + corrections[step.index]
+            nfe += 1
+            if callback is not None:
+                callback({"phase": "sample", "i": i, "t": step.t, "timestep": step.timestep, "x": z,
+                          "residual": None, "nfe": nfe})
     return z
 
 
-def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOptions,
-                 progress: bool, warm_start: Optional[str] = None,
-                 guess: Any = None) -> tuple[list[SolveResult], list[Tensor], float]:
+def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOptions, progress: bool,
+                 warm_start: Optional[str] = None, guess: Any = None,
+                 callback: Optional[StepCallback] = None) -> tuple[list[SolveResult], list[Tensor], float]:
     """Solve the implicit equations from the last sampler step to the first.
 
     ``warm_start``: start each step's solver not from the known latent but from the DDIM-style guess
@@ -295,13 +322,19 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     DDIM at 20 steps and 20 NFE; on the tiny random test models it is worse, so each model's
     defaults say which (``ModelDefaults.warm_start``).  ``"learned"``: ``guess`` (a
     ``core.inverter.LearnedGuess``) predicts the output from the known next latent, the last implied
-    output, the timesteps and the prompt, at every step including the first solved one.
+    output, the timesteps and the prompt, at every step including the first solved one.  ``callback``:
+    see ``StepCallback``.
     """
     if setup.schedule.coupling is not None:  # multistep / second-order: one coupled system (trajectory.py)
         from .trajectory import solve_trajectory
 
         results, trajectory, outputs, wall = solve_trajectory(setup, encoded, method, options, progress, warm_start)
         setup.history = (trajectory, outputs)
+        if callback is not None:  # solved as one system: reported per step after the solve, last step first
+            nfe = 0
+            for i in reversed(range(len(results))):
+                nfe += results[i].nfe
+                _report(callback, setup.schedule.steps[i], i, trajectory[i], results[i], nfe)
         return results, trajectory, wall
     spec = get_solver(method)
     precision = float(torch.finfo(setup.adapter.dtype).eps)
@@ -310,10 +343,11 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     trajectory: list[Tensor] = [encoded]
     results: list[SolveResult] = []
     z = encoded
+    nfe = 0
     t0 = time.perf_counter()
     grad_ctx = torch.enable_grad if spec.needs_grad else torch.no_grad
     bar = tqdm(list(reversed(steps)), desc=f"inverting ({method})", disable=not progress, leave=False)
-    for step in bar:
+    for n, step in enumerate(bar):
         z_next = z
         model = setup.denoiser(step)
 
@@ -337,6 +371,9 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         if warm_start and step.B != 0:
             implied = (implied + [(step.t, (z_next - step.A * z - (0 if step.C is None else step.C)) / step.B)])[-2:]
         trajectory.append(z)
+        nfe += res.nfe
+        if callback is not None:
+            _report(callback, step, len(steps) - 1 - n, z, res, nfe)
         if progress:
             bar.set_postfix(status=res.status.value, nfe=res.nfe)
         if res.status is Status.NONFINITE:
@@ -348,6 +385,12 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         results = [results[0]] * (len(steps) - len(results)) + results
         trajectory = [trajectory[0]] * (len(steps) + 1 - len(trajectory)) + trajectory
     return results, trajectory, wall
+
+
+def _report(callback: StepCallback, step: Any, i: int, z: Tensor, res: SolveResult, nfe: int) -> None:
+    residual = res.residual_history[-1] if len(res.residual_history) else None
+    callback({"phase": "invert", "i": i, "t": step.t, "timestep": step.timestep, "x": z, "residual": residual,
+              "nfe": nfe, "status": res.status})
 
 
 def _predicted_output(implied: list[tuple[float, Tensor]], t: float) -> Tensor:
@@ -447,6 +490,7 @@ def invert_tensor(
     width: Optional[int] = None,
     inversion: InversionOptions,
     progress: bool = False,
+    callback: Optional[StepCallback] = None,
     notes: Sequence[str] = (),
 ) -> InversionResult:
     """Find the noise latent from which ``pipe``'s deterministic sampler regenerates ``images`` (the engine
@@ -454,9 +498,10 @@ def invert_tensor(
 
     Give ``images`` ((1, 3, H, W) in [0, 1]) or an already encoded ``image_latents`` (scaled, in the
     pipeline's latent layout; ``height``/``width`` are then the image size, default the model's).
-    The inversion's parameters: :class:`InversionOptions`.  ``method="edit_friendly"`` solves each
-    step's noise instead of the implicit equation (``core.edit_friendly``): exact at one network call per
-    step, regenerated by the stock pipeline through ``result.pipeline_kwargs()``.
+    The inversion's parameters: :class:`InversionOptions`; ``callback``: see ``StepCallback``.
+    ``method="edit_friendly"`` solves each step's noise instead of the implicit equation
+    (``core.edit_friendly``): exact at one network call per step, regenerated by the stock pipeline
+    through ``result.pipeline_kwargs()``.
     """
     adapter = adapter_for(pipe)
     trajectory_options = _trajectory_options(inversion.method, inversion.options)
@@ -495,7 +540,7 @@ def invert_tensor(
                                        prompt, negative_prompt, notes, method, options, warm, guess, progress)
         result.total_time = time.perf_counter() - t0
         return result
-    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, warm, guess)
+    results, trajectory, wall = _solve_steps(setup, encoded, method, options, progress, warm, guess, callback)
     capture = adapter.capture_time - captured
     z = trajectory[0]
     return InversionResult(
@@ -567,8 +612,10 @@ def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: 
         capture_time=capture, corrections=parts["corrections"])
 
 
-def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = False) -> Tensor:
-    """The final latent ``z_N`` regenerated from an inversion's noise with the same prompt, steps and noise."""
+def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = False,
+                       callback: Optional[StepCallback] = None) -> Tensor:
+    """The final latent ``z_N`` regenerated from an inversion's noise with the same prompt, steps and noise
+    (``callback``: see ``StepCallback``)."""
     setup = result.setup
     adapter = adapter_for(pipe)
     if setup is None or (setup.adapter is not adapter and setup.adapter.pipe is not getattr(adapter, "pipe", None)):
@@ -576,7 +623,8 @@ def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = F
         setup = prepare(adapter, s["prompt"], size=(s["height"], s["width"]),
                         num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"],
                         seed=s["seed"], negative_prompt=s.get("negative_prompt"))
-    return sample(setup, result.scheduler_latents, progress=progress, corrections=result.corrections)
+    return sample(setup, result.scheduler_latents, progress=progress, corrections=result.corrections,
+                  callback=callback)
 
 
 @inversion_parameters
@@ -587,6 +635,7 @@ def invert_tensor_batch(
     *,
     inversion: InversionOptions,
     progress: bool = False,
+    callback: Optional[StepCallback] = None,
     notes: Optional[Sequence[Sequence[str]]] = None,
 ) -> list[InversionResult]:
     """Invert a batch ``images`` (B, 3, H, W) with one network call per evaluation.
@@ -620,7 +669,7 @@ def invert_tensor_batch(
     warm = _auto_warm(inversion.warm_start, batch_setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, [])
     captured = adapter.capture_time
-    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm, guess)
+    results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm, guess, callback)
     capture = adapter.capture_time - captured
     total = time.perf_counter() - t0
     out = []

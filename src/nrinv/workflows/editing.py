@@ -16,8 +16,8 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for
-from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, inversion_parameters,
-                              invert_tensor, sample, solver_options)
+from ..core.inversion import (InversionOptions, InversionResult, Setup, StepCallback, check_guidance,
+                              inversion_parameters, invert_tensor, sample, solver_options)
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
@@ -57,32 +57,53 @@ def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, 
 
 def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, guidance: float,
                 negative_prompt: Optional[str], progress: bool, mask_threshold: Optional[float] = None,
-                guide_from_source: bool = False) -> list[Tensor]:
-    """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule."""
+                guide_from_source: bool = False, callback: Optional[StepCallback] = None,
+                nfe: int = 0) -> list[Tensor]:
+    """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule;
+    ``callback`` after each step (``StepCallback``, with ``"target"``: the target's index), counting
+    network calls from ``nfe``."""
     setup = inversion.setup
     traj = inversion.trajectory
     if guide_from_source and negative_prompt is None:  # contrast with the prompt the image was inverted with
         negative_prompt = inversion.settings["prompt"]
     latents = []
-    for target in targets:
+    for index, target in enumerate(targets):
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
-        if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt
-            from ..core.edit_friendly import edit_sample
+        if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt (reported
+            from ..core.edit_friendly import edit_sample  # to the callback once, at the end)
 
             mask = None if mask_threshold is None else local_edit_mask(setup, traj[start].float(), start, cond,
                                                                        mask_threshold)
-            latents.append(edit_sample(setup, traj, inversion.corrections, start, cond,
-                                       float(inversion.settings.get("options", {}).get("pseudo_guidance", 1.0)), mask))
+            z = edit_sample(setup, traj, inversion.corrections, start, cond,
+                            float(inversion.settings.get("options", {}).get("pseudo_guidance", 1.0)), mask)
+            latents.append(z)
+            if callback is not None:
+                last = setup.schedule.steps[-1]
+                nfe += len(setup.schedule) - start + (0 if mask is None else 2)
+                callback({"phase": "sample", "i": len(setup.schedule) - 1, "t": last.t, "timestep": last.timestep,
+                          "x": z, "residual": None, "nfe": nfe, "target": index})
             continue
+        seen = [nfe]
+
+        def report(info: dict, index: int = index, seen: list = seen) -> None:
+            seen[0] = info["nfe"]
+            if callback is not None:
+                callback(dict(info, target=index))
+
         if mask_threshold is None:
             z = sample(setup, traj[start], start=start, cond=cond, progress=progress,
-                       corrections=inversion.corrections)
+                       corrections=inversion.corrections, callback=report, nfe=nfe)
         else:  # outside the mask, every step lands back on the inverted trajectory
             z = traj[start].float()
             mask = local_edit_mask(setup, z, start, cond, mask_threshold)
+            seen[0] += 2  # the two predictions the mask compares
             for j in range(start, len(setup.schedule)):
                 z = sample(setup, z, start=j, stop=j + 1, cond=cond, corrections=inversion.corrections)
                 z = mask * z + (1 - mask) * traj[j + 1].float()
+                step = setup.schedule.steps[j]
+                report({"phase": "sample", "i": j, "t": step.t, "timestep": step.timestep, "x": z,
+                        "residual": None, "nfe": seen[0] + 1})
+        nfe = seen[0]
         latents.append(z)
     return latents
 
@@ -95,12 +116,12 @@ def _images(setup: Setup, latents: list[Tensor], output_type: str) -> list[Any]:
 def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, edit_guidance_scale: float,
                negative_prompt: Optional[str] = None, guide_from_source: bool = False,
                mask_threshold: Optional[float] = None, output_type: str = "pil",
-               progress: bool = False) -> tuple[list[Tensor], list[Any]]:
+               progress: bool = False, callback: Optional[StepCallback] = None) -> tuple[list[Tensor], list[Any]]:
     """The second half of ``edit``: re-run the last ``strength`` of ``inversion``'s schedule per target.
 
     Returns ``(latents, images)``, images as ``output_type`` asks.  Useful to sweep strength and
-    guidance over one inversion.  ``guide_from_source`` and ``mask_threshold`` as in ``edit`` (the
-    source prompt is the one ``inversion`` was made with).
+    guidance over one inversion.  ``guide_from_source``, ``mask_threshold`` and ``callback`` as in
+    ``edit`` (the source prompt is the one ``inversion`` was made with).
     """
     if inversion.setup is None:
         raise InputError("this inversion result carries no setup; run nrinv.invert in this process")
@@ -108,8 +129,7 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     targets = prompt_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
     latents = _regenerate(inversion, targets, start, check_guidance(edit_guidance_scale, "edit_guidance_scale"),
-                          negative_prompt, progress,
-                          check_mask_threshold(mask_threshold), guide_from_source)
+                          negative_prompt, progress, check_mask_threshold(mask_threshold), guide_from_source, callback)
     return latents, _images(inversion.setup, latents, output_type)
 
 
@@ -154,6 +174,7 @@ def edit(
     max_pixels: Optional[int] = None,
     output_type: str = "pil",
     progress: bool = False,
+    callback: Optional[StepCallback] = None,
 ) -> EditResult:
     """Edit ``image`` (described by ``source_prompt``) toward each of ``target_prompts``.
 
@@ -178,6 +199,10 @@ def edit(
     differ (``local_edit_mask``, as in DiffEdit) is taken at the first re-run step, and after every
     step the latent outside it is put back on the inverted trajectory, so unchanged content is the
     inversion's (exact with an exact inversion).
+
+    ``callback(info)``: after each step, of the inversion (``info["phase"] == "invert"``) and of each
+    target's regeneration (``"sample"``, with ``info["target"]``); ``info["nfe"]`` counts the calls of
+    both (:data:`nrinv.core.inversion.StepCallback`).
     """
     check_output_type(output_type)
     resized = resolve_size(height, width)
@@ -218,13 +243,14 @@ def edit(
 
     t0 = time.perf_counter()
     inverted = invert_tensor(adapter, None, source_prompt, image_latents=adjusted if adjusted is not None else encoded,
-                      height=size[0], width=size[1], inversion=inversion, progress=progress, notes=notes)
+                      height=size[0], width=size[1], inversion=inversion, progress=progress, callback=callback,
+                      notes=notes)
     timings["invert"] = time.perf_counter() - t0
     setup = inverted.setup
     start, rerun = start_step(len(setup.schedule), strength)
     t0 = time.perf_counter()
     latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
-                          guide_from_source)
+                          guide_from_source, callback, inverted.nfe)
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     images = _images(setup, latents, output_type)
