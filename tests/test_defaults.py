@@ -79,3 +79,50 @@ def test_removed_aliases_are_gone(tiny, astronaut32):
                    (nrinv.reconstruct, {"decode": False}), (nrinv.load_pipeline, {"torch_dtype": None})]:
         assert not {*kw} & {*inspect.signature(fn).parameters}, (fn.__name__, kw)
     assert "frames" not in vars(nrinv.InterpolationResult)
+
+
+def test_auto_dtype_is_the_family_row_float32_for_the_builtin_models_bfloat16_when_unknown():
+    """dtype="auto" on a GPU: each family's half precision from its adapter class; the built-in models
+    stay float32 (their figures are float32); a pipeline class that cannot be read (a hub id offline)
+    gets bfloat16, which no family overflows (float16 does in Flux)."""
+    from nrinv.core.adapters import FAMILIES
+    from nrinv.loading import resolve_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only the device's type is read: no GPU needed
+    assert resolve_dtype("auto", cuda, "FluxPipeline") == torch.bfloat16
+    assert resolve_dtype("auto", cuda, "StableDiffusion3Pipeline") == torch.bfloat16
+    assert resolve_dtype("auto", cuda, "StableDiffusionXLPipeline") == torch.float16
+    assert resolve_dtype("auto", cuda, "") == torch.bfloat16  # was float16: a Flux read offline overflowed
+    assert resolve_dtype("auto", cuda, "StableDiffusionPipeline", builtin=True) == torch.float32  # was float16
+    assert resolve_dtype("auto", cpu, "FluxPipeline") == torch.float32
+    assert resolve_dtype("float16", cuda, "FluxPipeline", builtin=True) == torch.float16  # asked for: given
+    for family in FAMILIES:
+        for name in family.pipelines:
+            assert resolve_dtype("auto", cuda, name) == family.half_dtype
+
+
+@pytest.mark.parametrize("cls, net, expected", [
+    ("StableDiffusionPipeline", {"sample_size": 64}, (8, 512)),
+    ("StableDiffusion3Pipeline", {"sample_size": 128, "patch_size": 2}, (16, 1024)),
+    ("FluxPipeline", {"patch_size": 1}, (16, 1024)),  # packed 2x2 latents; no sample_size: the pipeline's 128
+])
+def test_model_geometry_reads_the_family_row_from_configs_alone(tmp_path, cls, net, expected):
+    folder = tmp_path / cls
+    (folder / "vae").mkdir(parents=True)
+    (folder / ("unet" if "3" not in cls and "Flux" not in cls else "transformer")).mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    (folder / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [128, 256, 512, 512]}))
+    net_dir = folder / ("unet" if (folder / "unet").is_dir() else "transformer")
+    (net_dir / "config.json").write_text(json.dumps(net))
+    from nrinv.loading import model_geometry
+
+    assert model_geometry(str(folder)) == {"multiple": expected[0], "native": (expected[1], expected[1])}
+
+
+@pytest.mark.parametrize("kind", ["sd", "sd3", "flux"])
+def test_adapters_take_their_geometry_from_the_same_row(tiny, kind):
+    adapter = nrinv.core.adapter_for(tiny(kind))
+    multiple, native = type(adapter).geometry(adapter.pipe.vae.config, adapter.network.config,
+                                              getattr(adapter.pipe, "default_sample_size", None))
+    assert (adapter.size_multiple, adapter.default_size()) == (multiple, (native, native))
+    assert adapter.size_multiple == {"sd": 2, "sd3": 2 * adapter.network.config.get("patch_size", 1), "flux": 2}[kind]  # tiny VAEs: factor 2, 2, 1

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .core.options import PRECISIONS as DTYPE_CHOICES
 from .errors import InputError
 from .io.images import load_image, to_pil, to_tensor
 
 DEFAULT_MAX_UPLOAD_MB = 20
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 logger = logging.getLogger("nrinv.app")
 #: the concurrency group of every handler that runs a model (one worker for all of them)
 MODEL_WORK = "model"

@@ -1,8 +1,8 @@
 """Loading pipelines: a Hugging Face id, a local diffusers folder, or a built-in model (``builtin:NAME``).
 
 Safetensors only.  ``device="auto"`` takes CUDA when present (then Apple's MPS, else the CPU);
-``dtype="auto"`` takes float32 on the CPU and half precision on a GPU (bfloat16 for the flow
-transformers, Flux and SD3; float16 otherwise); the solver works in float32 whatever the network
+``dtype="auto"`` takes float32 on the CPU and for the built-in models, and the model family's half
+precision on a GPU (``Adapter.half_dtype``: bfloat16 for Flux and SD3, float16 otherwise); the solver works in float32 whatever the network
 runs in.  Loading is quiet (no progress bars or notices from diffusers / transformers) and the
 pipeline is returned as diffusers built it: nothing is written onto it.
 """
@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
+from .core.adapters import Adapter, adapter_class
+from .core.options import PRECISIONS
 from .errors import InputError
 from .shapes import dtype_kwarg
 
@@ -25,8 +27,7 @@ __all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "builtin_models",
            "DTYPES", "builtin_prompts", "train_inverter"]
 
 BUILTIN_PREFIX = "builtin:"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_BF16_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+DTYPES = {name: getattr(torch, name) for name in PRECISIONS if name != "auto"}
 
 
 def builtin_models() -> dict[str, Path]:
@@ -57,12 +58,8 @@ def model_geometry(model: str) -> Optional[dict]:
         net = json.loads((net_dir / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
-    sample = net.get("sample_size") or 64
-    sample = sample[0] if isinstance(sample, (list, tuple)) else int(sample)
-    cls = index.get("_class_name", "")
-    multiple = factor * (2 if cls == "FluxPipeline" else int(net.get("patch_size", 1) or 1) if net_dir.name == "transformer" else 1)
-    native = sample * factor * (2 if cls == "FluxPipeline" else 1)
+    family = adapter_class(index.get("_class_name", "")) or Adapter
+    multiple, native = family.geometry(vae, net)
     return {"multiple": multiple, "native": (native, native)}
 
 
@@ -87,14 +84,19 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     return dev
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, pipeline_class: str = "") -> torch.dtype:
-    """``auto``: float32 on the CPU (and MPS); on CUDA bfloat16 for Flux / SD3, float16 otherwise."""
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, pipeline_class: str = "",
+                  builtin: bool = False) -> torch.dtype:
+    """``auto``: float32 on the CPU (and MPS) and for the built-in models (every figure of theirs is
+    float32); on CUDA the model family's half precision (``Adapter.half_dtype``: bfloat16 for Flux and
+    SD3, float16 otherwise), and bfloat16 when the pipeline class cannot be read (e.g. a hub id offline):
+    it does not overflow in any family, float16 does in Flux."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        if device.type != "cuda":
+        if device.type != "cuda" or builtin:
             return torch.float32
-        return torch.bfloat16 if pipeline_class in _BF16_PIPELINES else torch.float16
+        family = adapter_class(pipeline_class)
+        return torch.bfloat16 if family is None else family.half_dtype
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
@@ -126,7 +128,7 @@ def _pipeline_class(source: str, local: bool) -> str:
         from diffusers import DiffusionPipeline
 
         return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
-    except Exception:  # unknown here: the dtype falls back to float16 on CUDA
+    except Exception:  # unknown here: dtype="auto" takes bfloat16 on CUDA
         return ""
 
 
@@ -151,7 +153,8 @@ def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", 
     if not local and not _hub_offline():
         # without a network huggingface_hub retries for ~30 s and logs each retry: ask once, quickly
         offline = _hub_unreachable()
-    dt = resolve_dtype(dtype, dev, "" if offline else _pipeline_class(source, local))
+    dt = resolve_dtype(dtype, dev, "" if offline else _pipeline_class(source, local),
+                       builtin=model.startswith(BUILTIN_PREFIX))
     with quiet_libraries():
         from diffusers import DiffusionPipeline
 

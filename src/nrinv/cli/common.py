@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..core.options import PRECISIONS as DTYPE_CHOICES  # torch-free: the CLI parses before importing torch
+
 DEFAULT_MODEL = "builtin:shapes"
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
 
 class UsageError(Exception):

@@ -5,16 +5,31 @@
 ``defaults`` keys the defaults by what a model is, ``inversion`` is the loop over the steps.
 User-facing verbs (images in, diffusers-shaped results out) are in ``nrinv`` itself.
 """
-from .adapters import Adapter, Conditioning, adapter_for
-from .defaults import ModelDefaults, model_defaults
-from .inversion import (InversionOptions, InversionResult, Setup, invert_tensor, invert_tensor_batch, prepare,
-                        reconstruct_latent, sample, solver_options)
-from .schedulers import SUPPORTED_SCHEDULERS, affine_schedule
-from .solvers import SOLVERS, Problem, SolveResult, SolverSpec, Status, get_solver, make_options
+from __future__ import annotations
 
-__all__ = [
-    "Adapter", "Conditioning", "adapter_for", "ModelDefaults", "model_defaults", "InversionOptions", "InversionResult",
-    "Setup", "invert_tensor", "invert_tensor_batch", "prepare", "reconstruct_latent", "sample", "solver_options",
-    "SUPPORTED_SCHEDULERS", "affine_schedule", "SOLVERS", "Problem", "SolveResult", "SolverSpec", "Status",
-    "get_solver", "make_options",
-]
+import importlib
+from typing import Any
+
+#: public name -> the module defining it; imported on first use, so that importing one light module of
+#: the engine (``nrinv.core.options``) does not import torch and diffusers
+_WHERE = {
+    "Adapter": "adapters", "Conditioning": "adapters", "adapter_for": "adapters",
+    "ModelDefaults": "defaults", "model_defaults": "defaults",
+    "InversionOptions": "inversion", "InversionResult": "inversion", "Setup": "inversion", "StepCallback": "inversion",
+    "invert_tensor": "inversion", "invert_tensor_batch": "inversion", "prepare": "inversion",
+    "reconstruct_latent": "inversion", "sample": "inversion", "solver_options": "inversion",
+    "SUPPORTED_SCHEDULERS": "schedulers", "affine_schedule": "schedulers",
+    "SOLVERS": "solvers", "Problem": "solvers", "SolveResult": "solvers", "SolverSpec": "solvers", "Status": "solvers",
+    "get_solver": "solvers", "make_options": "solvers",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

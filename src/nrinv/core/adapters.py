@@ -30,7 +30,8 @@ from .defaults import ModelDefaults, model_defaults
 from .graphs import GraphedNetwork
 from .schedulers import Schedule, affine_schedule
 
-__all__ = ["Adapter", "Conditioning", "adapter_for", "SUPPORTED_PIPELINES", "size_error", "size_notes"]
+__all__ = ["Adapter", "Conditioning", "adapter_for", "adapter_class", "FAMILIES", "SUPPORTED_PIPELINES", "size_error",
+           "size_notes"]
 
 
 def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) -> Optional[str]:
@@ -142,6 +143,26 @@ class Adapter:
     """Base adapter; subclasses fill in the family-specific pieces."""
 
     family = "base"
+    #: the diffusers pipeline classes (by name) this adapter takes: one row per model family
+    pipelines: tuple[str, ...] = ()
+    #: the half precision ``dtype="auto"`` loads this family in on a GPU (the solver stays float32)
+    half_dtype: torch.dtype = torch.float16
+    #: latent side of the native size when the denoiser's config has no ``sample_size``
+    default_sample_size = 64
+
+    @classmethod
+    def patch(cls, network_config: Any) -> int:
+        """Latent pixels per token side: image sizes are multiples of this times the VAE's factor."""
+        return 1
+
+    @classmethod
+    def geometry(cls, vae_config: Any, network_config: Any, sample_size: Optional[int] = None) -> tuple[int, int]:
+        """``(size multiple, native side)`` in pixels, from the VAE's and the denoiser's configs alone (no
+        weights: ``nrinv.loading.model_geometry`` reads them from a model folder)."""
+        factor = 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+        side = network_config.get("sample_size") or sample_size or cls.default_sample_size
+        side = side if isinstance(side, int) else side[0]
+        return factor * cls.patch(network_config), side * factor
     #: whether ``pipe(latents=...)`` multiplies the given latents by ``init_noise_sigma``
     scales_initial_latents = True
 
@@ -230,13 +251,15 @@ class Adapter:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
+    def _geometry(self) -> tuple[int, int]:
+        # the network's sample size, else the pipeline's default (Flux's transformer has none)
+        return self.geometry(self.pipe.vae.config, self.network.config, getattr(self.pipe, "default_sample_size", None))
+
     def default_size(self) -> tuple[int, int]:
         if self.defaults.height and self.defaults.width:
             return self.defaults.height, self.defaults.width
-        # the network's sample size, else the pipeline's default (Flux's transformer has none)
-        size = self.network.config.get("sample_size") or getattr(self.pipe, "default_sample_size", None) or 64
-        size = size if isinstance(size, int) else size[0]
-        return size * self.vae_scale_factor, size * self.vae_scale_factor
+        side = self._geometry()[1]
+        return side, side
 
     def check_size(self, height: int, width: int) -> None:
         problem = size_error(height, width, self.size_multiple, self.default_size())
@@ -245,7 +268,7 @@ class Adapter:
 
     @property
     def size_multiple(self) -> int:
-        return self.vae_scale_factor
+        return self._geometry()[0]
 
     def latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
         f = self.vae_scale_factor
@@ -383,6 +406,7 @@ class StableDiffusionAdapter(Adapter):
     """StableDiffusionPipeline (1.x / 2.x, eps or v prediction) and the built-in shapes model."""
 
     family = "sd"
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
 
     def _guidance_embedding(self, guidance_scale: float) -> Optional[Tensor]:
         dim = self.network.config.time_cond_proj_dim
@@ -409,6 +433,7 @@ class LatentConsistencyAdapter(StableDiffusionAdapter):
     """LatentConsistencyModelPipeline: guidance enters through the w-embedding only, no negative prompt."""
 
     family = "lcm"
+    pipelines = ("LatentConsistencyModelPipeline",)
 
     def prepare_scheduler(self, num_inference_steps, height, width):
         sched = copy.deepcopy(self.pipe.scheduler)
@@ -429,6 +454,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
     """StableDiffusionXLPipeline, including SDXL-Turbo (Euler-ancestral, trailing spacing, guidance 0)."""
 
     family = "sdxl"
+    pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 
     @contextlib.contextmanager
     def _vae_precision(self):
@@ -497,6 +523,8 @@ class StableDiffusion3Adapter(Adapter):
     """StableDiffusion3Pipeline (flow matching, MMDiT)."""
 
     family = "sd3"
+    pipelines = ("StableDiffusion3Pipeline",)
+    half_dtype = torch.bfloat16  # flow transformers overflow float16
     scales_initial_latents = False
 
     @property
@@ -508,9 +536,9 @@ class StableDiffusion3Adapter(Adapter):
         f = self.vae_scale_factor
         return (batch, self.network.config.in_channels, height // f, width // f)
 
-    @property
-    def size_multiple(self):
-        return self.vae_scale_factor * self.network.config.patch_size
+    @classmethod
+    def patch(cls, network_config):
+        return int(network_config.get("patch_size", 1) or 1)
 
     @staticmethod
     def _max_sequence_length(tokenizer: Any, default: int) -> int:
@@ -560,11 +588,12 @@ class FluxAdapter(StableDiffusion3Adapter):
     """FluxPipeline: packed 2x2 latents, shifted sigmas, distilled guidance embedding (no true CFG)."""
 
     family = "flux"
+    pipelines = ("FluxPipeline",)
+    default_sample_size = 128  # FluxPipeline.default_sample_size
 
-
-    @property
-    def size_multiple(self):
-        return self.vae_scale_factor * 2
+    @classmethod
+    def patch(cls, network_config):
+        return 2  # latents packed 2x2 into tokens
 
     def latent_shape(self, height, width, batch=1):
         f = self.vae_scale_factor
@@ -623,15 +652,15 @@ class FluxAdapter(StableDiffusion3Adapter):
         return self.network(hidden_states=x, timestep=timestep, return_dict=False, **kw, **shared)[0]
 
 
-SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {
-    "StableDiffusionPipeline": StableDiffusionAdapter,
-    "StableDiffusionImg2ImgPipeline": StableDiffusionAdapter,
-    "StableDiffusionXLPipeline": StableDiffusionXLAdapter,
-    "StableDiffusionXLImg2ImgPipeline": StableDiffusionXLAdapter,
-    "LatentConsistencyModelPipeline": LatentConsistencyAdapter,
-    "StableDiffusion3Pipeline": StableDiffusion3Adapter,
-    "FluxPipeline": FluxAdapter,
-}
+#: the model families, one adapter class each (its pipelines, precision and geometry on the class)
+FAMILIES: tuple[type[Adapter], ...] = (StableDiffusionAdapter, StableDiffusionXLAdapter, LatentConsistencyAdapter,
+                                       StableDiffusion3Adapter, FluxAdapter)
+SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {name: cls for cls in FAMILIES for name in cls.pipelines}
+
+
+def adapter_class(pipeline_class: str) -> Optional[type[Adapter]]:
+    """The adapter class of a diffusers pipeline class name (``None`` if no family takes it)."""
+    return SUPPORTED_PIPELINES.get(pipeline_class)
 
 
 def adapter_for(pipe: Any, *, cuda_graphs: Optional[bool] = None) -> Adapter:

@@ -6,6 +6,10 @@ from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T", bound="Options")
 
+#: the network precisions a user may ask for, by name ("auto": the model family's choice for the device;
+#: ``nrinv.loading.resolve_dtype``); the one list the CLI, the app and loading read
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+
 
 class Options:
     """Mixin for frozen dataclasses: ``from_dict`` rejects unknown keys, ``to_dict`` is JSON-ready."""
