@@ -91,7 +91,10 @@ def test_low_precision_network_float32_solver(tiny, astronaut32):
         assert res.finite and res.scheduler_latents.dtype == torch.float32 and torch.isfinite(res.scheduler_latents).all()
         rec = nrinv.reconstruct(pipe, res, output_type="latent").latents
         err = float((rec - res.encoded).norm() / res.encoded.norm())
-        assert err < 0.05  # bf16 network noise (~1e-2 per call) bounds what any solver can reach
+        # The solve itself is exact here (float32 network: 5.6e-5, measured); what remains is the bf16
+        # network's own rounding, unit roundoff 2^-8 = 0.0039 per call: measured 0.0033 (DDIM: 0.067).
+        # Bound: twice the unit roundoff, for other CPUs' bf16 kernels.
+        assert err < 2 * 2.0 ** -8
     finally:
         pipe.to(torch.float32)
 

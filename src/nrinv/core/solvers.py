@@ -263,12 +263,15 @@ class _Tracker:
         self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
 
     def offer(self, candidate: Tensor, rms: Tensor) -> None:
-        """Keep, per sample, the finite candidate with the smallest residual."""
+        """Keep, per sample, the finite candidate with the smallest residual (the start ``z0`` until one is
+        offered: a first evaluation that is already NaN/Inf never becomes the answer)."""
         candidate = candidate.detach()
         rms = _finite_or_inf(rms)
         if self.best_rms is None:
-            self.best_z, self.best_rms = candidate, rms
-            return
+            self.best_rms = torch.full_like(rms, float("inf"))
+            if rms.isfinite().all():
+                self.best_z, self.best_rms = candidate, rms
+                return
         better = rms < self.best_rms
         self.best_z = torch.where(_bview(better, candidate), candidate, self.best_z)
         self.best_rms = torch.where(better, rms, self.best_rms)
