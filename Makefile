@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install lint test test-all demo bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,10 @@ install:
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test,app]'
 
-test:
+lint:
+	$(BIN)/python -m ruff check src tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-all:

@@ -160,8 +160,8 @@ def main(argv=None) -> int:
                 row[f"adjusted_latent_only_{s:g}"] = pixel_psnr(to_uint8(adapter.decode(adj, (64, 64))), src)
             rows.append(row)
         report["encode_adjust"] = mean_rows(rows)
-        log("encode_adjust (mean reconstruction PSNR dB, method %s): %s" % (
-            DEFAULT_METHOD, json.dumps({k: round(v, 2) for k, v in report["encode_adjust"].items()})))
+        adjust = json.dumps({k: round(v, 2) for k, v in report["encode_adjust"].items()})
+        log(f"encode_adjust (mean reconstruction PSNR dB, method {DEFAULT_METHOD}): {adjust}")
 
     # 2. sweep strength x guidance with the default method
     strength, guidance = args.strength, args.guidance
@@ -210,7 +210,8 @@ def main(argv=None) -> int:
                 valid.append(float(conf >= 0.5 and read["color"] != read["background_color"]))
                 conf_all.append(conf)
             end_ok.append(float(reads[0][0] == sa.as_dict()) * 0.5 + float(reads[-1][0] == sb.as_dict()) * 0.5)
-        report["interpolation"] = {"frames_valid": float(np.mean(valid)), "min_confidence_mean": float(np.mean(conf_all)),
+        report["interpolation"] = {"frames_valid": float(np.mean(valid)),
+                                   "min_confidence_mean": float(np.mean(conf_all)),
                                    "endpoints_exact": float(np.mean(end_ok)), "pairs": args.interp_pairs,
                                    "frames": args.interp_frames}
         log("interpolation: " + json.dumps({k: round(v, 3) for k, v in report["interpolation"].items()}))

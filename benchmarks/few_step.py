@@ -110,7 +110,8 @@ def markdown(summary: list[dict], regime: str) -> str:
     for s in summary:
         ratios = [("exact" if s["latent_error"] < 1e-4 else f"{s[k]:.1f}x") if k in s else "" for k in
                   ("vs_renoise", "vs_gnri")]
-        lines.append(f"| {s['method']} | {s['budget']} ({s['nfe']:.1f}) | {s['psnr']:.2f} | {s['ceiling'] - s['psnr']:.2f} | "
+        lines.append(f"| {s['method']} | {s['budget']} ({s['nfe']:.1f}) | {s['psnr']:.2f} | "
+                     f"{s['ceiling'] - s['psnr']:.2f} | "
                      f"{s['latent_error']:.4f} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)
 

@@ -62,10 +62,10 @@ def made_on(device: torch.device, dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def sdxl_turbo(tiny: bool, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32):
+def sdxl_turbo(tiny: bool, device: torch.device = torch.device("cpu"),  # noqa: B008
+               dtype: torch.dtype = torch.float32):
     """stabilityai/sdxl-turbo's UNet (and a VAE with its 4 blocks, factor 8); 1-layer text encoders."""
     import diffusers
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from nrinv.testing import clip_tokenizer
 
@@ -85,7 +85,8 @@ def _sdxl_networks(tiny: bool) -> dict:
     if tiny:
         unet = diffusers.UNet2DConditionModel(
             sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 1), attention_head_dim=(2, 4), cross_attention_dim=64,
             use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=80, norm_num_groups=8)
@@ -106,7 +107,8 @@ def _sdxl_networks(tiny: bool) -> dict:
                 text_encoder_2=CLIPTextModelWithProjection(_clip(h2, projection_dim=h2)), unet=unet)
 
 
-def flux_schnell(tiny: bool, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32):
+def flux_schnell(tiny: bool, device: torch.device = torch.device("cpu"),  # noqa: B008
+                 dtype: torch.dtype = torch.float32):
     """black-forest-labs/FLUX.1-schnell's transformer (and a 4-block, 16-channel VAE); 1-layer text encoders."""
     import diffusers
 
@@ -278,7 +280,8 @@ def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) 
     with Peak(device, base_mb) as peak:
         row["stock_generation_s"], _ = timed(stock, device, repeats)
     row["stock_peak_mb"] = round(peak.mb, 1)
-    log(f"{name}: {size}x{size}, {row['dtype']}{', %d text tokens' % tokens['max_sequence_length'] if tokens else ''}; "
+    token_note = f", {tokens['max_sequence_length']} text tokens" if tokens else ""
+    log(f"{name}: {size}x{size}, {row['dtype']}{token_note}; "
         f"stock 4-step generation {row['stock_generation_s']:.3f} s, peak {peak.mb:.0f} MB above the weights")
     row["call_eager_s"] = network_call(eager, size, device, repeats)
 

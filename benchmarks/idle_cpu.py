@@ -63,7 +63,7 @@ def measure(cmd: list[str], port: int, seconds: float, settle: float) -> dict:
                 except OSError:
                     if proc.poll() is not None or time.time() > deadline:
                         log.seek(0)
-                        raise RuntimeError(f"{cmd} did not start: {log.read().decode()[-2000:]}")
+                        raise RuntimeError(f"{cmd} did not start: {log.read().decode()[-2000:]}") from None
                     time.sleep(0.5)
             time.sleep(settle)
             t0, w0 = ticks(proc.pid), time.perf_counter()

@@ -56,7 +56,8 @@ def main(argv=None) -> int:
         image, source, target = item["source_image"], item["source_caption"], item["target_caption"]
         invert = median(lambda: nrinv.invert(adapter, image, source), args.repeats)
         inv = nrinv.invert(adapter, image, source)
-        edit_kw = dict(strength=d.edit_strength, edit_guidance_scale=d.edit_guidance, guide_from_source=d.guide_from_source,
+        edit_kw = dict(strength=d.edit_strength, edit_guidance_scale=d.edit_guidance,
+                       guide_from_source=d.guide_from_source,
                        mask_threshold=d.mask_threshold)
         latent = median(lambda: nrinv.regenerate(inv, target, output_type="latent", **edit_kw), args.repeats)
         shown = median(lambda: nrinv.regenerate(inv, target, output_type="pil", **edit_kw), args.repeats)

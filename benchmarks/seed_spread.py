@@ -36,8 +36,10 @@ for spread in SPREADS:
         reads = judge_batch(images)
         hits += sum(r["shape"] == base.shape and r["color"] == base.color for r in reads)
         n += len(reads)
-        variety += [float(np.abs(a.astype(float) - b.astype(float)).mean()) for a, b in itertools.combinations(images[1:], 2)]
-    rows.append({"spread": spread, "fidelity": hits / n, "hits": hits, "samples": n, "variety": float(np.mean(variety))})
+        variety += [float(np.abs(a.astype(float) - b.astype(float)).mean())
+                    for a, b in itertools.combinations(images[1:], 2)]
+    rows.append({"spread": spread, "fidelity": hits / n, "hits": hits, "samples": n,
+                 "variety": float(np.mean(variety))})
     print(rows[-1], flush=True)
 out = Path(__file__).resolve().parent / "results" / f"seed_spread_set{SET}.json"
 out.write_text(json.dumps({"setting": __doc__.split("\n\n")[1], "rows": rows}, indent=2) + "\n")

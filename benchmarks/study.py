@@ -152,8 +152,8 @@ def main(argv=None):
                      methods=["ddim", "fixed_point", "renoise", "gnri", "gnri_grad", "anderson", "newton_krylov"],
                      iterations=[2], steps=steps0, guidance=guidance0, repeats=5, plots=False)
     md += ["## 6. Implementation overhead, measured alone", "",
-           "One image, 2 iterations per step (ddim 1), median of 5 timed inversions after a warm-up, and the time of one "
-           "network call (median of 20) measured in the same run: overhead = wall / (NFE x forward).", "",
+           "One image, 2 iterations per step (ddim 1), median of 5 timed inversions after a warm-up, and the time "
+           "of one network call (median of 20) measured in the same run: overhead = wall / (NFE x forward).", "",
            markdown_table(summarize(over)), ""]
     # 7. edits on the built-in edit set (judge, preservation, PSNR to the rendered target)
     if args.model == "builtin:shapes":
@@ -193,7 +193,8 @@ def default_context(summary, fp50):
     good = sorted((s for s in summary if s["psnr"] >= best - 0.05 and s["method"] != "ddim"), key=lambda s: s["wall_s"])
     ranked = "; ".join(f"{s['method']} x{s['iterations']}: {s['psnr']:.2f} dB, {s['nfe']:.0f} NFE, {s['wall_s']:.2f} s"
                        for s in good)
-    text = (f"Runs within 0.05 dB of the best PSNR ({best:.2f} dB; VAE ceiling {summary[0]['vae_ceiling_psnr']:.2f} dB, "
+    ceiling = summary[0]["vae_ceiling_psnr"]
+    text = (f"Runs within 0.05 dB of the best PSNR ({best:.2f} dB; VAE ceiling {ceiling:.2f} dB, "
             f"converged fixed point {fp50:.2f} dB, DDIM inversion {ddim['psnr']:.2f} dB in {ddim['wall_s']:.2f} s), "
             f"fastest first: {ranked}.\n\n" + DEFAULT_REASONING)
     return {"text": text}

@@ -57,7 +57,7 @@ def server(tmp_path_factory, astronaut32):
                 break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError((root / "server.log").read_text())
+                raise RuntimeError((root / "server.log").read_text()) from None
             time.sleep(0.5)
     else:
         proc.kill()
@@ -135,7 +135,8 @@ def test_small_images_are_shown_enlarged_and_whole(server, browser):
     page.locator("#target_prompt textarea").fill("a photo of a dog")
     page.locator("#edit").click()
     page.locator("#before_after img").first.wait_for(timeout=120_000)
-    shown = page.evaluate("(() => { const i = document.querySelector('#before_after img'); const s = getComputedStyle(i);"
+    shown = page.evaluate("(() => { const i = document.querySelector('#before_after img');"
+                          " const s = getComputedStyle(i);"
                           " return [i.naturalWidth, i.naturalHeight, s.objectFit, s.imageRendering]; })()")
     assert shown[0] == shown[1] >= 384  # the 32x32 edit, enlarged
     # scaled to fit inside its box, never cropped (object-fit: cover or a fixed height cut the top off)

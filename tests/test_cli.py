@@ -32,7 +32,8 @@ def test_invert_then_reconstruct(model_dir, image_path, tmp_path):
     s = sidecar["settings"]
     assert (s["method"], s["num_inference_steps"], s["prompt"], s["seed"]) == ("newton_krylov", 5, PROMPT, 0)
     assert s["options"]["max_iterations"] == 3
-    assert len(sidecar["steps"]) == 5 and all(st["status"] in ("converged", "max_iterations") for st in sidecar["steps"])
+    assert len(sidecar["steps"]) == 5
+    assert all(st["status"] in ("converged", "max_iterations") for st in sidecar["steps"])
     assert sidecar["nfe"] == sum(st["nfe"] for st in sidecar["steps"]) > 5
 
     png = tmp_path / "rec.png"
@@ -86,7 +87,8 @@ def _bad_inputs(tmp_path):
         "bad option": ([str(full), "--prompt", PROMPT, "--method", "gnri", "--option", "lamda=1"], "unknown option"),
         "zero steps": ([str(full), "--prompt", PROMPT, "--steps", "0"], "--steps must be >= 1"),
         "too large": ([str(full), "--prompt", PROMPT, "--max-pixels", "100"], "over the limit"),
-        "missing model": ([str(full), "--prompt", PROMPT, "--model", str(tmp_path / "no-model")], "no model_index.json"),
+        "missing model": ([str(full), "--prompt", PROMPT, "--model", str(tmp_path / "no-model")],
+                          "no model_index.json"),
     }
 
 

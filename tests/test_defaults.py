@@ -4,7 +4,6 @@ import json
 import shutil
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -125,4 +124,5 @@ def test_adapters_take_their_geometry_from_the_same_row(tiny, kind):
     multiple, native = type(adapter).geometry(adapter.pipe.vae.config, adapter.network.config,
                                               getattr(adapter.pipe, "default_sample_size", None))
     assert (adapter.size_multiple, adapter.default_size()) == (multiple, (native, native))
-    assert adapter.size_multiple == {"sd": 2, "sd3": 2 * adapter.network.config.get("patch_size", 1), "flux": 2}[kind]  # tiny VAEs: factor 2, 2, 1
+    patch = adapter.network.config.get("patch_size", 1)
+    assert adapter.size_multiple == {"sd": 2, "sd3": 2 * patch, "flux": 2}[kind]  # the tiny VAEs' factors: 2, 2, 1

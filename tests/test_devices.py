@@ -99,7 +99,8 @@ def test_generator_is_drawn_like_the_stock_pipeline_and_not_advanced(tiny, astro
                        progress=False)
     assert torch.equal(generator.get_state(), state)  # read, not advanced
     by_seed = nrinv.invert(pipe, astronaut32, PROMPT, method="anderson", max_iterations=6, seed=5, progress=False)
-    assert torch.equal(res.scheduler_latents, by_seed.scheduler_latents)  # seed=5 means torch.Generator().manual_seed(5)
+    # seed=5 means torch.Generator().manual_seed(5)
+    assert torch.equal(res.scheduler_latents, by_seed.scheduler_latents)
     assert _euler_a_error(pipe, res, torch.Generator().manual_seed(5)) < 1e-3
     assert _euler_a_error(pipe, res, torch.Generator().manual_seed(6)) > 1e-2  # other noise: not regenerated
 
@@ -173,7 +174,8 @@ def test_given_latent_is_moved_to_the_pipeline(tiny, astronaut32):
     again = nrinv.invert(pipe, image_latents=res.encoded.double(), prompt=PROMPT, height=32, width=32,
                          num_inference_steps=4,
                          progress=False)
-    assert again.scheduler_latents.dtype == torch.float32 and torch.allclose(again.scheduler_latents, res.scheduler_latents, atol=1e-5)
+    assert again.scheduler_latents.dtype == torch.float32
+    assert torch.allclose(again.scheduler_latents, res.scheduler_latents, atol=1e-5)
 
 
 def test_model_cpu_offload_computes_on_the_execution_device_without_graphs(astronaut32):

@@ -136,7 +136,8 @@ def test_edit_guidance_above_one_uses_cfg(tiny, astronaut32):
     pipe = tiny("sd")
     a = _edit(pipe, astronaut32, TGT, strength=1.0, edit_guidance_scale=1.0, method="ddim", max_iterations=None)
     b = _edit(pipe, astronaut32, TGT, strength=1.0, edit_guidance_scale=3.0, method="ddim", max_iterations=None)
-    assert b.settings["edit_guidance_scale"] == 3.0 and b.settings["guidance_scale"] == 1.0 and not torch.allclose(a.latents[0], b.latents[0])
+    assert b.settings["edit_guidance_scale"] == 3.0 and b.settings["guidance_scale"] == 1.0
+    assert not torch.allclose(a.latents[0], b.latents[0])
 
 
 def test_adjust_encoding_is_seeded_and_small(tiny, astronaut32):
@@ -292,7 +293,8 @@ def test_cli_edit_one_and_several_targets(cli_pipe, image_path, tmp_path, capsys
     assert _files(out.parent) == ["edit.json", "edit.png"]
     meta = json.loads(out.with_suffix(".json").read_text())
     s = meta["settings"]
-    assert (s["method"], s["num_inference_steps"], s["seed"], s["strength"], s["rerun_steps"]) == ("anderson", 3, 3, 0.67, 2)
+    got = (s["method"], s["num_inference_steps"], s["seed"], s["strength"], s["rerun_steps"])
+    assert got == ("anderson", 3, 3, 0.67, 2)
     assert s["source_prompt"] == SRC and meta["target_prompt"] == TGT and meta["version"] == nrinv.__version__
     assert len(meta["inversion"]["steps"]) == 3 and meta["inversion"]["settings"]["options"]["max_iterations"] == 2
     assert "total" in meta["timings_s"] and "model" in meta

@@ -60,7 +60,8 @@ def _cases() -> list[tuple[str, bytes]]:
     for magic, name in ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff\xe0", "jpg"), (b"GIF89a", "gif"),
                         (b"BM", "bmp"), (b"II*\x00", "tif"), (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp")):
         for i in range(6):
-            cases.append((f"magic-{name}-{i}.{name}", magic + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))))
+            tail = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
+            cases.append((f"magic-{name}-{i}.{name}", magic + tail))
     for name, data in valid.items():
         for i in range(6):  # truncated at random offsets
             cases.append((f"cut{i}-{name}", data[:rng.randrange(0, len(data))]))

@@ -150,6 +150,7 @@ def test_solvers_are_named_only_in_their_registry():
     for path in sorted(SRC.rglob("*.py")):
         if path in (SRC / "core" / "solvers.py", SRC / "core" / "defaults.py"):
             continue
-        offenders += [f"{path.relative_to(SRC)}:{node.lineno}: {node.value}" for node in ast.walk(ast.parse(path.read_text()))
+        offenders += [f"{path.relative_to(SRC)}:{node.lineno}: {node.value}"
+                      for node in ast.walk(ast.parse(path.read_text()))
                       if isinstance(node, ast.Constant) and node.value in SOLVERS]
     assert not offenders

@@ -126,7 +126,8 @@ def test_short_generation_matches_caption(pipe):
 def test_train_script_runs(tmp_path):
     cmd = [
         sys.executable, "-m", "nrinv.shapes.train", "--out", str(tmp_path), "--threads", "1", "--pool", "128",
-        "--vae-steps", "3", "--vae-batch", "4", "--decoder-steps", "3", "--unet-steps", "3", "--unet-batch", "4", "--grid-every", "0",
+        "--vae-steps", "3", "--vae-batch", "4", "--decoder-steps", "3", "--unet-steps", "3", "--unet-batch", "4",
+        "--grid-every", "0",
         "--eval", "0",
     ]
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

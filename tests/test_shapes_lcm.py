@@ -203,7 +203,8 @@ def test_lcm_four_step_generation_matches_captions(lcm_pipe):
     # measured on generator seeds 0..7: every attribute 8/8, except shape 7/8 once
     assert hits["shape"] >= 6 and all(hits[a] >= 7 for a in world.ATTRIBUTES if a != "shape"), (hits, preds)
     # determinism with a seeded generator
-    again = lcm_pipe([s.caption() for s in SCENES[:2]], num_inference_steps=4, guidance_scale=shapes.LCM_DEFAULT_GUIDANCE,
+    again = lcm_pipe([s.caption() for s in SCENES[:2]], num_inference_steps=4,
+                     guidance_scale=shapes.LCM_DEFAULT_GUIDANCE,
                      generator=torch.Generator().manual_seed(0), output_type="np").images
     again2 = lcm_pipe([s.caption() for s in SCENES[:2]], num_inference_steps=4,
                       guidance_scale=shapes.LCM_DEFAULT_GUIDANCE, generator=torch.Generator().manual_seed(0),

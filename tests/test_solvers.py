@@ -13,6 +13,8 @@ batch of 2; see the table in the README):
   DDIM inversion (<= 0.9x) in 16 iterations and keep improving from 4 to 16 iterations.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
@@ -48,8 +50,10 @@ def _problems(name):
     for step in schedule.steps:
         z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(10 + step.index)) * schedule.init_noise_sigma
         z_next = oracle.sample_step(step, z)
-        fn = lambda zz, step=step, z_next=z_next: step.fixed_point_map(z_next, oracle(step.input_scale * zz, step.timestep))
-        yield z, Problem(fn, z_next, step.guidance_mean_scale * z_next, step.guidance_beta), oracle.exact_inverse(step, z_next)
+        def fn(zz, step=step, z_next=z_next):
+            return step.fixed_point_map(z_next, oracle(step.input_scale * zz, step.timestep))
+        problem = Problem(fn, z_next, step.guidance_mean_scale * z_next, step.guidance_beta)
+        yield z, problem, oracle.exact_inverse(step, z_next)
 
 
 def _worst_error(name, method, iterations, **extra):
@@ -162,7 +166,7 @@ def test_batch_equals_one_at_a_time():
         opts = make_options(method, max_iterations=4)
         both = SOLVERS[method].fn(prob, opts).z
         for b in range(2):
-            single = Problem(lambda zz: prob.fn(torch.cat([zz, zz]))[b:b + 1] if b == 0 else prob.fn(torch.cat([zz, zz]))[1:],
+            single = Problem(lambda zz, b=b: prob.fn(torch.cat([zz, zz]))[b:b + 1],
                              prob.z0[b:b + 1], prob.guidance_mean[b:b + 1], prob.guidance_beta)
             # the batched map couples nothing across samples, so solving sample b alone gives the same z
             alone = SOLVERS[method].fn(single, opts).z
@@ -178,7 +182,7 @@ def test_options_reject_unknown_keys_and_bad_values():
         make_options("newton")
     opts = make_options("anderson", {"history": 3})
     assert opts.history == 3 and type(opts).from_dict(opts.to_dict()) == opts
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         opts.history = 4  # frozen
 
 
@@ -212,7 +216,7 @@ def test_recorded_noise_matches_stock_draws():
 def test_anderson_returns_its_extrapolation_not_the_fixed_point_iterate(name):
     """The default method at its default 2 iterations: the Anderson (secant) update is used, so the
     answer is not fixed point's second iterate, and it is closer to the exact inverse."""
-    for z, problem, exact in _problems(name):
+    for _z, problem, exact in _problems(name):
         opts = lambda m: make_options(m, max_iterations=2, rtol=0.0, atol=0.0)  # noqa: E731
         a = SOLVERS["anderson"].fn(problem, opts("anderson")).z
         f = SOLVERS["fixed_point"].fn(problem, opts("fixed_point")).z

@@ -7,8 +7,9 @@
 
 Layers (dependencies point one way): ``nrinv.core`` is the engine (schedulers, solvers, adapters,
 the inversion loop; tensors in and out: ``invert_tensor``, ``prepare``, ``sample``, ``SOLVERS``);
-``nrinv.io`` loads images and writes files; ``nrinv.api`` and ``nrinv.workflows`` are what users call (images in, diffusers-shaped results out); ``nrinv.cli``,
-``nrinv.app`` and ``nrinv.bench`` sit on top; ``nrinv.shapes`` is the built-in model and world.
+``nrinv.io`` loads images and writes files; ``nrinv.api`` and ``nrinv.workflows`` are what users
+call (images in, diffusers-shaped results out); ``nrinv.cli``, ``nrinv.app`` and ``nrinv.bench`` sit
+on top; ``nrinv.shapes`` is the built-in model and world.
 """
 from ._version import __version__
 from .api import InversionOptions, InversionResult, ReconstructionOutput, invert, invert_batch, reconstruct

@@ -224,7 +224,8 @@ class EditorApp:
                 logger.info("%s: refused: %s", name, message)
                 raise gr.Error(message, print_exception=False) from None
             except Exception as exc:  # noqa: BLE001 - the server stays up; the user gets no internals
-                logger.error("%s: failed: %s: %s", name, type(exc).__name__, _scrub(str(exc).splitlines()[0] if str(exc) else ""))
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                logger.error("%s: failed: %s: %s", name, type(exc).__name__, _scrub(first))
                 raise gr.Error("the server could not do that; the error was logged", print_exception=False) from None
         return handler
 
@@ -354,7 +355,8 @@ class EditorApp:
                                     allow_custom_value=True)
                 dtype = gr.Dropdown(list(DTYPE_CHOICES), value=self.dtype if self.dtype in DTYPE_CHOICES else "auto",
                                     label="precision", elem_id="dtype", allow_custom_value=True)
-                method = gr.Dropdown(methods, value=ModelDefaults.method, label="inversion method", allow_custom_value=True)
+                method = gr.Dropdown(methods, value=ModelDefaults.method, label="inversion method",
+                                     allow_custom_value=True)
                 steps = gr.Number(0, label=f"steps (0 = model default, at most {lim.max_steps})", precision=0)
                 iterations = gr.Number(0, label=f"iterations per step (0 = default, at most {lim.max_iterations})",
                                        precision=0)

@@ -64,7 +64,7 @@ def read_captions(path: Path) -> dict[str, str]:
                 for row in csv.DictReader(fh):
                     captions[Path(row["file"]).name] = row["caption"]
         else:
-            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
                 if line.strip():
                     item = json.loads(line)
                     captions[Path(item["file"]).name] = item["caption"]
@@ -155,11 +155,12 @@ def invert_dir(
                     fail(g[0], str(exc).splitlines()[0])
                 bar.update(len(group))
                 continue
-            for (path, _, caption), res in zip(group, results):
+            for (path, _, _caption), res in zip(group, results):
                 stats = res.stats()
                 stats.update(model=model, input=path.name)
                 latent_path = out / f"{path.stem}.latent.safetensors"
-                save_latent({"scheduler_latents": res.scheduler_latents, "latents": res.latents, "encoded": res.encoded},
+                save_latent({"scheduler_latents": res.scheduler_latents, "latents": res.latents,
+                             "encoded": res.encoded},
                             {"nrinv": json.dumps(stats)}, latent_path)
                 save_json(stats, out / f"{path.stem}.json")
                 _append(manifest, {"file": path.name, "status": "done" if res.finite else "failed",

@@ -2,9 +2,10 @@
 
 Safetensors only.  ``device="auto"`` takes CUDA when present (then Apple's MPS, else the CPU);
 ``dtype="auto"`` takes float32 on the CPU and for the built-in models, and the model family's half
-precision on a GPU (``Adapter.half_dtype``: bfloat16 for Flux and SD3, float16 otherwise); the solver works in float32 whatever the network
-runs in.  Loading is quiet (no progress bars or notices from diffusers / transformers) and the
-pipeline is returned as diffusers built it: nothing is written onto it.
+precision on a GPU (``Adapter.half_dtype``: bfloat16 for Flux and SD3, float16 otherwise); the
+solver works in float32 whatever the network runs in.  Loading is quiet (no progress bars or notices
+from diffusers / transformers) and the pipeline is returned as diffusers built it: nothing is written
+onto it.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def builtin_models() -> dict[str, Path]:
     from . import shapes
 
     folders = {"shapes": shapes.MODEL_DIR, "shapes-lcm": getattr(shapes, "LCM_MODEL_DIR", None)}
-    return {name: path for name, path in folders.items() if path is not None and (Path(path) / "model_index.json").is_file()}
+    return {name: path for name, path in folders.items()
+            if path is not None and (Path(path) / "model_index.json").is_file()}
 
 
 def _model_folder(model: str) -> Optional[Path]:
@@ -165,7 +167,7 @@ def load_pipeline(model: str, *, dtype: Union[str, torch.dtype, None] = "auto", 
                 pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=True,
                                                          local_files_only=local or bool(offline) or _hub_offline(),
                                                          **dtype_kwarg(dt))
-        except (OSError, EnvironmentError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             if not local and (offline or _hub_offline()):
                 why = f"the Hugging Face hub cannot be reached ({offline})" if offline else "HF_HUB_OFFLINE is set"
                 raise InputError(f"could not load pipeline {model!r}: it is not in the local Hugging Face cache and "

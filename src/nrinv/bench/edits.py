@@ -24,8 +24,8 @@ from ..metrics import as_numpy
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
 
 EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method", "iterations", "steps", "strength",
-                "guidance", "guide_from_source", "mask_threshold", "nfe", "target", "preserved", "all_kept", "psnr_target",
-                "preservation", "lpips_target", "clip_target", "wall_s"]
+                "guidance", "guide_from_source", "mask_threshold", "nfe", "target", "preserved", "all_kept",
+                "psnr_target", "preservation", "lpips_target", "clip_target", "wall_s"]
 
 
 def _flag(value: Any) -> bool:

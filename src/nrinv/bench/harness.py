@@ -248,7 +248,8 @@ def run_bench(
         write_rows(rows, out / "results.csv", COLUMNS)  # after every row: a killed run loses at most one row
         save_json(residuals, out / "residuals.json")
     meta = {"machine": machine_info(pipe), "model": model, "steps": steps, "guidance": guidance, "seed": seed,
-            "repeats": repeats, "forward_s": t_forward, "images": [{"name": i.name, "prompt": i.prompt} for i in images],
+            "repeats": repeats, "forward_s": t_forward,
+            "images": [{"name": i.name, "prompt": i.prompt} for i in images],
             "rows": rows}
     save_json(meta, out / "results.json")
     if plots:

@@ -78,7 +78,7 @@ class LPIPS(nn.Module):
         self.requires_grad_(False).eval()
 
     @classmethod
-    def from_folder(cls, folder: PathLike) -> "LPIPS":
+    def from_folder(cls, folder: PathLike) -> LPIPS:
         folder = Path(folder)
         advice = ("LPIPS needs local weights: --lpips DIR with torchvision's AlexNet state dict "
                   "(alexnet-owt-7be5be79.pth) and the LPIPS v0.1 linear heads (alex.pth from the lpips package)")
@@ -146,7 +146,7 @@ class CLIPScore:
         self.processor = processor
 
     @classmethod
-    def from_folder(cls, folder: PathLike) -> "CLIPScore":
+    def from_folder(cls, folder: PathLike) -> CLIPScore:
         folder = Path(folder)
         advice = ("CLIP score needs a local transformers CLIP folder: --clip DIR with config.json, the weights, "
                   "the tokenizer and preprocessor_config.json (e.g. a saved openai/clip-vit-base-patch32)")

@@ -35,7 +35,8 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
     for r in rows:
         groups.setdefault((r["method"], int(r["iterations"]), int(r["steps"]), float(r["guidance"])), []).append(r)
     out = []
-    for (method, its, steps, guidance), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][0], kv[0][1])):
+    order = lambda kv: (kv[0][2], kv[0][3], kv[0][0], kv[0][1])  # noqa: E731
+    for (method, its, steps, guidance), rs in sorted(groups.items(), key=order):
         timed = [r for r in rs if int(r["timed"])] or rs
         statuses: dict[str, int] = {}
         for r in rs:

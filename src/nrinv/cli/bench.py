@@ -69,7 +69,8 @@ def cmd_bench(args) -> int:
         from ..io.files import save_json
 
         edit_rows = run_edit_bench(pipe, out=Path(args.out), methods=methods, iterations=iterations, n=args.edits,
-                                   steps=args.steps, strength=args.edit_strength, edit_guidance_scale=args.edit_guidance,
+                                   steps=args.steps, strength=args.edit_strength,
+                                   edit_guidance_scale=args.edit_guidance,
                                    guide_from_source=args.guide_from_source,
                                    mask_threshold=-1.0 if args.edit_mask_threshold is None
                                    else (args.edit_mask_threshold or None),
@@ -94,7 +95,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) on the first image; 0: no warm-up or repeats")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats (median) on the first image; 0: no warm-up or repeats")
     p.add_argument("--size", type=image_size, default=None, metavar="HxW",
                    help="image size HxW: height then width (sizes in every message are HxW)")
     p.add_argument("--method-options", default=None, help='JSON, e.g. {"gnri": {"lam": 0.0}}')

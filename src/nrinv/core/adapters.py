@@ -39,7 +39,8 @@ def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) 
     that fits the model: a nearby multiple, and its native size."""
     if height % multiple == 0 and width % multiple == 0 and height > 0 and width > 0:
         return None
-    near_w, near_h = max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple)
+    near_w = max(multiple, round(width / multiple) * multiple)
+    near_h = max(multiple, round(height / multiple) * multiple)
     return (f"image size {height}x{width} (HxW) is not a multiple of {multiple} for this model; resize it, e.g. to "
             f"{native[0]}x{native[1]} (the model's native size) or {near_h}x{near_w}")
 
@@ -49,7 +50,8 @@ def size_notes(height: int, width: int, native: tuple[int, int]) -> list[str]:
     notes = []
     ratio = (height * width) / float(native[0] * native[1])
     if ratio >= 16:
-        notes.append(f"{height}x{width} (HxW) has {ratio:.0f}x the pixels of this model's native {native[0]}x{native[1]}: "
+        notes.append(f"{height}x{width} (HxW) has {ratio:.0f}x the pixels of this model's native "
+                     f"{native[0]}x{native[1]}: "
                      "expect a long run, and results unlike what the model was trained on")
     elif ratio <= 1 / 16:
         notes.append(f"{height}x{width} (HxW) is far smaller than this model's native {native[0]}x{native[1]}")
@@ -72,7 +74,7 @@ class Conditioning:
     negative_prompt: Optional[str] = None
 
     @staticmethod
-    def cat(items: Sequence["Conditioning"]) -> "Conditioning":
+    def cat(items: Sequence[Conditioning]) -> Conditioning:
         """One conditioning for a batch: sample i uses ``items[i]`` (same guidance and CFG)."""
         first = items[0]
         if any(c.cfg != first.cfg or c.guidance_scale != first.guidance_scale for c in items):
@@ -83,7 +85,7 @@ class Conditioning:
         return Conditioning(first.guidance_scale, first.cfg, join("cond"), join("uncond"), first.shared,
                             prompt=" | ".join(c.prompt for c in items), negative_prompt=first.negative_prompt)
 
-    def lerp(self, other: "Conditioning", weight: float) -> "Conditioning":
+    def lerp(self, other: Conditioning, weight: float) -> Conditioning:
         """Linear interpolation of the embeddings (used by interpolation between two prompts)."""
         mix = lambda a, b: {k: torch.lerp(a[k], b[k], weight) if torch.is_floating_point(a[k]) else a[k] for k in a}
         return Conditioning(self.guidance_scale, self.cfg, mix(self.cond, other.cond),

@@ -86,14 +86,14 @@ class InversionOptions(Options):
     generator: Optional[torch.Generator] = None
 
     @classmethod
-    def from_dict(cls, values: Any = None, **overrides: Any) -> "InversionOptions":
+    def from_dict(cls, values: Any = None, **overrides: Any) -> InversionOptions:
         try:
             return super().from_dict(values, **overrides)
         except ValueError as exc:  # a user's argument: InputError, as the entry points raise
             raise InputError(str(exc)) from None
 
     @classmethod
-    def merge(cls, base: Optional["InversionOptions"], **flat: Any) -> "InversionOptions":
+    def merge(cls, base: Optional[InversionOptions], **flat: Any) -> InversionOptions:
         """``base`` (default: all defaults) with the given flat keywords replacing its fields."""
         if base is None:
             return cls.from_dict(flat)
@@ -101,7 +101,7 @@ class InversionOptions(Options):
             raise InputError(f"inversion= takes an InversionOptions, got {type(base).__name__}")
         return base.replace(**flat)
 
-    def replace(self, **changes: Any) -> "InversionOptions":
+    def replace(self, **changes: Any) -> InversionOptions:
         return dataclasses.replace(self, **type(self).from_dict(changes).given(changes))
 
     def given(self, names: Any = None) -> dict[str, Any]:

@@ -373,7 +373,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
             rec = next(r for r in records if r is not None)
             rec = dataclasses.replace(rec, nfe=0, iterations=0, grad_evals=0)
         results.append(rec)
-        for k in range(a + 1, b + 1):  # entries computed forward from z_a: their calls are counted at z_a
+        for _ in range(a + 1, b + 1):  # entries computed forward from z_a: their calls are counted at z_a
             results.append(dataclasses.replace(rec, nfe=0, iterations=0, grad_evals=0,
                                                residual_history=rec.residual_history[:0]))
     trajectory = [z if z is not None else encoded.float() for z in Z]

@@ -22,7 +22,8 @@ _KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 
-def check_resize(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "resize to") -> None:
+def check_resize(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 what: str = "resize to") -> None:
     """A target ``(h, w)``: positive, and within the pixel limit."""
     if size is None:
         return
@@ -55,7 +56,7 @@ def _open_file(path: Path, max_pixels: int) -> Image.Image:
                          "downscale it") from None
     except MemoryError:
         raise InputError(f"cannot read image {path}: it does not fit in memory") from None
-    except Exception as exc:  # PIL's decoders raise many types for corrupt input (OSError, SyntaxError, struct.error...)
+    except Exception as exc:  # PIL's decoders raise many types for corrupt input (OSError, SyntaxError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, UnidentifiedImageError):
             reason = "not an image format PIL can read"

@@ -381,7 +381,8 @@ def main(argv=None):
     p.add_argument("--cond-dim", type=int, default=256, help="UNet time_cond_proj_dim (guidance embedding size)")
     p.add_argument("--guidance-min", type=float, default=2.0, help="pipeline guidance_scale range sampled in training")
     p.add_argument("--guidance-max", type=float, default=8.0)
-    p.add_argument("--solver-steps", type=int, default=50, help="DDIM solver grid = LCMScheduler original_inference_steps")
+    p.add_argument("--solver-steps", type=int, default=50,
+                   help="DDIM solver grid = LCMScheduler original_inference_steps")
     p.add_argument("--timestep-scaling", type=float, default=10.0)
     p.add_argument("--huber-c", type=float, default=1e-3)
     p.add_argument("--target-decay", type=float, default=0.95, help="EMA decay of the target network")

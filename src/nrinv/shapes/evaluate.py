@@ -121,7 +121,8 @@ def main(argv=None):
     from . import MODEL_DIR
 
     mdir = resolve_model_dir(a.model) if a.model else MODEL_DIR
-    res = evaluate_model(mdir, a.n, a.guidance, a.steps, seed=a.seed, write=(mdir / "metrics.json") if a.write else None,
+    res = evaluate_model(mdir, a.n, a.guidance, a.steps, seed=a.seed,
+                         write=(mdir / "metrics.json") if a.write else None,
                          grid_dir=a.grid_dir, caption_seed0=a.caption_seed0, extras=not a.no_extras)
     print(json.dumps(res, indent=1))
 

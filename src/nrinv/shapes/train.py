@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import components as C
-from .evaluate import EVAL_SEED0, VAE_VAL_SEED0, evaluate_model
+from .evaluate import VAE_VAL_SEED0, evaluate_model
 from .imaging import images_to_tensor, psnr_uint8, render_pool, save_grid, tensor_to_uint8
 from .world import sample_scene
 

@@ -92,7 +92,7 @@ class Scene:
             f"{self.background_color} {self.background} background"
         )
 
-    def replace(self, **changes) -> "Scene":
+    def replace(self, **changes) -> Scene:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:

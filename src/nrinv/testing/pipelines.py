@@ -229,7 +229,7 @@ def tiny_pipeline(kind: str = "sd", *, smooth: Optional[float] = 0.2, seed: int 
             transformer.smooth(smooth)
     if smooth is None:
         net = getattr(pipe, "unet", None) or pipe.transformer
-        out_layer = getattr(net, "conv_out", None) or getattr(net, "proj_out")
+        out_layer = getattr(net, "conv_out", None) or net.proj_out
         with torch.no_grad():
             out_layer.weight.mul_(0.05)
             out_layer.bias.mul_(0.05)

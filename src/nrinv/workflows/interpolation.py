@@ -84,7 +84,8 @@ def interpolate(
     size = (int(pix_a.shape[-2]), int(pix_a.shape[-1]))
     probe = load_image(image_b, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, notes=notes)
     if (probe.height, probe.width) != size and not resize:
-        raise InputError(f"the images have different sizes ({size[0]}x{size[1]} and {probe.height}x{probe.width}, HxW); "
+        raise InputError(f"the images have different sizes ({size[0]}x{size[1]} and {probe.height}x{probe.width}, "
+                         "HxW); "
                          "resize one to match, or pass --resize (resize=True) to resize the second to the first")
     pix_b = load_pixels(probe, size=size, max_pixels=max_pixels, notes=notes if resize else [])
     encoded_a, _ = encode_pixels(adapter, pix_a)

@@ -94,8 +94,8 @@ def seed_from_images(
     timings["encode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    inversions = [invert_tensor(adapter, None, prompt, image_latents=z, height=size[0], width=size[1], inversion=inversion,
-                         progress=progress)
+    inversions = [invert_tensor(adapter, None, prompt, image_latents=z, height=size[0], width=size[1],
+                                inversion=inversion, progress=progress)
                   for z in encoded]
     timings["invert"] = time.perf_counter() - t0
 
