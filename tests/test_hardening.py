@@ -1,4 +1,4 @@
-"""Hostile and odd input gets a clean answer (issue 15): each case here gave wrong output with exit 0,
+"""Hostile and odd input gets a clean answer: each case here gave wrong output with exit 0,
 a traceback, or a late failure before its fix."""
 import json
 import os
@@ -207,7 +207,7 @@ def test_outputs_follow_the_umask(model_dir, image_path, tmp_path):
         os.umask(old)
 
 
-# ------------------------------------------------------- issue 22: the last tracebacks and odd messages
+# ------------------------------------------------------------------- the last tracebacks and odd messages
 @pytest.mark.parametrize("ms", ["-5", "1000000", "5"])
 def test_gif_frame_time_out_of_range_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, ms, astronaut32):
     _no_model(monkeypatch)

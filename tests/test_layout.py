@@ -154,3 +154,14 @@ def test_solvers_are_named_only_in_their_registry():
                       for node in ast.walk(ast.parse(path.read_text()))
                       if isinstance(node, ast.Constant) and node.value in SOLVERS]
     assert not offenders
+
+
+def test_comments_point_inside_the_repository():
+    """No pointer to notes a reader of the repository cannot see (shared/ files, issue numbers)."""
+    import re
+
+    pattern = re.compile(r"shared/[A-Z_]+\.md|\bissue[- ]?#?\d+", re.I)
+    offenders = [f"{p.relative_to(SRC.parents[1])}:{i}" for root in (SRC, SRC.parents[1] / "tests")
+                 for p in sorted(root.rglob("*.py")) for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if pattern.search(line) and p.name != "test_layout.py"]
+    assert not offenders

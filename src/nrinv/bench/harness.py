@@ -29,6 +29,7 @@ from ..core.adapters import adapter_for
 from ..api import InversionOptions, invert
 from ..core.inversion import prepare, sample
 from ..core.schedulers import draw_noise, seeded_generator
+from ..core.options import parse_key_values
 from ..core.solvers import SOLVERS, get_solver, make_options
 from ..io.files import save_json
 from ..io.images import to_tensor
@@ -101,13 +102,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
     name, body = spec[:-1].split("[", 1)
     if name not in TRAJECTORY_METHODS:
         get_solver(name)
-    options: dict[str, Any] = {}
-    for item in filter(None, body.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
+    options = parse_key_values(filter(None, body.split(",")), f"method spec {spec!r}")
     if name in TRAJECTORY_METHODS:
         TRAJECTORY_METHODS[name].from_dict({k: v for k, v in options.items() if k != "warm_start"})
     else:

@@ -2,31 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..core.options import PRECISIONS as DTYPE_CHOICES  # torch-free: the CLI parses before importing torch
+from ..core.options import parse_key_values
 
 DEFAULT_MODEL = "builtin:shapes"
 
 
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
-
-
-def parse_option(items: Sequence[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def check_output(path: Path, force: bool) -> None:
@@ -149,7 +136,7 @@ def inversion_args(args) -> Any:
     from ..core.solvers import get_solver, make_options
 
     try:
-        options = parse_option(args.option)
+        options = parse_key_values(args.option, "--option")
         if args.method in TRAJECTORY_METHODS:
             TRAJECTORY_METHODS[args.method].from_dict(options)
         elif args.method is not None:

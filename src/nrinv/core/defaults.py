@@ -102,17 +102,11 @@ def _flux(pipe: Any, guidance_embeds: bool) -> bool:
 #: (kind, recogniser, defaults), first match wins
 MODEL_KINDS: list[tuple[str, Callable[[Any], bool], ModelDefaults]] = [
     # built-in, distilled for 4 steps (LCM); guidance enters through the w-embedding, at no extra cost.
-    # Chosen from benchmarks/README.md section 0 (builtin:shapes-lcm, 8 held-out scenes, issue 21), dB below
-    # the VAE ceiling of the stock regeneration from pipe(latents=..., generator=...):
-    #   NFE  anderson "last"  anderson "linear"  anderson "learned" (+0.25 call/step)  published ReNoise
-    #    4        7.04             10.73               15.86                           8.14
-    #    8        5.17              3.64                4.13                           6.56
-    #   12        1.03              1.84                1.05                           7.31
-    # so 3 Anderson iterations (12 NFE) with "last" by default, "linear" at 2 iterations; the learned
-    # inverter does not pay for its own cost on this model.  Edits: edit-friendly inversion (4 NFE, exact
-    # by construction: the stock pipeline regenerates through result.pipeline_kwargs()), strength 1,
-    # masked at 0.5 (chosen on 12 sweep items of edit-set seed 1, the only setting with target >= 90% and
-    # kept >= 95%; on the 30 reported items 100% / 97%, preservation 29.58 dB, README "Preservation")
+    # Chosen from benchmarks/README.md section 0 (builtin:shapes-lcm, held-out scenes, dB below the VAE
+    # ceiling of the stock regeneration): 3 Anderson iterations (12 NFE) with "last" by default, "linear" at
+    # 2 iterations; the learned inverter does not pay for its own cost on this model.  Edits: edit-friendly
+    # inversion (exact by construction: the stock pipeline regenerates through result.pipeline_kwargs()),
+    # strength 1, masked at 0.5 (chosen on 12 sweep items of edit-set seed 1; README "Preservation")
     ("shapes-lcm", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is not None
      and "LatentConsistencyModelPipeline" in _classes(p),
      ModelDefaults("shapes-lcm", 4, 6.0, edit_strength=1.0, mask_threshold=0.5, edit_method="edit_friendly",

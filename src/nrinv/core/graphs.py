@@ -1,8 +1,8 @@
 """The network call replayed from captured CUDA graphs.
 
 On a GPU, one call of an SDXL-size UNet launches thousands of small kernels, and eager PyTorch spends
-more time launching them than the GPU spends running them: measured on an H100, the SDXL-Turbo UNet
-at 512x512 in float16 took 92.8 ms eager and 13.9 ms replayed from a captured graph (issue 12).  A
+more time launching them than the GPU spends running them (``benchmarks/gpu_check.py`` measures
+eager against replayed calls; its figures go to ``benchmarks/gpu/results.md``).  A
 CUDA graph records the launches once and replays them with one call; it reads its inputs from fixed
 ("static") buffers and writes its output to a fixed buffer.  So each call copies the latent, the
 timestep and the conditioning tensors in, replays, and clones the output out.  Because the

@@ -317,13 +317,11 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     made with a predicted model output, so the first iteration is already a corrector.  The prediction
     is free: the model output implied by a solved step is ``(z_next - A z - C) / B`` at its answer.
     ``"last"`` uses the one implied by the step solved just before; ``"linear"`` extrapolates the two
-    before it linearly in the timestep.  Measured on the built-in 20-step model, "linear" against
-    "last": latent error 0.120 -> 0.094 with Euler-ancestral at 4 steps and 8 NFE, 0.022 -> 0.019 with
-    DDIM at 20 steps and 20 NFE; on the tiny random test models it is worse, so each model's
-    defaults say which (``ModelDefaults.warm_start``).  ``"learned"``: ``guess`` (a
-    ``core.inverter.LearnedGuess``) predicts the output from the known next latent, the last implied
-    output, the timesteps and the prompt, at every step including the first solved one.  ``callback``:
-    see ``StepCallback``.
+    before it linearly in the timestep.  Which is better depends on the model (measured in
+    benchmarks/README.md, section 0), so each model's defaults say which (``ModelDefaults.warm_start``).
+    ``"learned"``: ``guess`` (a ``core.inverter.LearnedGuess``) predicts the output from the known next
+    latent, the last implied output, the timesteps and the prompt, at every step including the first
+    solved one.  ``callback``: see ``StepCallback``.
     """
     if setup.schedule.coupling is not None:  # multistep / second-order: one coupled system (trajectory.py)
         from .trajectory import solve_trajectory

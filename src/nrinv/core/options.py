@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T", bound="Options")
@@ -9,6 +10,21 @@ T = TypeVar("T", bound="Options")
 #: the network precisions a user may ask for, by name ("auto": the model family's choice for the device;
 #: ``nrinv.loading.resolve_dtype``); the one list the CLI, the app and loading read
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+
+
+def parse_key_values(items: Any, what: str = "an option") -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: VALUE}``, each value read as JSON (``0.01``, ``true``, ``[1, 2]``)
+    or else kept as a string; the one parser of the CLI's ``--option`` and the bench's ``gnri[lam=0.01]``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 class Options:

@@ -1,6 +1,6 @@
 """Root finders for one implicit inversion step, in one registry with one signature.
 
-Notation (written once; see ``shared/GNRI.md``):
+Notation (written once, here):
 
 * one deterministic sampler step is affine once its noise is fixed:
   ``z_next = A z + B m(z) + C`` with ``m`` the (guided) network output at the unknown ``z``;

@@ -2,7 +2,7 @@
 
 Built from configs with ``torch.manual_seed(0)`` (no hub).  A raw random network is far from
 smooth, so ``smooth=k`` wraps it to return the exact prediction for N(0, I) latents plus ``k`` times
-the random network (``shared/TINY_PIPELINES.md``): the implicit equations then have reachable
+the random network: the implicit equations then have reachable
 solutions, and solvers differ measurably.  The wrapped classes are subclasses of the diffusers
 models, so the stock pipelines run them unchanged.
 """

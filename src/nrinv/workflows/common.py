@@ -24,9 +24,8 @@ __all__ = [
 
 #: encoding adjustment strength; None = off (on only where ``benchmarks/edit_eval.py`` measures a gain)
 DEFAULT_ENCODE_ADJUST: Optional[float] = None
-#: slerp weight toward fresh noise; measured (benchmarks/seed_spread.py, 20 concepts x 4 samples): at 0.15 the
-#: samples were near copies (mean pairwise pixel difference 4.7/255), at 0.3 visibly different (8.4) with
-#: 7/80 samples on concept against 11/80 (0.45: 10.7, 6/80)
+#: slerp weight toward fresh noise, chosen by measurement (``benchmarks/seed_spread.py``; figures in the README's
+#: rare-concept section): lower gives near copies of one sample, higher leaves the concept
 DEFAULT_SEED_SPREAD = 0.3
 _NOISE_SEED_OFFSET = 7_654_321  # decorrelates helper noises from the sampler's recorded noise of the same seed
 
