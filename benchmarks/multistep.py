@@ -112,19 +112,21 @@ def main(argv=None) -> int:
         methods = ([("ddim", 1, 0)] if args.with_ddim else []) + [("anderson", i, s) for i, s in configs]
         for method, its, sweeps in methods:
             t0 = time.perf_counter()
-            results, trajectory, _, _ = solve_trajectory(setup, encoded, method, make_options(method, max_iterations=its),
-                                                         warm_start=None, sweeps=sweeps)
+            options = make_options(method, max_iterations=its)
+            results, trajectory, _, _ = solve_trajectory(setup, encoded, method, options, warm_start=None,
+                                                         sweeps=sweeps)
             label = "ddim" if method == "ddim" else f"anderson x{its}, {sweeps} sweeps" + (
                 " (Gauss-Seidel)" if args.sweep_mode == "gauss_seidel" and sweeps else "")
             record(label, trajectory[0], sum(r.nfe for r in results), time.perf_counter() - t0)
     summary = []
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
-        summary.append({k: statistics.mean(r[k] for r in rs) for k in ("nfe_per_step", "psnr", "ceiling",
-                                                                        "latent_error", "seconds")} | {"method": method})
+        keys = ("nfe_per_step", "psnr", "ceiling", "latent_error", "seconds")
+        summary.append({k: statistics.mean(r[k] for r in rs) for k in keys} | {"method": method})
     out = Path(__file__).resolve().parent / "results" / "multistep"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.sampler}{args.steps}{args.tag}.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
+    report = json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n"
+    (out / f"{args.sampler}{args.steps}{args.tag}.json").write_text(report)
     print(f"### {args.sampler}, {args.steps} steps, builtin:shapes, {args.n_images} images\n")
     print("| method | NFE per step | PSNR dB | below VAE ceiling dB | latent error |\n|---|---|---|---|---|")
     for s in summary:
