@@ -42,7 +42,8 @@ def _flops(fn) -> int:
 def sdxl_unet_flops() -> int:
     from diffusers import UNet2DConditionModel
 
-    config = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
+    config = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
+                  layers_per_block=2,
                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                   transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,

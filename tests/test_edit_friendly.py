@@ -103,7 +103,7 @@ def shapes_lcm():
 
 
 def test_builtin_lcm_at_the_vae_ceiling_in_four_calls(shapes_lcm):
-    """Target of issue 21: <= 0.1 dB below the VAE ceiling at 4 NFE (measured 0.00 dB, 3e-7 latent error)."""
+    """The few-step target: <= 0.1 dB below the VAE ceiling at 4 NFE (measured 0.00 dB, 3e-7 latent error)."""
     from nrinv.bench.images import load_image_set
     from nrinv.metrics import psnr
 

@@ -155,8 +155,8 @@ def pipeline_kwargs(result: Any, *, generator: Optional[torch.Generator] = None)
         raise InputError("this inversion has no per-step corrections; pass latents=result.latents instead")
     s = result.settings
     pipe = result.setup.adapter.pipe if result.setup is not None else None
-    inputs = ["latents"] + (["denoised"] if pipe is not None and "denoised" in getattr(pipe, "_callback_tensor_inputs", ())
-                            else [])
+    takes_denoised = pipe is not None and "denoised" in getattr(pipe, "_callback_tensor_inputs", ())
+    inputs = ["latents"] + (["denoised"] if takes_denoised else [])
     if generator is None:
         generator = seeded_generator(s["seed"] if s.get("seed") is not None else 0)
     kwargs = {"latents": result.latents, "generator": generator, "num_inference_steps": s["num_inference_steps"],

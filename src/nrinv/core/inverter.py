@@ -1,7 +1,7 @@
 """A learned initial guess for the per-step implicit solve (``warm_start="learned"``).
 
 Inversion solves ``z_i = f_i(z_i)``, ``f_i(z) = (z_{i+1} - B_i m(z) - C_i) / A_i`` per sampler step
-(``shared/GNRI.md``).  A solver started closer to the root needs fewer network calls for the same
+(``core/solvers.py``).  A solver started closer to the root needs fewer network calls for the same
 answer.  :class:`InitialGuessNet` is a small network that predicts the model output ``m_i = m(z_i)`` at
 the unknown root from what the solver knows before it calls the network:
 
@@ -320,8 +320,8 @@ def train_initial_guess(
     ``out`` (default: beside the model, ``<model folder>/inverter``) and return it.
 
     ``prompts``: a list to draw from or ``callable(random.Random) -> str`` (``nrinv.train_inverter``
-    defaults to random captions of the shapes world for the built-in models); ``steps``/``guidance``: the step counts and
-    guidance scales to draw (default: the model's).  Runs until ``time_budget_s`` or ``max_updates``;
+    defaults to random captions of the shapes world for the built-in models); ``steps``/``guidance``: the step
+    counts and guidance scales to draw (default: the model's).  Runs until ``time_budget_s`` or ``max_updates``;
     the learning rate follows the clock (cosine to 5%), so a run cut by its budget ends at the low rate.
     """
     adapter = adapter_for(pipe)
@@ -360,7 +360,8 @@ def train_initial_guess(
             # the outputs implied by the steps solved before are themselves approximate in use:
             # perturb them by up to ``prev_noise`` of their size
             for key in ("m_prev", "m_prev2"):
-                f[key] = f[key] + torch.rand(idx.shape[0], 1, 1, 1) * prev_noise * f[key].std() * torch.randn_like(f[key])
+                jitter = torch.rand(idx.shape[0], 1, 1, 1) * prev_noise * f[key].std()
+                f[key] = f[key] + jitter * torch.randn_like(f[key])
             m_hat = net(f["y"], f["m_prev"], f["has_prev"], f["m_prev2"], f["has_prev2"], f["t"], f["t_next"],
                         f["guidance"], f["prompt"])
             z_hat = (f["y"] - f["b"].view(-1, 1, 1, 1) * m_hat) / f["a"].view(-1, 1, 1, 1)
