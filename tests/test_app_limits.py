@@ -20,7 +20,7 @@ def app():
 def test_the_built_app_does_not_poll_while_idle(app):
     demo = app.build()
     # Gradio 6.31 polls its queue every 1 ms and progress every 10 ms when free: ~1100 wake-ups a second
-    # (4.9-6.4% of a core idle here, 9-10% in issue 22); benchmarks/idle_cpu.py measures the process
+    # (4.9-6.4% of a core idle here); benchmarks/idle_cpu.py measures the process
     assert demo._queue.sleep_when_free >= 0.05
     assert demo._queue.progress_update_sleep_when_free >= 0.05
 

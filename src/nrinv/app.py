@@ -466,8 +466,8 @@ def quiet_when_idle(demo, poll_s: float = IDLE_POLL_S):
     Gradio 6.x's queue polls instead of waiting on an event: ``Queue.start_processing`` sleeps 1 ms
     between looks at an empty queue and ``Queue.start_progress_updates`` 10 ms (``sleep_when_free`` and
     ``progress_update_sleep_when_free``; 50 ms and 100 ms on Windows only), so a server with nobody on it
-    wakes ~1100 times a second: 4.9-6.4% of a core measured idle here, 9-10% in issue 22
-    (benchmarks/idle_cpu.py). Gradio has no setting for it, so the two intervals are raised on the queue
+    wakes ~1100 times a second (measured by benchmarks/idle_cpu.py; figures in the README). Gradio has no
+    setting for it, so the two intervals are raised on the queue
     object: a request now waits up to ``poll_s`` longer to start (50 ms against requests of a second or
     more) and idle costs under 1%.
     Without those attributes (another Gradio) nothing is changed."""
