@@ -86,7 +86,7 @@ def test_coupled_solve_beats_ddim_style_inversion_and_counts_every_call(tiny, as
         adapter._forward = counted
         res = nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=10, guidance_scale=1.0)
         assert res.nfe == calls[0]  # every network call is counted
-        assert res.setup.schedule.coupling is not None
+        assert res.setup.schedule.coupling is not None and res.settings["trajectory_sweeps"] == 6
         ddim = nrinv.invert(adapter, astronaut32, PROMPT, method="ddim", num_inference_steps=10, guidance_scale=1.0)
         assert ddim.nfe == 10
         exact, naive = _regeneration_error(pipe, res, 10, 0), _regeneration_error(pipe, ddim, 10, 0)

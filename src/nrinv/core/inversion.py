@@ -466,8 +466,16 @@ def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, ne
         "dtype": str(adapter.dtype).replace("torch.", ""),
         "device": str(adapter.device),
         "cuda_graphs": adapter.graphs is not None,
+        # multistep / second-order samplers: at most this many whole-trajectory sweeps (core/trajectory.py)
+        "trajectory_sweeps": _max_sweeps() if setup.schedule.coupling is not None else None,
         "notes": list(notes),
     }
+
+
+def _max_sweeps() -> int:
+    from .trajectory import DEFAULT_SWEEPS
+
+    return DEFAULT_SWEEPS
 
 
 def _check_pixels(images: Tensor) -> Tensor:
