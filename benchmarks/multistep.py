@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     pipe = nrinv.load_pipeline("builtin:shapes", device="cpu", dtype=torch.float32)
     pipe.scheduler = SAMPLERS[args.sampler](pipe.scheduler.config)
-    adapter = nrinv.adapter_for(pipe)
+    adapter = nrinv.core.adapter_for(pipe)
     images = load_image_set("shapes", size=(64, 64), n=args.n_images, seed=7000)
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",") if c]
     rows = []
