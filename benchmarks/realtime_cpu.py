@@ -54,8 +54,9 @@ def main(argv=None) -> int:
     rows = []
     for item in items:
         image, source, target = item["source_image"], item["source_caption"], item["target_caption"]
-        invert = median(lambda: nrinv.invert(adapter, image, source), args.repeats)
-        inv = nrinv.invert(adapter, image, source)
+        # the inversion an edit uses: the model's edit method (e.g. edit_friendly), else its default
+        invert = median(lambda: nrinv.invert(adapter, image, source, method=d.edit_method), args.repeats)
+        inv = nrinv.invert(adapter, image, source, method=d.edit_method)
         edit_kw = dict(strength=d.edit_strength, edit_guidance_scale=d.edit_guidance,
                        guide_from_source=d.guide_from_source,
                        mask_threshold=d.mask_threshold)
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         print(f"invert {invert * 1e3:.1f} ms ({inv.nfe} calls); edit {latent * 1e3:.1f} ms, "
               f"shown {shown * 1e3:.1f} ms", flush=True)
     result = {
-        "model": args.model, "kind": d.kind, "threads": torch.get_num_threads(), "processor": platform.processor(),
+        "model": args.model, "kind": d.kind, "edit_method": d.edit_method, "threads": torch.get_num_threads(), "processor": platform.processor(),
         "torch": torch.__version__, "network_call_s": call, "repeats": args.repeats,
         "median_invert_s": statistics.median(r["invert_s"] for r in rows),
         "median_edit_latent_s": statistics.median(r["edit_latent_s"] for r in rows),
