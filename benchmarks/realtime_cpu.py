@@ -67,7 +67,8 @@ def main(argv=None) -> int:
         print(f"invert {invert * 1e3:.1f} ms ({inv.nfe} calls); edit {latent * 1e3:.1f} ms, "
               f"shown {shown * 1e3:.1f} ms", flush=True)
     result = {
-        "model": args.model, "kind": d.kind, "edit_method": d.edit_method, "threads": torch.get_num_threads(), "processor": platform.processor(),
+        "model": args.model, "kind": d.kind, "edit_method": d.edit_method, "threads": torch.get_num_threads(),
+        "processor": platform.processor(),
         "torch": torch.__version__, "network_call_s": call, "repeats": args.repeats,
         "median_invert_s": statistics.median(r["invert_s"] for r in rows),
         "median_edit_latent_s": statistics.median(r["edit_latent_s"] for r in rows),
