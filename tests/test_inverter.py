@@ -63,3 +63,15 @@ def test_learned_without_an_inverter_falls_back_to_linear(tiny, astronaut32):
     assert res.settings["warm_start"] == "linear"
     assert any("no learned inverter" in n for n in res.settings["notes"])
     assert isinstance(LearnedGuess, type)
+
+
+def test_the_shipped_inverter_is_found_beside_the_builtin_model():
+    pipe = nrinv.load_pipeline("builtin:shapes-lcm", device="cpu")
+    guess = load_inverter(pipe, strict=True)
+    assert guess.info["model_kind"] == "shapes-lcm" and guess.info["steps"] == [4]
+    assert (guess.path / "inverter.safetensors").stat().st_size < 5e6  # the size limit
+    from nrinv.bench.images import load_image_set
+
+    img = load_image_set("shapes", size=(64, 64), n=1, seed=7000)[0]
+    res = nrinv.invert(pipe, img.image, img.prompt, warm_start="learned", max_iterations=2)
+    assert res.settings["warm_start"] == "learned" and res.nfe == 8 and res.finite
