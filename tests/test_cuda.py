@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import nrinv
+from nrinv.testing.pipelines import TINY_CASES
 from nrinv.core.graphs import GraphedNetwork
 from nrinv.core.solvers import SOLVERS
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA device")]
 
 PROMPT = "a photo of a cat"
-CASES = {"sd": (6, 1.0), "sd_v": (6, 1.0), "sdxl": (4, 0.0), "lcm": (4, 4.0), "sd3": (4, 1.0), "flux": (4, 0.0)}
+CASES = {kind: (case.quick_steps, case.quick_guidance) for kind, case in TINY_CASES.items()}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 #: relative difference between the stock pipeline (running its step arithmetic in the network dtype)
 #: and nrinv's float32 step arithmetic over the same noise, per network dtype

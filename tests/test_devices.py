@@ -15,6 +15,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import nrinv
+from nrinv.testing.pipelines import TINY_CASES
 from nrinv.core.schedulers import affine_schedule, draw_noise
 from nrinv.core.solvers import SOLVERS, NewtonKrylovOptions, Problem, _jvp
 
@@ -54,7 +55,8 @@ def test_guard_catches_a_bare_factory_in_engine_code():
     assert guard.redirected == [("nrinv._guard_selftest", "eye")]
 
 
-CASES = {"sd": (6, 3.0), "sdxl": (4, 0.0), "lcm": (4, 4.0), "flux": (4, 0.0)}
+CASES = {kind: (case.quick_steps, case.quick_guidance) for kind, case in TINY_CASES.items()
+         if kind in ("sd", "sdxl", "lcm", "flux")}
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))

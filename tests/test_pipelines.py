@@ -11,15 +11,9 @@ import torch
 
 import nrinv
 
-CASES = {
-    # kind: (steps, guidance)
-    "sd": (10, 1.0),        # DDIM, epsilon
-    "sd_v": (10, 1.0),      # DDIM, v-prediction
-    "sdxl": (4, 0.0),       # Euler-ancestral, trailing: SDXL-Turbo settings
-    "lcm": (4, 8.5),        # LCM multistep with w-embedding
-    "sd3": (8, 1.0),        # flow matching
-    "flux": (4, 0.0),       # flow matching, packed latents, shifted sigmas
-}
+from nrinv.testing.pipelines import TINY_CASES
+
+CASES = {kind: (case.steps, case.guidance) for kind, case in TINY_CASES.items()}  # kind: (steps, guidance)
 PROMPT = "a photo of a cat"
 
 

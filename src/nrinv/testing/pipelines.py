@@ -8,6 +8,8 @@ models, so the stock pipelines run them unchanged.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import string
 import tempfile
@@ -17,10 +19,34 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-__all__ = ["tiny_pipeline", "TINY_KINDS", "clip_tokenizer", "t5_tokenizer", "calibrate_vae", "tiny_clip_folder",
-           "tiny_lpips_folder"]
+__all__ = ["tiny_pipeline", "TINY_KINDS", "TinyCase", "TINY_CASES", "clip_tokenizer", "t5_tokenizer",
+           "calibrate_vae", "tiny_clip_folder", "tiny_lpips_folder"]
 
 TINY_KINDS = ("sd", "sd_v", "sdxl", "lcm", "sd3", "sd35", "flux")
+
+
+@dataclass(frozen=True)
+class TinyCase:
+    """How the tests run one tiny family: ``steps``/``guidance`` where the stock pipeline's regeneration
+    is checked to tight tolerances (tests/test_pipelines.py), ``quick_steps``/``quick_guidance`` in the
+    sweeps over devices, dtypes and every solver (tests/test_devices.py, tests/test_cuda.py)."""
+
+    steps: int
+    guidance: float
+    quick_steps: int
+    quick_guidance: float
+    sampler: str = ""
+
+
+#: one row per model family the shared tests run (a new family: its row here and its recipe below)
+TINY_CASES = {
+    "sd": TinyCase(10, 1.0, 6, 3.0, "DDIM, epsilon (the sweeps with classifier-free guidance)"),
+    "sd_v": TinyCase(10, 1.0, 6, 1.0, "DDIM, v-prediction"),
+    "sdxl": TinyCase(4, 0.0, 4, 0.0, "Euler-ancestral, trailing: SDXL-Turbo settings"),
+    "lcm": TinyCase(4, 8.5, 4, 4.0, "LCM multistep with w-embedding"),
+    "sd3": TinyCase(8, 1.0, 4, 1.0, "flow matching"),
+    "flux": TinyCase(4, 0.0, 4, 0.0, "flow matching, packed latents, shifted sigmas"),
+}
 
 
 def clip_tokenizer():
