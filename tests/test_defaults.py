@@ -30,7 +30,7 @@ def test_builtin_defaults_follow_the_weights_not_the_name(tmp_path):
     d = model_defaults(pipe)
     assert (d.kind, d.num_inference_steps, d.guidance_scale) == ("shapes", 20, 1.0)
     assert nrinv.edit_defaults(pipe) == {"strength": 0.6, "edit_guidance_scale": 2.0, "guide_from_source": True,
-                                         "mask_threshold": None}
+                                         "mask_threshold": None, "keep_object": True}
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     res = nrinv.invert(pipe, image, "a large red star on the left, blue plain background")
     assert res.settings["num_inference_steps"] == 20 and res.nfe == 40  # 20 steps x 2 iterations

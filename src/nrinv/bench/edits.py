@@ -24,7 +24,7 @@ from ..metrics import as_numpy
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
 
 EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method", "iterations", "steps", "strength",
-                "guidance", "guide_from_source", "mask_threshold", "nfe", "target", "preserved", "all_kept",
+                "guidance", "guide_from_source", "mask_threshold", "keep_object", "nfe", "target", "preserved", "all_kept",
                 "psnr_target", "preservation", "lpips_target", "clip_target", "wall_s"]
 
 
@@ -40,7 +40,8 @@ def _threshold(value: Any) -> Optional[float]:
 
 def _key(row: dict) -> tuple:
     return (int(row["item"]), row["method"], int(row["iterations"]), int(row["steps"]), float(row["strength"]),
-            float(row["guidance"]), _flag(row["guide_from_source"]), _threshold(row.get("mask_threshold")))
+            float(row["guidance"]), _flag(row["guide_from_source"]), _threshold(row.get("mask_threshold")),
+            _flag(row.get("keep_object")))
 
 
 def run_edit_bench(
@@ -55,6 +56,7 @@ def run_edit_bench(
     edit_guidance_scale: Optional[float] = None,
     guide_from_source: Optional[bool] = None,
     mask_threshold: Optional[float] = -1.0,
+    keep_object: Optional[bool] = None,
     seed: int = 0,
     method_options: Optional[dict[str, dict]] = None,
     lpips: Any = None,
@@ -84,6 +86,7 @@ def run_edit_bench(
     contrast = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
     # -1: the model's default (None there means a global edit)
     threshold = defaults["mask_threshold"] if mask_threshold == -1.0 else mask_threshold
+    keep = bool(defaults["keep_object"] if keep_object is None else keep_object)
     steps = int(adapter.defaults.num_inference_steps if steps is None else steps)
     inv_guidance = float(adapter.defaults.guidance_scale)
     parsed = {m: parse_method(m) for m in methods}
@@ -93,7 +96,7 @@ def run_edit_bench(
     jobs = [(i, m, it) for i in range(n) for m in methods for it in budgets(parsed[m][0], iterations)]
     bar = tqdm(jobs, desc="edits", disable=not progress)
     for i, method, its in bar:
-        if (i, method, its, steps, strength, target_guidance, contrast, threshold) in done:
+        if (i, method, its, steps, strength, target_guidance, contrast, threshold, keep) in done:
             continue
         item = items[i]
         bar.set_postfix(item=i, method=method, it=its)
@@ -102,7 +105,8 @@ def run_edit_bench(
         t0 = time.perf_counter()
         inv = invert(adapter, item["source_image"], item["source_caption"], inversion=inversion, progress=False)
         _, images = regenerate(inv, item["target_caption"], strength=strength, edit_guidance_scale=target_guidance,
-                               guide_from_source=contrast, mask_threshold=threshold, output_type="pt")
+                               guide_from_source=contrast, mask_threshold=threshold, keep_object=keep,
+                               output_type="pt")
         wall = time.perf_counter() - t0
         edited = as_numpy(images[0])
         as_uint8 = (edited * 255).round().astype(np.uint8)
@@ -114,7 +118,7 @@ def run_edit_bench(
             "item": i, "changed": item["changed"], "source_caption": item["source_caption"],
             "target_caption": item["target_caption"], "method": method, "iterations": its, "steps": steps,
             "strength": strength, "guidance": target_guidance, "guide_from_source": contrast,
-            "mask_threshold": "" if threshold is None else threshold, "nfe": inv.nfe, "target": scores["target"],
+            "mask_threshold": "" if threshold is None else threshold, "keep_object": keep, "nfe": inv.nfe, "target": scores["target"],
             "preserved": scores["preserved"], "all_kept": scores["all_kept"], "psnr_target": round(scores["psnr"], 3),
             "preservation": round(scores["preservation"], 3), "lpips_target": extra["lpips"],
             "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
@@ -124,28 +128,30 @@ def run_edit_bench(
 
 
 def summarize_edits(rows: Sequence[dict]) -> list[dict]:
-    """Means per (method, iterations, strength, guidance, guide_from_source, mask_threshold), with the
-    target rate per changed attribute; ``preservation`` is the mean over the rows that have it."""
+    """Means per (method, iterations, strength, guidance, guide_from_source, mask_threshold, keep_object),
+    with the target rate and the preservation per changed attribute (a background edit must keep the
+    object, a colour or shape edit the rest); ``preservation`` is the mean over the rows that have it."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (r["method"], int(r["iterations"]), float(r["strength"]), float(r["guidance"]),
-               _flag(r["guide_from_source"]), _threshold(r.get("mask_threshold")))
+               _flag(r["guide_from_source"]), _threshold(r.get("mask_threshold")), _flag(r.get("keep_object")))
         groups.setdefault(key, []).append(r)
     out = []
-    for (method, its, strength, guidance, contrast, threshold), rs in sorted(
+    for (method, its, strength, guidance, contrast, threshold, keep), rs in sorted(
             groups.items(), key=lambda kv: tuple(-1 if v is None else v for v in kv[0])):
-        by_attr = {}
+        by_attr, kept_by_attr = {}, {}
         for attr in sorted({r["changed"] for r in rs}):
             sel = [float(r["target"]) for r in rs if r["changed"] == attr]
             by_attr[attr] = statistics.mean(sel)
+            kept_by_attr[attr] = mean_present([r for r in rs if r["changed"] == attr], "preservation")
         out.append({
             "method": method, "iterations": its, "strength": strength, "guidance": guidance,
-            "guide_from_source": contrast, "mask_threshold": threshold, "n": len(rs),
+            "guide_from_source": contrast, "mask_threshold": threshold, "keep_object": keep, "n": len(rs),
             "nfe": statistics.mean(float(r["nfe"]) for r in rs),
             **{k: statistics.mean(float(r[k]) for r in rs) for k in ("target", "preserved", "all_kept", "psnr_target")},
             "preservation": mean_present(rs, "preservation"),
             "lpips_target": mean_present(rs, "lpips_target"), "clip_target": mean_present(rs, "clip_target"),
-            "target_by_attribute": by_attr,
+            "target_by_attribute": by_attr, "preservation_by_attribute": kept_by_attr,
         })
     return out
 
@@ -155,13 +161,17 @@ def markdown_edit_table(summary: Sequence[dict]) -> str:
     extra = [k for k in titles if any(s.get(k) is not None for s in summary)]
     lines = ["| method | iterations | strength / guidance | NFE | target attribute | preserved (pos/size/bg) | "
              "all other attributes | preservation dB | PSNR to target dB | " + "".join(f"{titles[k]} | " for k in extra)
-             + "target by attribute |", "|---" * (10 + len(extra)) + "|"]
+             + "target by attribute | preservation dB by attribute |", "|---" * (11 + len(extra)) + "|"]
     for s in summary:
         cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
         attrs = ", ".join(f"{a} {v:.0%}" for a, v in s["target_by_attribute"].items())
+        kept_attrs = ", ".join(f"{a} {v:.2f}" for a, v in s.get("preservation_by_attribute", {}).items()
+                               if v is not None)
         setting = f"{s['strength']:g} / {s['guidance']:g}" + (" vs source" if s["guide_from_source"] else "") \
-            + (f", mask {s['mask_threshold']:g}" if s.get("mask_threshold") is not None else "")
+            + (f", mask {s['mask_threshold']:g}" if s.get("mask_threshold") is not None else "") \
+            + (", keep object" if s.get("keep_object") else "")
         kept = "n/a" if s.get("preservation") is None else f"{s['preservation']:.2f}"
         lines.append(f"| {s['method']} | {s['iterations']} | {setting} | {s['nfe']:.0f} | {s['target']:.0%} | "
-                     f"{s['preserved']:.0%} | {s['all_kept']:.0%} | {kept} | {s['psnr_target']:.2f} | {cells}{attrs} |")
+                     f"{s['preserved']:.0%} | {s['all_kept']:.0%} | {kept} | {s['psnr_target']:.2f} | {cells}{attrs} | "
+                     f"{kept_attrs or 'n/a'} |")
     return "\n".join(lines)

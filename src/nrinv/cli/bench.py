@@ -73,7 +73,7 @@ def cmd_bench(args) -> int:
                                    edit_guidance_scale=args.edit_guidance,
                                    guide_from_source=args.guide_from_source,
                                    mask_threshold=-1.0 if args.edit_mask_threshold is None
-                                   else (args.edit_mask_threshold or None),
+                                   else (args.edit_mask_threshold or None), keep_object=args.edit_keep_object,
                                    seed=args.seed, method_options=options, lpips=lpips, clip=clip,
                                    progress=not args.quiet)
         summary = summarize_edits(edit_rows)
@@ -107,6 +107,8 @@ def register(sub) -> None:
     p.add_argument("--edit-guidance", type=float, default=None, help="edit guidance (default: the model's)")
     p.add_argument("--edit-mask-threshold", type=float, default=None, metavar="T",
                    help="local edits masked at T, e.g. 0.3; 0: global edits (default: the model's)")
+    p.add_argument("--edit-keep-object", action=argparse.BooleanOptionalAction, default=None,
+                   help="background edits keep the object (default: the model's)")
     p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
                    help="edits guide away from the source prompt instead of the empty one (default: the model's)")
     p.add_argument("--lpips", default=None, metavar="DIR",

@@ -78,6 +78,7 @@ def cmd_edit(args) -> int:
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
                   strength=args.strength, edit_guidance_scale=args.edit_guidance, inversion=inversion,
                   guide_from_source=args.guide_from_source, mask_threshold=args.mask_threshold,
+                  keep_object=args.keep_object,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
     ceiling = vae_ceiling_psnr(result.inversion.setup.adapter, to_tensor(image))
     low = vae_ceiling_note(ceiling)
@@ -242,6 +243,9 @@ def register(sub) -> None:
     p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
                    help="local edit: keep the latent on the inverted trajectory where the target and source "
                         "predictions differ less than T of their maximum, e.g. 0.3 (default: off)")
+    p.add_argument("--keep-object", action=argparse.BooleanOptionalAction, default=None,
+                   help="when a target changes the background, keep the object as it is in the image "
+                        "(default: the model's; on for the built-in models)")
     p.add_argument("--encode-adjust", type=float, default=None, metavar="S",
                    help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",

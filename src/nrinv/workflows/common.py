@@ -114,11 +114,12 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
 
 
 def edit_defaults(pipe: Any) -> dict[str, Any]:
-    """Default ``strength``, ``edit_guidance_scale``, ``guide_from_source`` and ``mask_threshold`` of an
-    edit with this pipeline (from the model-defaults registry, ``nrinv.core.defaults``)."""
+    """Default ``strength``, ``edit_guidance_scale``, ``guide_from_source`` ``mask_threshold`` and
+    ``keep_object`` of an edit with this pipeline (from the model-defaults registry, ``nrinv.core.defaults``)."""
     d = adapter_for(pipe).defaults
     return {"strength": d.edit_strength, "edit_guidance_scale": float(d.edit_guidance),
-            "guide_from_source": d.guide_from_source, "mask_threshold": d.mask_threshold}
+            "guide_from_source": d.guide_from_source, "mask_threshold": d.mask_threshold,
+            "keep_object": d.keep_object}
 
 
 def encode_pixels(adapter: Adapter, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:

@@ -25,7 +25,8 @@ from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_th
                      check_strength, edit_defaults, encode_pixels, prompt_list)
 from .encoding import adjust_encoding
 
-__all__ = ["EditResult", "edit", "regenerate", "local_edit_mask", "start_step"]
+__all__ = ["EditResult", "edit", "regenerate", "local_edit_mask", "changes_background", "object_pixels",
+           "start_step"]
 
 
 def start_step(num_steps: int, strength: float) -> tuple[int, int]:
@@ -55,13 +56,104 @@ def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, 
     return torch.nn.functional.max_pool2d((d > threshold).float(), 3, 1, 1)
 
 
+def _otsu(values: Tensor) -> Tensor:
+    """Per row of ``values`` (B, n), the threshold splitting it into two classes of largest
+    between-class variance (Otsu 1979); a (B, 1) tensor."""
+    v, _ = values.sort(dim=1)
+    n = v.shape[1]
+    k = torch.arange(1, n, device=v.device, dtype=v.dtype)          # size of the low class
+    low = v.cumsum(1)[:, :-1]
+    mean_low = low / k
+    mean_high = (v.sum(1, keepdim=True) - low) / (n - k)
+    between = k * (n - k) * (mean_low - mean_high) ** 2
+    best = between.argmax(1, keepdim=True)
+    return 0.5 * (v.gather(1, best) + v.gather(1, best + 1))
+
+
+#: a background edit: more than this fraction of the image's border is where the prompts disagree
+#: (measured on 72 edits per built-in model, benchmarks/own_images.py: colour and shape edits <= 0.06,
+#: background edits >= 0.17 but one at 0.04)
+BACKGROUND_BORDER = 0.1
+#: a pixel belongs to the object when its colour is this far (RGB in [0, 1], Euclidean) from every
+#: colour on the image's border, i.e. from the background's colours
+OBJECT_COLOR_DISTANCE = 0.15
+
+
+def _probe_steps(n: int, start: int, probes: int = 3) -> list[int]:
+    """Up to ``probes`` re-run steps ``start .. n-1``, evenly spaced."""
+    return sorted({start + round(i * (n - 1 - start) / max(probes - 1, 1)) for i in range(probes)})
+
+
+def changes_background(setup: Setup, trajectory: Sequence[Tensor], start: int, target_cond: Any,
+                       probes: int = 3) -> bool:
+    """Whether an edit toward ``target_cond`` changes the background: the target and source predictions
+    differ along the image's border.
+
+    ``|m(z_j, target) - m(z_j, source)|`` is measured on the inverted trajectory at up to ``probes``
+    re-run steps (each normalised by its mean, then averaged: one step's map is noisy), smoothed (3x3)
+    and split in two classes by Otsu's threshold; an edit of the object changes an inner region, an
+    edit of the background a region that reaches the border (``BACKGROUND_BORDER``).
+    """
+    if trajectory[start].dim() != 4:
+        return False  # packed (Flux) latents: no image grid to read a border from
+    picks = _probe_steps(len(setup.schedule), start, probes)
+    total = None
+    with torch.no_grad():
+        for j in picks:
+            step = setup.schedule.steps[j]
+            z = trajectory[j].float()
+            d = (setup.denoiser(step, target_cond)(z).float() - setup.denoiser(step)(z).float()).abs().mean(1, True)
+            d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+            total = d if total is None else total + d
+    d = torch.nn.functional.avg_pool2d(total / len(picks), 3, 1, 1, count_include_pad=False)
+    high = (d > _otsu(d.flatten(1)).view(-1, 1, 1, 1)).float()[:, 0]
+    border = torch.cat([high[:, 0], high[:, -1], high[:, :, 0], high[:, :, -1]], dim=1)
+    return bool(border.mean() > BACKGROUND_BORDER)
+
+
+def object_pixels(image: Tensor) -> Tensor:
+    """(B, 1, H, W) 0/1: the pixels of ``image`` (B, 3, H, W) in [0, 1] whose colour is far from every
+    colour on its border (the background touches the border, the object does not)."""
+    b = image.shape[0]
+    border = torch.cat([image[:, :, 0], image[:, :, -1], image[:, :, :, 0], image[:, :, :, -1]], dim=2)
+    border = border[:, :, :: max(1, border.shape[2] // 512)].transpose(1, 2)        # (B, <=~512, 3)
+    pixels = image.flatten(2).transpose(1, 2)                                       # (B, HW, 3)
+    far = torch.cdist(pixels, border).amin(dim=2) > OBJECT_COLOR_DISTANCE
+    mask = far.float().view(b, 1, *image.shape[-2:])
+    # opening: drop isolated specks (noisy or striped backgrounds)
+    return torch.nn.functional.max_pool2d(-torch.nn.functional.max_pool2d(-mask, 3, 1, 1), 3, 1, 1)
+
+
+def _keep_object(setup: Setup, trajectory: Sequence[Tensor]) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """For a background edit: (latent edit mask, pixel alpha of the object, the reconstruction), or None
+    when no object stands out from the border's colours."""
+    with torch.no_grad():
+        recon = setup.adapter.decode(trajectory[-1].float(), setup.size).float()
+    obj = object_pixels(recon)
+    if not 0.002 < float(obj.mean()) < 0.5:
+        return None
+    h, w = trajectory[-1].shape[-2:]
+    fy, fx = recon.shape[-2] // h, recon.shape[-1] // w
+    inside = torch.nn.functional.avg_pool2d(obj, (fy, fx)) > 0.999                 # latent pixels all object
+    alpha = torch.nn.functional.avg_pool2d(obj, 3, 1, 1, count_include_pad=False) * obj  # soft inner edge
+    return 1.0 - inside.float(), alpha, recon
+
+
 def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, guidance: float,
                 negative_prompt: Optional[str], progress: bool, mask_threshold: Optional[float] = None,
                 guide_from_source: bool = False, callback: Optional[StepCallback] = None,
-                nfe: int = 0) -> list[Tensor]:
+                nfe: int = 0, keep_object: bool = False, pastes: Optional[list] = None) -> list[Tensor]:
     """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule;
     ``callback`` after each step (``StepCallback``, with ``"target"``: the target's index), counting
-    network calls from ``nfe``."""
+    network calls from ``nfe``.
+
+    ``keep_object``: an edit that changes the background (``changes_background``) keeps the object:
+    the latent pixels inside it stay on the inverted trajectory, and after decoding its pixels are
+    taken from the reconstruction (the VAE's decoder mixes neighbouring latents, so a kept latent
+    alone comes out tinted by the new background).  ``pastes`` (a list) receives, per target, that
+    ``(alpha, reconstruction)`` or None.
+    """
+    pastes = [] if pastes is None else pastes
     setup = inversion.setup
     traj = inversion.trajectory
     if guide_from_source and negative_prompt is None:  # contrast with the prompt the image was inverted with
@@ -69,34 +161,43 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     latents = []
     for index, target in enumerate(targets):
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
+        mask = paste = None
+        calls = 0  # network calls before the re-run: the predictions the masks compare
+        if keep_object:
+            calls += 2 * len(_probe_steps(len(setup.schedule), start))
+            if changes_background(setup, traj, start, cond):  # the object stays as it is
+                kept = _keep_object(setup, traj)
+                if kept is not None:
+                    mask, alpha, recon = kept
+                    paste = (alpha, recon)
+        if mask is None and mask_threshold is not None:
+            mask = local_edit_mask(setup, traj[start].float(), start, cond, mask_threshold)
+            calls += 2
+        pastes.append(paste)
         if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt (reported
             from ..core.edit_friendly import edit_sample  # to the callback once, at the end)
 
-            mask = None if mask_threshold is None else local_edit_mask(setup, traj[start].float(), start, cond,
-                                                                       mask_threshold)
             z = edit_sample(setup, traj, inversion.corrections, start, cond,
                             float(inversion.settings.get("options", {}).get("pseudo_guidance", 1.0)), mask)
             latents.append(z)
+            nfe += len(setup.schedule) - start + calls
             if callback is not None:
                 last = setup.schedule.steps[-1]
-                nfe += len(setup.schedule) - start + (0 if mask is None else 2)
                 callback({"phase": "sample", "i": len(setup.schedule) - 1, "t": last.t, "timestep": last.timestep,
                           "x": z, "residual": None, "nfe": nfe, "target": index})
             continue
-        seen = [nfe]
+        seen = [nfe + calls]
 
         def report(info: dict, index: int = index, seen: list = seen) -> None:
             seen[0] = info["nfe"]
             if callback is not None:
                 callback(dict(info, target=index))
 
-        if mask_threshold is None:
+        if mask is None:
             z = sample(setup, traj[start], start=start, cond=cond, progress=progress,
-                       corrections=inversion.corrections, callback=report, nfe=nfe)
+                       corrections=inversion.corrections, callback=report, nfe=seen[0])
         else:  # outside the mask, every step lands back on the inverted trajectory
             z = traj[start].float()
-            mask = local_edit_mask(setup, z, start, cond, mask_threshold)
-            seen[0] += 2  # the two predictions the mask compares
             for j in range(start, len(setup.schedule)):
                 z = sample(setup, z, start=j, stop=j + 1, cond=cond, corrections=inversion.corrections)
                 z = mask * z + (1 - mask) * traj[j + 1].float()
@@ -108,14 +209,27 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     return latents
 
 
-def _images(setup: Setup, latents: list[Tensor], output_type: str) -> list[Any]:
+def _images(setup: Setup, latents: list[Tensor], output_type: str, pastes: Optional[list] = None) -> list[Any]:
+    """Decoded latents; where ``pastes`` gives ``(alpha, reconstruction)``, the object's pixels are the
+    reconstruction's."""
+    pastes = list(pastes or [None] * len(latents))
+    queue = iter(pastes)
+
+    def decode(z: Tensor) -> Tensor:
+        image = setup.adapter.decode(z, setup.size)
+        paste = next(queue)
+        if paste is None:
+            return image
+        alpha, recon = paste
+        return alpha * recon + (1 - alpha) * image.float()
+
     with torch.no_grad():
-        return format_images(latents, lambda z: setup.adapter.decode(z, setup.size), output_type)
+        return format_images(latents, decode, output_type)
 
 
 def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, edit_guidance_scale: float,
                negative_prompt: Optional[str] = None, guide_from_source: bool = False,
-               mask_threshold: Optional[float] = None, output_type: str = "pil",
+               mask_threshold: Optional[float] = None, keep_object: bool = False, output_type: str = "pil",
                progress: bool = False, callback: Optional[StepCallback] = None) -> tuple[list[Tensor], list[Any]]:
     """The second half of ``edit``: re-run the last ``strength`` of ``inversion``'s schedule per target.
 
@@ -128,9 +242,11 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     check_output_type(output_type)
     targets = prompt_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
+    pastes: list = []
     latents = _regenerate(inversion, targets, start, check_guidance(edit_guidance_scale, "edit_guidance_scale"),
-                          negative_prompt, progress, check_mask_threshold(mask_threshold), guide_from_source, callback)
-    return latents, _images(inversion.setup, latents, output_type)
+                          negative_prompt, progress, check_mask_threshold(mask_threshold), guide_from_source, callback,
+                          0, bool(keep_object), pastes)
+    return latents, _images(inversion.setup, latents, output_type, pastes)
 
 
 @dataclass
@@ -167,6 +283,7 @@ def edit(
     edit_guidance_scale: Optional[float] = None,
     guide_from_source: Optional[bool] = None,
     mask_threshold: Optional[float] = None,
+    keep_object: Optional[bool] = None,
     encode_adjust: Optional[float] = DEFAULT_ENCODE_ADJUST,
     inversion: InversionOptions,
     height: Optional[int] = None,
@@ -200,6 +317,12 @@ def edit(
     step the latent outside it is put back on the inverted trajectory, so unchanged content is the
     inversion's (exact with an exact inversion).
 
+    ``keep_object`` (default: the model's; on for the built-in models): when the edit changes the
+    background (the target and source predictions differ along the image's border), the object is kept:
+    its latent pixels stay on the inverted trajectory and its pixels (those whose colour is far from
+    every border colour) are the reconstruction's; for such an edit this takes the place of
+    ``mask_threshold``'s mask.  Object edits are unaffected.
+
     ``callback(info)``: after each step, of the inversion (``info["phase"] == "invert"``) and of each
     target's regeneration (``"sample"``, with ``info["target"]``); ``info["nfe"]`` counts the calls of
     both (:data:`nrinv.core.inversion.StepCallback`).
@@ -215,6 +338,7 @@ def edit(
                                      else edit_guidance_scale, "edit_guidance_scale")
     guide_from_source = bool(defaults["guide_from_source"] if guide_from_source is None else guide_from_source)
     mask_threshold = check_mask_threshold(defaults["mask_threshold"] if mask_threshold is None else mask_threshold)
+    keep_object = bool(defaults["keep_object"] if keep_object is None else keep_object)
     check_steps(inversion.num_inference_steps)
     encode_adjust = check_adjust(encode_adjust)
     from ..core.edit_friendly import TRAJECTORY_METHODS
@@ -249,11 +373,12 @@ def edit(
     setup = inverted.setup
     start, rerun = start_step(len(setup.schedule), strength)
     t0 = time.perf_counter()
+    pastes: list = []
     latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
-                          guide_from_source, callback, inverted.nfe)
+                          guide_from_source, callback, inverted.nfe, keep_object, pastes)
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    images = _images(setup, latents, output_type)
+    images = _images(setup, latents, output_type, pastes)
     timings["decode"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_total
 
@@ -264,6 +389,8 @@ def edit(
         "negative_prompt": negative_prompt,
         "guide_from_source": guide_from_source,
         "mask_threshold": mask_threshold,
+        "keep_object": keep_object,
+        "object_kept": [p is not None for p in pastes],
         "strength": strength,
         "start_step": start,
         "rerun_steps": rerun,
