@@ -88,9 +88,8 @@ def render_edit_items(n: int) -> list[dict]:
 VARIANTS = {
     # what nrinv.edit does with nothing passed
     "default": {},
-    # the edit before issue 22: global for every attribute (no mask)
-    "global": {"mask_threshold": None},
-    "keep object": {"mask_threshold": None, "keep_object": True},
+    # the edit before issue 22 item 11: global for every attribute (no mask, the object not kept)
+    "global": {"mask_threshold": None, "keep_object": False},
     "mask 0.3 (all edits)": {"mask_threshold": 0.3},
     "mask 0.5 (all edits)": {"mask_threshold": 0.5},
 }
@@ -114,7 +113,8 @@ def run_edits(pipe, args) -> list[dict]:
         for vname, kw in variants.items():
             d = nrinv.edit_defaults(pipe)
             kwargs = dict(strength=d["strength"], guidance_scale=d["guidance_scale"],
-                          guide_from_source=d["guide_from_source"], mask_threshold=d["mask_threshold"])
+                          guide_from_source=d["guide_from_source"], mask_threshold=d["mask_threshold"],
+                          keep_object=d["keep_object"])
             kwargs.update(kw)
             _, images = regenerate(inv, [it["target_caption"] for it in group], output_type="np", **kwargs)
             edited = [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in images]
@@ -159,6 +159,11 @@ def seed_sets(args) -> list[dict]:
                       for pos, bg, bgc in _SEED_SCENES[c % 2: c % 2 + 3] if bgc != color]
                 sets.append({"group": f"drawn {w}x{h}", "shape": shape, "color": color, "size": size,
                              "examples": [draw(d) for d in ex]})
+        for c, (shape, color, size) in enumerate(_SEED_CONCEPTS):  # alike: one drawing, shifted 2 px
+            pos, bg, bgc = _SEED_SCENES[c % 2]
+            one = draw(Drawing(shape, color, size, pos, bg, bgc if bgc != color else "white"))
+            sets.append({"group": "drawn 64x64 alike", "shape": shape, "color": color, "size": size,
+                         "examples": [one, np.roll(one, 2, 1), np.roll(one, -2, 0)]})
     if "renders" in args.sets:
         for c in range(args.concepts):
             base, ex = concept_examples(c)
@@ -173,7 +178,7 @@ def run_seeds(pipe, args) -> list[dict]:
         for prompt_kind in args.prompts:
             prompt = "an object" if prompt_kind == "rare" else f"a {s['size']} {s['color']} {s['shape']}"
             for spread in args.spreads:
-                kw = {} if spread == "default" else {"spread": float(spread) if spread[0].isdigit() else spread}
+                kw = {"spread": float(spread) if spread[0].isdigit() else spread}
                 res = nrinv.seed_from_images(pipe, s["examples"], prompt, n_samples=args.samples, seed=c, **kw)
                 images = [np.asarray(im) for im in res.images]
                 reads = judge(images)
@@ -202,6 +207,72 @@ def seed_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------- interpolation
+_PAIRS = ((0, 1), (2, 3), (4, 5), (1, 4))
+
+
+def interp_pairs(args) -> list[dict]:
+    from drawn import BASE_SCENES
+    from nrinv.shapes import render, sample_scene
+    pairs = []
+    if "drawn" in args.sets:
+        for w, h in ((64, 64), (96, 64), (256, 256)):
+            for i, j in (_PAIRS if w < 256 else _PAIRS[:2]):
+                a, b = BASE_SCENES[i].replace(width=w, height=h), BASE_SCENES[j].replace(width=w, height=h)
+                pairs.append({"group": f"drawn {w}x{h}", "a": draw(a), "b": draw(b), "pa": a.caption(),
+                              "pb": b.caption(), "ta": a.attributes(), "tb": b.attributes()})
+    if "renders" in args.sets:
+        for k in range(args.pairs):
+            sa, sb = sample_scene(90_000_000 + 2 * k), sample_scene(90_000_001 + 2 * k)
+            pairs.append({"group": "renders 64x64", "a": render(sa, 90_000_000 + 2 * k),
+                          "b": render(sb, 90_000_001 + 2 * k), "pa": sa.caption(), "pb": sb.caption(),
+                          "ta": sa.as_dict(), "tb": sb.as_dict()})
+    return pairs
+
+
+INTERP_VARIANTS = {
+    # before issue 22 item 13: lerp the prompt embeddings, the inversion's guidance along the path
+    "before": {"mix": "embeddings", "path_guidance": "inversion"},
+    "default": {},
+}
+
+
+def run_interp(pipe, args) -> list[dict]:
+    rows = []
+    for k, pair in enumerate(interp_pairs(args)):
+        differ = sum(pair["ta"][a] != pair["tb"][a] for a in pair["ta"])
+        for vname in args.interp_variants:
+            kw = dict(INTERP_VARIANTS[vname])
+            if kw.get("path_guidance") == "inversion":
+                kw["path_guidance"] = pipe.defaults.guidance_scale
+            res = nrinv.interpolate(pipe, pair["a"], pair["b"], [pair["pa"], pair["pb"]], n=args.frames,
+                                    seed=args.seed, **kw)
+            reads = judge([np.asarray(im) for im in res.images])
+            middle = [float(conf >= 0.5 and read["color"] != read["background_color"]) for read, conf in reads[1:-1]]
+            # clean: valid, and every attribute is one of the two images' (no third scene: purple between blue
+            # and white, a brown blob)
+            clean = [v * float(all(read[a] in (pair["ta"][a], pair["tb"][a]) for a in read))
+                     for v, (read, _) in zip(middle, reads[1:-1])]
+            rows.append({"variant": vname, "group": pair["group"], "differ": differ, "middle_valid": middle,
+                         "middle_clean": clean,
+                         "ends": 0.5 * (reads[0][0] == pair["ta"]) + 0.5 * (reads[-1][0] == pair["tb"])})
+        print(f"  pair {k} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def interp_table(rows: list[dict]) -> str:
+    lines = ["| variant | images | pairs (attributes differing, mean) | middle frames valid | middle frames clean | "
+             "endpoints read as their scenes |", "|---" * 6 + "|"]
+    for key in sorted({(r["variant"], r["group"]) for r in rows}, key=lambda k: (list(INTERP_VARIANTS).index(k[0]), k[1])):
+        rs = [r for r in rows if (r["variant"], r["group"]) == key]
+        mids = [m for r in rs for m in r["middle_valid"]]
+        clean = [m for r in rs for m in r["middle_clean"]]
+        lines.append(f"| {key[0]} | {key[1]} | {len(rs)} ({np.mean([r['differ'] for r in rs]):.1f}) | "
+                     f"{sum(mids):.0f}/{len(mids)} | {sum(clean):.0f}/{len(clean)} | "
+                     f"{np.mean([r['ends'] for r in rs]):.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["edits", "seeds", "interp"])
@@ -210,12 +281,16 @@ def main(argv=None) -> int:
     p.add_argument("--renders", type=int, default=18, help="render edit items (a third per attribute)")
     p.add_argument("--variants", nargs="+", default=["global", "default"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pairs", type=int, default=4, help="interp: render pairs")
+    p.add_argument("--frames", type=int, default=5, help="interp: frames per pair (endpoints included)")
+    p.add_argument("--interp-variants", nargs="+", default=["before", "default"])
     p.add_argument("--attributes", nargs="+", default=None, help="edits: only these changed attributes")
     p.add_argument("--skip-large", action="store_true", help="leave out the 256x256 drawings")
-    p.add_argument("--concepts", type=int, default=6, help="seeds: render concepts")
+    p.add_argument("--concepts", type=int, default=4, help="seeds: render concepts")
     p.add_argument("--samples", type=int, default=4, help="seeds: samples per concept")
-    p.add_argument("--prompts", nargs="+", default=["object", "rare"], help="seeds: 'object' words or 'rare'")
-    p.add_argument("--spreads", nargs="+", default=["0.3", "default"], help="seeds: spreads to compare")
+    p.add_argument("--prompts", nargs="+", default=["object"],
+                   help="seeds: 'object' (its size, colour and shape words) and/or 'rare' ('an object')")
+    p.add_argument("--spreads", nargs="+", default=["0.3", "auto"], help="seeds: spreads to compare (0.3: before)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -227,6 +302,9 @@ def main(argv=None) -> int:
     elif args.what == "seeds":
         rows = run_seeds(pipe, args)
         table = seed_table(rows)
+    else:
+        rows = run_interp(pipe, args)
+        table = interp_table(rows)
     print(f"\n{args.what}, {args.model} ({time.perf_counter() - t0:.0f} s)\n\n{table}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -190,6 +190,15 @@ def cmd_interpolate(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- seed
+def _spread(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in [0, 1], got {text!r}") from None
+
+
 def cmd_seed(args) -> int:
     from ..workflows import common as checks
     from ..workflows import seed_from_images
@@ -277,8 +286,9 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--prompt", required=True, help="text describing the concept")
     p.add_argument("-n", type=int, default=4, help="number of samples (default: %(default)s)")
-    p.add_argument("--spread", type=float, default=DEFAULT_SEED_SPREAD,
-                   help="slerp weight toward fresh noise, in [0, 1] (default: %(default)s)")
+    p.add_argument("--spread", type=_spread, default=DEFAULT_SEED_SPREAD,
+                   help="slerp weight toward fresh noise, in [0, 1], or 'auto': chosen so the samples differ "
+                        "about as much as the examples do (default: %(default)s)")
     p.add_argument("--sample-guidance", type=float, default=None,
                    help="guidance of the generation (default: the model's edit default)")
     p.add_argument("--columns", type=int, default=4, help="grid columns")

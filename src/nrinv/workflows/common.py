@@ -24,9 +24,10 @@ __all__ = [
 
 #: encoding adjustment strength; None = off (on only where ``benchmarks/edit_eval.py`` measures a gain)
 DEFAULT_ENCODE_ADJUST: Optional[float] = None
-#: slerp weight toward fresh noise, chosen by measurement (``benchmarks/seed_spread.py``; figures in the README's
-#: rare-concept section): lower gives near copies of one sample, higher leaves the concept
-DEFAULT_SEED_SPREAD = 0.3
+#: the spread of seed_from_images: "auto" (issue 22 item 12) chooses it per call from the examples
+#: (``workflows/seeds.py``; ``benchmarks/own_images.py seeds``); a number is the slerp weight toward fresh noise
+#: (0.3 was the default, ``benchmarks/seed_spread.py``: lower gives near copies, higher leaves the concept)
+DEFAULT_SEED_SPREAD = "auto"
 _NOISE_SEED_OFFSET = 7_654_321  # decorrelates helper noises from the sampler's recorded noise of the same seed
 
 Prompts = Union[str, Sequence[str]]
@@ -67,8 +68,13 @@ def check_adjust(encode_adjust: Optional[float]) -> Optional[float]:
     return check_strength(encode_adjust, "encode_adjust")
 
 
-def check_spread(spread: float) -> float:
-    value = float(spread)
+def check_spread(spread: Any) -> Any:
+    if isinstance(spread, str) and spread == "auto":
+        return spread
+    try:
+        value = float(spread)
+    except (TypeError, ValueError):
+        raise InputError(f"spread must be 'auto' or a number in [0, 1], got {spread!r}") from None
     if not (0.0 <= value <= 1.0):
         raise InputError(f"spread must be in [0, 1], got {spread}")
     return value
