@@ -88,7 +88,9 @@ def render_edit_items(n: int) -> list[dict]:
 VARIANTS = {
     # what nrinv.edit does with nothing passed
     "default": {},
-    # the edit before issue 22 item 11: global for every attribute (no mask, the object not kept)
+    # the model's edit before issue 22 item 11 (the object not kept; builtin:shapes: a global edit,
+    # builtin:shapes-lcm: edit-friendly, strength 1, local mask 0.5 since issue 21)
+    "before": {"keep_object": False},
     "global": {"mask_threshold": None, "keep_object": False},
     "mask 0.3 (all edits)": {"mask_threshold": 0.3},
     "mask 0.5 (all edits)": {"mask_threshold": 0.5},
@@ -109,10 +111,12 @@ def run_edits(pipe, args) -> list[dict]:
         by_source.setdefault(it["key"], []).append(it)
     for key, group in by_source.items():
         src = group[0]
-        inv = nrinv.invert(pipe, src["source_image"], src["source_caption"], seed=args.seed)
+        # the inversion nrinv.edit makes (the model's edit method, e.g. edit-friendly on builtin:shapes-lcm)
+        inv = nrinv.invert(pipe, src["source_image"], src["source_caption"], seed=args.seed,
+                           method=pipe.defaults.edit_method)
         for vname, kw in variants.items():
             d = nrinv.edit_defaults(pipe)
-            kwargs = dict(strength=d["strength"], guidance_scale=d["guidance_scale"],
+            kwargs = dict(strength=d["strength"], edit_guidance_scale=d["edit_guidance_scale"],
                           guide_from_source=d["guide_from_source"], mask_threshold=d["mask_threshold"],
                           keep_object=d["keep_object"])
             kwargs.update(kw)
@@ -279,7 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="builtin:shapes")
     p.add_argument("--sets", nargs="+", default=["drawn", "renders"])
     p.add_argument("--renders", type=int, default=18, help="render edit items (a third per attribute)")
-    p.add_argument("--variants", nargs="+", default=["global", "default"])
+    p.add_argument("--variants", nargs="+", default=["before", "default"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=4, help="interp: render pairs")
     p.add_argument("--frames", type=int, default=5, help="interp: frames per pair (endpoints included)")

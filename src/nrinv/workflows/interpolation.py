@@ -134,7 +134,7 @@ def interpolate(
     weights = interpolation_weights(n)
     latents: list[Tensor] = []
     t0 = time.perf_counter()
-    path_g = float(edit_defaults(adapter)["guidance_scale"] if path_guidance is None else path_guidance)
+    path_g = float(edit_defaults(adapter)["edit_guidance_scale"] if path_guidance is None else path_guidance)
     for w in weights:
         z0 = slerp(inv_a.scheduler_latents, inv_b.scheduler_latents, w)
         ca, cb = cond_a, cond_b
