@@ -167,7 +167,8 @@ def seed_sets(args) -> list[dict]:
             pos, bg, bgc = _SEED_SCENES[c % 2]
             one = draw(Drawing(shape, color, size, pos, bg, bgc if bgc != color else "white"))
             sets.append({"group": "drawn 64x64 alike", "shape": shape, "color": color, "size": size,
-                         "examples": [one, np.roll(one, 2, 1), np.roll(one, -2, 0)]})
+                         "examples": [one, np.roll(one, 2, 1), np.roll(one, -2, 0)],
+                         "caption": Drawing(shape, color, size, pos, bg, bgc if bgc != color else "white").caption()})
     if "renders" in args.sets:
         for c in range(args.concepts):
             base, ex = concept_examples(c)
@@ -180,7 +181,10 @@ def run_seeds(pipe, args) -> list[dict]:
     rows = []
     for c, s in enumerate(seed_sets(args)):
         for prompt_kind in args.prompts:
-            prompt = "an object" if prompt_kind == "rare" else f"a {s['size']} {s['color']} {s['shape']}"
+            if prompt_kind == "caption" and "caption" not in s:
+                continue
+            prompt = "an object" if prompt_kind == "rare" else s["caption"] if prompt_kind == "caption" \
+                else f"a {s['size']} {s['color']} {s['shape']}"
             for spread in args.spreads:
                 kw = {"spread": float(spread) if spread[0].isdigit() else spread}
                 res = nrinv.seed_from_images(pipe, s["examples"], prompt, n_samples=args.samples, seed=c, **kw)
@@ -293,12 +297,14 @@ def main(argv=None) -> int:
     p.add_argument("--concepts", type=int, default=4, help="seeds: render concepts")
     p.add_argument("--samples", type=int, default=4, help="seeds: samples per concept")
     p.add_argument("--prompts", nargs="+", default=["object"],
-                   help="seeds: 'object' (its size, colour and shape words) and/or 'rare' ('an object')")
+                   help="seeds: 'object' (its size, colour and shape words), 'caption' (the full caption; alike "
+                   "examples only) and/or 'rare' ('an object')")
     p.add_argument("--spreads", nargs="+", default=["0.3", "auto"], help="seeds: spreads to compare (0.3: before)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    pipe = nrinv.adapter_for(nrinv.load_pipeline(args.model, device="cpu"))
+    from nrinv.core import adapter_for
+    pipe = adapter_for(nrinv.load_pipeline(args.model, device="cpu"))
     t0 = time.perf_counter()
     if args.what == "edits":
         rows = run_edits(pipe, args)
