@@ -233,3 +233,24 @@ def test_the_overhead_ratio_cannot_fall_below_one_under_load():
     walls = [0.36, 0.35, 0.34]  # 10 calls of >= 0.03 s plus the solver's own work
     assert 0.35 / (10 * sorted(calls)[1]) == pytest.approx(0.583, abs=1e-3)  # the old median-based ratio
     assert overhead_ratio(walls, 10, min(calls)) == pytest.approx(0.34 / 0.30)
+
+
+def test_bench_peak_memory_on_cuda_counts_reserved_memory(monkeypatch):
+    """A captured CUDA graph's private pool is reserved but not allocated (pytorch#121932): the bench's
+    peak must be reserved-memory growth.  The CUDA counters are faked: 100 MB reserved at the start,
+    a block that reserves 700 MB at its peak of which only 40 MB is ever allocated."""
+    import torch
+
+    from nrinv.bench.measure import PeakMemory
+
+    mb = 2 ** 20
+    counters = {"reserved": 100 * mb, "max_reserved": 100 * mb, "allocated": 10 * mb, "max_allocated": 10 * mb}
+    for name, fn in {"synchronize": lambda *a: None, "reset_peak_memory_stats": lambda *a: None,
+                     "memory_reserved": lambda *a: counters["reserved"],
+                     "max_memory_reserved": lambda *a: counters["max_reserved"],
+                     "memory_allocated": lambda *a: counters["allocated"],
+                     "max_memory_allocated": lambda *a: counters["max_allocated"]}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    with PeakMemory(torch.device("cuda")) as mem:
+        counters.update(max_reserved=800 * mb, max_allocated=50 * mb)
+    assert mem.peak_mb == 700.0

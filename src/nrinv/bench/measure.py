@@ -15,7 +15,9 @@ __all__ = ["PeakMemory", "sync", "machine_info"]
 
 
 class PeakMemory:
-    """Peak memory growth in MB during a block: CUDA max allocated, else sampled resident set."""
+    """Peak memory growth in MB during a block: on CUDA the caching allocator's peak *reserved* memory
+    (``max_memory_allocated`` misses the private pools of captured CUDA graphs), else the sampled
+    resident set."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -25,7 +27,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
+            self.base = torch.cuda.memory_reserved(self.device)
             return self
         import psutil
 
@@ -46,7 +48,7 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+            self.peak_mb = (torch.cuda.max_memory_reserved(self.device) - self.base) / 2**20
         else:
             self.running = False
             self.thread.join()

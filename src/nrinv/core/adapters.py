@@ -119,9 +119,11 @@ def _state_of(pipe: Any) -> _PipeState:
         state = _PipeState()
         key = id(pipe)
 
-        def forget(ref: weakref.ref) -> None:
-            if _STATES.get(key, (None,))[0] is ref:
-                _STATES.pop(key, None)
+        # the dict is bound here: at interpreter exit module globals may already be None when a
+        # pipeline's weak reference fires
+        def forget(ref: weakref.ref, states: dict = _STATES) -> None:
+            if states.get(key, (None,))[0] is ref:
+                states.pop(key, None)
         try:
             _STATES[key] = (weakref.ref(pipe, forget), state)
         except TypeError:  # an object without weak references: its adapters keep their own state
