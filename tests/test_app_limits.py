@@ -135,3 +135,44 @@ def test_the_inversion_line_reports_the_vae_ceiling(app, tmp_path):
     _, info, _ = app.invert(str(tmp_path / "striped.png"), "builtin:shapes", "float32", "ddim",
                             "a yellow circle on a striped background", 2, 0, 0, {})
     assert "(VAE ceiling 8.6 dB); note: the model's VAE alone reproduces this image at 8.6 dB" in info
+
+
+def test_the_edit_tab_inverts_and_edits_with_the_models_own_edit_settings(app, tmp_path):
+    """The app inverted with the dropdown's solver and regenerated without the model's mask: on
+    builtin:shapes-lcm (edit method edit-friendly, strength 1, mask 0.5) that was a full-strength
+    re-generation from a solved inversion.  With "model default" it follows the registry as
+    ``nrinv.edit`` does: an edit-friendly inversion (exact: the reconstruction is the VAE's own) and
+    edits with the model's mask."""
+    import numpy as np
+
+    from nrinv import shapes
+    from nrinv.app import MODEL_DEFAULT
+    from nrinv.core.defaults import MODEL_KINDS
+
+    lcm = {kind: d for kind, _, d in MODEL_KINDS}["shapes-lcm"]
+    assert lcm.edit_method == "edit_friendly" and lcm.mask_threshold is not None  # else this shows nothing
+    scene = shapes.sample_scene(3)
+    path = tmp_path / "scene.png"
+    Image.fromarray(shapes.render(scene, seed=0)).save(path)
+    prompt = scene.caption()
+    recon, info, state = app.invert(str(path), "builtin:shapes-lcm", "float32", MODEL_DEFAULT, prompt, 0, 0, 0, {})
+    result = state["result"]
+    assert result.settings["method"] == "edit_friendly" and result.nfe == lcm.num_inference_steps
+    assert state["mask_threshold"] == lcm.mask_threshold and state["keep_object"] == lcm.keep_object
+    assert "network calls" in info
+    # exact by construction: the reconstruction equals the VAE's decoding of the encoded image
+    import torch
+
+    from nrinv.io.images import to_tensor
+
+    adapter = app.pipe("builtin:shapes-lcm", "float32")
+    with torch.no_grad():
+        ceiling = adapter.decode(result.encoded, (64, 64)).float().clamp(0, 1)
+    rec = to_tensor(recon.resize((64, 64), Image.NEAREST)).float()  # shown enlarged, nearest-neighbour
+    assert float((rec - ceiling).abs().max()) < 2.5 / 255
+    edited, _, edit_info = app.edit(prompt, lcm.edit_strength, lcm.edit_guidance, state)
+    # the source prompt with the same noises gives the image back
+    assert np.abs(np.asarray(edited, dtype=float) - np.asarray(recon, dtype=float)).max() <= 3, edit_info
+    # a solver picked by name still runs that solver
+    _, _, state = app.invert(str(path), "builtin:shapes-lcm", "float32", "anderson", prompt, 0, 0, 0, {})
+    assert state["result"].settings["method"] == "anderson"

@@ -36,6 +36,8 @@ DEFAULT_MAX_UPLOAD_MB = 20
 logger = logging.getLogger("nrinv.app")
 #: the concurrency group of every handler that runs a model (one worker for all of them)
 MODEL_WORK = "model"
+#: the method dropdown's first choice: the selected model's own (its edit method in the Edit tab)
+MODEL_DEFAULT = "model default"
 
 
 @dataclass(frozen=True)
@@ -171,11 +173,7 @@ class EditorApp:
                        pixels: Optional[int] = None) -> tuple[Optional[int], Optional[int], int]:
         """Steps, iterations and seed checked against the limits; the request's network calls and its
         estimated time (with ``cost``, at ``pixels``) bounded."""
-        from .core.solvers import SOLVERS
-
         lim = self.limits
-        if method not in SOLVERS:
-            raise InputError("pick an inversion method from the list")
         try:
             steps_i, its_i, seed_i = int(steps or 0), int(iterations or 0), int(seed or 0)
         except (TypeError, ValueError, OverflowError):
@@ -186,17 +184,17 @@ class EditorApp:
             raise InputError(f"iterations per step must be between 1 and {lim.max_iterations}")
         if not 0 <= seed_i < 2 ** 32:
             raise InputError("the seed must be a whole number between 0 and 4294967295")
-        solver = SOLVERS[method]
         n_steps = steps_i or pipe.defaults.num_inference_steps
-        n_its = (its_i or pipe.defaults.max_iterations) if solver.iterates else 1
-        solve_calls = inversions * n_steps * n_its * solver.calls_per_iteration()
+        iterates, per_iteration, needs_grad = _method_facts(method)
+        n_its = (its_i or pipe.defaults.max_iterations) if iterates else 1
+        solve_calls = inversions * n_steps * n_its * per_iteration
         plain_calls = inversions * n_steps + frames * n_steps  # reconstruction / regeneration
         nfe = solve_calls + plain_calls
         if nfe > lim.max_nfe:
             raise InputError(f"that request needs about {nfe} network calls, more than the {lim.max_nfe} allowed "
                              "here; use fewer steps or iterations")
         if cost is not None:
-            seconds = estimate_seconds(cost, solver.needs_grad, solve_calls, plain_calls, pixels)
+            seconds = estimate_seconds(cost, needs_grad, solve_calls, plain_calls, pixels)
             if seconds > lim.max_seconds:
                 # half precision is 4-10x slower than float32 on a CPU (and faster on a GPU)
                 on_cpu = getattr(getattr(pipe, "device", None), "type", "") == "cpu"
@@ -204,8 +202,8 @@ class EditorApp:
                 faster = " or float32" if on_cpu and half else ""
                 raise InputError(f"that request would take about {seconds:.0f} s here, more than the "
                                  f"{lim.max_seconds:g} s one request may take; use fewer steps or iterations"
-                                 f"{', another method' if solver.needs_grad else ''}{faster}")
-        return steps_i or None, (its_i or None) if solver.iterates else None, seed_i
+                                 f"{', another method' if needs_grad else ''}{faster}")
+        return steps_i or None, (its_i or None) if iterates else None, seed_i
 
     # -- handlers (each returns UI values; errors become one friendly line) -----------------------
     def _guarded(self, name: str, fn: Callable) -> Callable:
@@ -247,6 +245,7 @@ class EditorApp:
         if not source_prompt or not source_prompt.strip():
             raise InputError("type a source prompt that describes the image")
         pipe = self.pipe(model, dtype)
+        method = _resolve_method(pipe, method, editing=True)
         img, _ = self._image(path)
         img, notes = self._fit(pipe, img)
         cost = self.cost(model, dtype)
@@ -254,7 +253,7 @@ class EditorApp:
                                                       pixels=img.width * img.height)
         result = invert(pipe, img, source_prompt, method=method, num_inference_steps=steps, max_iterations=iterations,
                         seed=seed)
-        cost.observe(_needs_grad(method), result.wall_time * cost.pixels / (img.width * img.height), result.nfe)
+        cost.observe(_method_facts(method)[2], result.wall_time * cost.pixels / (img.width * img.height), result.nfe)
         rec = reconstruct(pipe, result, output_type="pt").images[0]
         quality = image_psnr(rec[None], to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
@@ -266,7 +265,9 @@ class EditorApp:
             notes = notes + [low]
         if notes:
             info += "; note: " + "; ".join(notes)
-        state = {"result": result, "source": img, "guide_from_source": edit_defaults(pipe)["guide_from_source"]}
+        edit = edit_defaults(pipe)  # the model's edit settings beside its sliders' (strength, guidance)
+        state = {"result": result, "source": img, "guide_from_source": edit["guide_from_source"],
+                 "mask_threshold": edit["mask_threshold"], "keep_object": edit["keep_object"]}
         return _display(to_pil(rec)), info, state
 
     def edit(self, target_prompt, strength, guidance, state):
@@ -280,7 +281,9 @@ class EditorApp:
         t0 = time.perf_counter()
         _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
                                edit_guidance_scale=check_guidance(guidance, "guidance"),
-                               guide_from_source=state.get("guide_from_source", False), output_type="pil")
+                               guide_from_source=state.get("guide_from_source", False),
+                               mask_threshold=state.get("mask_threshold"), keep_object=state.get("keep_object", False),
+                               output_type="pil")
         seconds = time.perf_counter() - t0
         edited = images[0]
         return _display(edited), (_display(state["source"]), _display(edited)), \
@@ -295,6 +298,7 @@ class EditorApp:
         if not 1 <= frames <= self.limits.max_frames:
             raise InputError(f"frames must be between 1 and {self.limits.max_frames}")
         pipe = self.pipe(model, dtype)
+        method = _resolve_method(pipe, method, editing=False)
         a, _ = self._image(path_a)
         b, _ = self._image(path_b)
         (a, _), (b, _) = self._fit(pipe, a), self._fit(pipe, b)
@@ -334,10 +338,7 @@ class EditorApp:
     def build(self):
         import gradio as gr
 
-        from .core.defaults import ModelDefaults
-        from .core.solvers import SOLVERS
-
-        methods = list(SOLVERS)
+        methods = [MODEL_DEFAULT] + list(_methods())
         start = self.pipe(self.default_model).defaults  # the sliders start at the default model's edit settings
         lim = self.limits
         g = self._guarded
@@ -355,7 +356,7 @@ class EditorApp:
                                     allow_custom_value=True)
                 dtype = gr.Dropdown(list(DTYPE_CHOICES), value=self.dtype if self.dtype in DTYPE_CHOICES else "auto",
                                     label="precision", elem_id="dtype", allow_custom_value=True)
-                method = gr.Dropdown(methods, value=ModelDefaults.method, label="inversion method",
+                method = gr.Dropdown(methods, value=MODEL_DEFAULT, label="inversion method",
                                      allow_custom_value=True)
                 steps = gr.Number(0, label=f"steps (0 = model default, at most {lim.max_steps})", precision=0)
                 iterations = gr.Number(0, label=f"iterations per step (0 = default, at most {lim.max_iterations})",
@@ -514,10 +515,34 @@ def fit_to_model(img, multiple: int, native: tuple[int, int], max_area_ratio: fl
     return img, notes
 
 
-def _needs_grad(method: str) -> bool:
+def _methods() -> dict:
+    """Every inversion method by name: the solvers and the trajectory methods (edit-friendly)."""
+    from .core.edit_friendly import TRAJECTORY_METHODS
     from .core.solvers import SOLVERS
 
-    return SOLVERS[method].needs_grad
+    return {**SOLVERS, **TRAJECTORY_METHODS}
+
+
+def _resolve_method(pipe: Any, method: Any, editing: bool) -> str:
+    """The method a request runs: the dropdown's name, or for ``MODEL_DEFAULT`` the model's own (in the
+    Edit tab its ``edit_method`` where the registry gives one, as ``nrinv.edit`` does)."""
+    if method in (None, "", MODEL_DEFAULT):
+        defaults = pipe.defaults
+        return (defaults.edit_method if editing else None) or defaults.method
+    if method not in _methods():
+        raise InputError("pick an inversion method from the list")
+    return method
+
+
+def _method_facts(method: str) -> tuple[bool, int, bool]:
+    """(iterates, network calls per iteration, needs a backward pass) of a method; a trajectory method
+    (edit-friendly, on its forward trajectory) costs one call per step."""
+    from .core.solvers import SOLVERS
+
+    if method not in SOLVERS:
+        return False, 1, False
+    spec = SOLVERS[method]
+    return spec.iterates, spec.calls_per_iteration(), spec.needs_grad
 
 
 def estimate_seconds(cost: CallCost, needs_grad: bool, solve_calls: int, plain_calls: int,
