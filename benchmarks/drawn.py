@@ -44,7 +44,7 @@ class Drawing:
         return {"shape": self.shape, "color": self.color, "size": self.size, "position": self.position,
                 "background": self.background, "background_color": self.background_color}
 
-    def replace(self, **kw) -> "Drawing":
+    def replace(self, **kw) -> Drawing:
         return replace(self, **kw)
 
 

@@ -209,7 +209,8 @@ def seed_table(rows: list[dict]) -> str:
     for key in sorted({(r["spread"], r["group"], r["prompt"]) for r in rows}):
         rs = [r for r in rows if (r["spread"], r["group"], r["prompt"]) == key]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(rs)} x {rs[0]['samples']} | "
-                     f"{np.mean([r['variety'] for r in rs]):.2f} | {np.mean([r['examples_variety'] for r in rs]):.1f} | "
+                     f"{np.mean([r['variety'] for r in rs]):.2f} | "
+                     f"{np.mean([r['examples_variety'] for r in rs]):.1f} | "
                      f"{np.mean([float(r['used_spread']) for r in rs]):.2f} | "
                      f"{sum(r['fidelity'] * r['samples'] for r in rs):.0f}/{sum(r['samples'] for r in rs)} |")
     return "\n".join(lines)
@@ -271,7 +272,8 @@ def run_interp(pipe, args) -> list[dict]:
 def interp_table(rows: list[dict]) -> str:
     lines = ["| variant | images | pairs (attributes differing, mean) | middle frames valid | middle frames clean | "
              "endpoints read as their scenes |", "|---" * 6 + "|"]
-    for key in sorted({(r["variant"], r["group"]) for r in rows}, key=lambda k: (list(INTERP_VARIANTS).index(k[0]), k[1])):
+    order = list(INTERP_VARIANTS)
+    for key in sorted({(r["variant"], r["group"]) for r in rows}, key=lambda k: (order.index(k[0]), k[1])):
         rs = [r for r in rows if (r["variant"], r["group"]) == key]
         mids = [m for r in rs for m in r["middle_valid"]]
         clean = [m for r in rs for m in r["middle_clean"]]

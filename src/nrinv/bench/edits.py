@@ -24,8 +24,8 @@ from ..metrics import as_numpy
 __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_table"]
 
 EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method", "iterations", "steps", "strength",
-                "guidance", "guide_from_source", "mask_threshold", "keep_object", "nfe", "target", "preserved", "all_kept",
-                "psnr_target", "preservation", "lpips_target", "clip_target", "wall_s"]
+                "guidance", "guide_from_source", "mask_threshold", "keep_object", "nfe", "target", "preserved",
+                "all_kept", "psnr_target", "preservation", "lpips_target", "clip_target", "wall_s"]
 
 
 def _flag(value: Any) -> bool:
@@ -118,7 +118,8 @@ def run_edit_bench(
             "item": i, "changed": item["changed"], "source_caption": item["source_caption"],
             "target_caption": item["target_caption"], "method": method, "iterations": its, "steps": steps,
             "strength": strength, "guidance": target_guidance, "guide_from_source": contrast,
-            "mask_threshold": "" if threshold is None else threshold, "keep_object": keep, "nfe": inv.nfe, "target": scores["target"],
+            "mask_threshold": "" if threshold is None else threshold, "keep_object": keep, "nfe": inv.nfe,
+            "target": scores["target"],
             "preserved": scores["preserved"], "all_kept": scores["all_kept"], "psnr_target": round(scores["psnr"], 3),
             "preservation": round(scores["preservation"], 3), "lpips_target": extra["lpips"],
             "clip_target": extra["clip_score"], "wall_s": round(wall, 4),

@@ -17,8 +17,8 @@ from ..core.schedulers import seeded_generator
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
-from .common import (_NOISE_SEED_OFFSET, DEFAULT_SEED_SPREAD, check_count, check_prompt, check_spread, check_steps, edit_defaults,
-                     encode_pixels, helper_generator, noise_like, slerp)
+from .common import (_NOISE_SEED_OFFSET, DEFAULT_SEED_SPREAD, check_count, check_prompt, check_spread, check_steps,
+                     edit_defaults, encode_pixels, helper_generator, noise_like, slerp)
 
 __all__ = ["SeedResult", "seed_from_images", "typical_noise_norm"]
 
