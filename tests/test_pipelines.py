@@ -21,8 +21,9 @@ def _stock(pipe, kind, latents, steps, guidance, seed):
     # the tiny Flux's T5 tokenizer is limited to 16 tokens, and the adapter (like a user should) keeps to
     # it; the tiny SD3 has no T5, so both use the stock default
     extra = {"max_sequence_length": 16} if kind == "flux" else {}
-    return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, latents=latents, height=32, width=32,
-                generator=torch.Generator().manual_seed(seed), output_type="latent", **extra).images
+    out = pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, latents=latents, height=32, width=32,
+               generator=torch.Generator().manual_seed(seed), output_type="latent", **extra)
+    return out.frames if hasattr(out, "frames") else out.images  # a video pipeline (Wan) returns frames
 
 
 def _error(pipe, kind, image, method, iterations=None, seed=3, guidance=None):

@@ -101,6 +101,8 @@ class _PipeState:
     conditionings: dict = field(default_factory=dict)
     schedules: dict = field(default_factory=dict)
     graphs: Optional[GraphedNetwork] = None
+    #: a video pipeline's clip length (frames), set by the last clip encoded (``WanAdapter.encode``)
+    frames: Optional[int] = None
 
 
 #: id(pipeline) -> (weak reference to it, its state).  The state holds nothing of the pipeline or its
@@ -153,6 +155,8 @@ class Adapter:
     half_dtype: torch.dtype = torch.float16
     #: latent side of the native size when the denoiser's config has no ``sample_size``
     default_sample_size = 64
+    #: whether the family's "images" are the frames of a clip (a video model)
+    video = False
 
     @classmethod
     def patch(cls, network_config: Any) -> int:
@@ -315,7 +319,7 @@ class Adapter:
         noise_key = (generator.device.type, bytes(generator.get_state().cpu().numpy())) if generator is not None \
             else seed
         key = (num_inference_steps, tuple(size), noise_key, _scheduler_key(self.pipe.scheduler), str(self.dtype),
-               str(self.device))
+               str(self.device), self.latent_shape(*size))  # the shape: a video's frame count too
         if key not in self._schedules:
             try:
                 scheduler = self.prepare_scheduler(num_inference_steps, *size)
@@ -656,9 +660,124 @@ class FluxAdapter(StableDiffusion3Adapter):
         return self.network(hidden_states=x, timestep=timestep, return_dict=False, **kw, **shared)[0]
 
 
+class WanAdapter(StableDiffusion3Adapter):
+    """WanPipeline (Wan 2.1 text-to-video): 5-D latents (B, C, F, H, W), frames in time compressed by the
+    VAE (``4k + 1`` frames -> ``k + 1`` latent frames), normalised per channel with the VAE's
+    ``latents_mean``/``latents_std``; timesteps as the scheduler sets them (flow-match UniPC by default);
+    T5 prompts padded to the stock pipeline's ``max_sequence_length`` of 512.
+
+    Images here are the frames of one clip, ``(F, 3, H, W)``: ``encode`` takes a clip and ``decode``
+    returns its frames.  The clip length is the pipeline's last encoded clip (``latent_shape`` needs it).
+    """
+
+    family = "wan"
+    pipelines = ("WanPipeline",)
+    video = True
+    #: the stock pipeline's default T5 length; prompts are padded to it, as ``pipe(prompt)`` pads them
+    max_sequence_length = 512
+
+    def __init__(self, pipe, defaults=None, *, cuda_graphs=None):
+        super().__init__(pipe, defaults, cuda_graphs=cuda_graphs)
+        config = getattr(pipe, "config", {})
+        if getattr(pipe, "transformer_2", None) is not None or config.get("boundary_ratio") is not None:
+            raise InputError("two-transformer Wan pipelines (Wan 2.2 A14B, boundary_ratio) are not supported; "
+                             "use a single-transformer WanPipeline (Wan 2.1)")
+        if config.get("expand_timesteps"):
+            raise InputError("Wan pipelines with expand_timesteps (Wan 2.2 TI2V) are not supported; use Wan 2.1")
+
+    @classmethod
+    def patch(cls, network_config):
+        patch = network_config.get("patch_size", (1, 2, 2))
+        return int(patch[-1])
+
+    @classmethod
+    def geometry(cls, vae_config, network_config, sample_size=None):
+        return int(vae_config.get("scale_factor_spatial", 8)) * cls.patch(network_config), 480
+
+    def default_size(self):
+        if self.defaults.height and self.defaults.width:
+            return self.defaults.height, self.defaults.width
+        return 480, 832  # WanPipeline's default height and width
+
+    @property
+    def vae_scale_factor(self):
+        return int(self.pipe.vae_scale_factor_spatial)
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(self.pipe.vae_scale_factor_temporal)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames of the clip being inverted (the last one encoded; WanPipeline's default 81 before any)."""
+        return self._state.frames or 81
+
+    @num_frames.setter
+    def num_frames(self, frames: int) -> None:
+        self.check_frames(frames)
+        self._state.frames = int(frames)
+
+    def check_frames(self, frames: int) -> None:
+        k = self.temporal_factor
+        if frames < 1 or (frames - 1) % k:
+            near = max(1, round((frames - 1) / k)) * k + 1
+            raise InputError(f"a clip of {frames} frames cannot go through this model: it takes {k}k+1 frames; "
+                             f"drop or repeat frames, e.g. to {near}")
+
+    def latent_shape(self, height, width, batch=1):
+        f = self.vae_scale_factor
+        frames = (self.num_frames - 1) // self.temporal_factor + 1
+        return (batch, self.network.config.in_channels, frames, height // f, width // f)
+
+    def prepare_scheduler(self, num_inference_steps, height, width):
+        return Adapter.prepare_scheduler(self, num_inference_steps, height, width)  # set_timesteps(n), as WanPipeline
+
+    def _latents_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.pipe.vae.config
+        as_t = lambda v: torch.tensor(v, dtype=torch.float32, device="cpu").view(1, -1, 1, 1, 1).to(like.device)
+        return as_t(cfg.latents_mean), as_t(cfg.latents_std)
+
+    def _vae_scale(self, latent):
+        mean, std = self._latents_stats(latent)
+        return (latent - mean) / std
+
+    def _vae_unscale(self, z):
+        mean, std = self._latents_stats(z)
+        return z * std + mean
+
+    def encode(self, images):
+        """The frames of one clip (F, 3, H, W) in [0, 1] -> its latent (1, C, f, h, w), float32."""
+        self.num_frames = int(images.shape[0])
+        vae = self.pipe.vae
+        with self.lock, self._vae_precision() as dtype:
+            x = images.to(device=self._vae_device(), dtype=dtype) * 2 - 1
+            latent = vae.encode(x.permute(1, 0, 2, 3)[None]).latent_dist.mode()
+        return self._vae_scale(latent.float())
+
+    def decode(self, z, size):
+        """A clip latent (1, C, f, h, w) -> its frames (F, 3, H, W) in [0, 1], float32."""
+        vae = self.pipe.vae
+        with self.lock, self._vae_precision() as dtype:
+            x = vae.decode(self._vae_unscale(z.float()).to(device=self._vae_device(), dtype=dtype),
+                           return_dict=False)[0]
+        return ((x[0].float().permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1)
+
+    def _embed(self, prompt, negative_prompt, guidance_scale, size):
+        cfg = guidance_scale > 1
+        pos, neg = self.pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt,
+                                           do_classifier_free_guidance=cfg, num_videos_per_prompt=1,
+                                           max_sequence_length=self.max_sequence_length, device=self.device)
+        cond = {"encoder_hidden_states": pos.to(self.dtype)}
+        uncond = {"encoder_hidden_states": neg.to(self.dtype)} if cfg else {}
+        return Conditioning(guidance_scale, cfg, cond, uncond, prompt=prompt, negative_prompt=negative_prompt)
+
+    def _forward(self, x, t, kw, shared):
+        return self.network(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **kw)[0]
+
+
 #: the model families, one adapter class each (its pipelines, precision and geometry on the class)
 FAMILIES: tuple[type[Adapter], ...] = (StableDiffusionAdapter, StableDiffusionXLAdapter, LatentConsistencyAdapter,
-                                       StableDiffusion3Adapter, FluxAdapter)
+                                       StableDiffusion3Adapter, FluxAdapter, WanAdapter)
 SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {name: cls for cls in FAMILIES for name in cls.pipelines}
 
 

@@ -125,6 +125,8 @@ MODEL_KINDS: list[tuple[str, Callable[[Any], bool], ModelDefaults]] = [
     ("flux-schnell", lambda p: _flux(p, False), ModelDefaults("flux-schnell", 4, 0.0)),
     ("flux-dev", lambda p: _flux(p, True), ModelDefaults("flux-dev", 28, 3.5)),
     ("sd3", lambda p: "StableDiffusion3Pipeline" in _classes(p), ModelDefaults("sd3", 28, 1.0)),
+    # Wan 2.1 text-to-video: WanPipeline's 50 steps (flow-match UniPC) and its 480x832 frames
+    ("wan", lambda p: "WanPipeline" in _classes(p), ModelDefaults("wan", 50, 1.0, height=480, width=832)),
     ("sdxl", lambda p: "StableDiffusionXLPipeline" in _classes(p), ModelDefaults("sdxl", 50, 1.0)),
     ("sd", lambda p: True, ModelDefaults("sd", 50, 1.0)),
 ]

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 __all__ = ["tiny_pipeline", "TINY_KINDS", "TinyCase", "TINY_CASES", "clip_tokenizer", "t5_tokenizer",
-           "calibrate_vae", "tiny_clip_folder", "tiny_lpips_folder"]
+           "calibrate_vae", "tiny_clip", "WAN_FRAMES", "tiny_clip_folder", "tiny_lpips_folder"]
 
-TINY_KINDS = ("sd", "sd_v", "sdxl", "lcm", "sd3", "sd35", "flux")
+TINY_KINDS = ("sd", "sd_v", "sdxl", "lcm", "sd3", "sd35", "flux", "wan")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ TINY_CASES = {
     "lcm": TinyCase(4, 8.5, 4, 4.0, "LCM multistep with w-embedding"),
     "sd3": TinyCase(8, 1.0, 4, 1.0, "flow matching"),
     "flux": TinyCase(4, 0.0, 4, 0.0, "flow matching, packed latents, shifted sigmas"),
+    "wan": TinyCase(8, 1.0, 4, 1.0, "video (1-frame clips here): flow-match UniPC, 5-D latents"),
 }
 
 
@@ -232,6 +233,8 @@ def tiny_pipeline(kind: str = "sd", *, smooth: Optional[float] = 0.2, seed: int 
             tokenizer_2=clip_tokenizer(), text_encoder_3=None, tokenizer_3=None)
         if smooth is not None:
             transformer.smooth(smooth)
+    elif kind == "wan":
+        return _tiny_wan(smooth, seed)
     else:  # flux
         base = diffusers.FluxTransformer2DModel
         cls = _smooth_transformer(base, 1.0) if smooth is not None else base
@@ -263,6 +266,60 @@ def tiny_pipeline(kind: str = "sd", *, smooth: Optional[float] = 0.2, seed: int 
         if isinstance(component, torch.nn.Module):
             component.eval()  # built from configs, not from_pretrained: switch off dropout (T5 has 0.1)
     calibrate_vae(pipe.vae, 32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+#: frames of the tiny Wan's test clips (4k + 1: the VAE compresses time by 4)
+WAN_FRAMES = 5
+
+
+def tiny_clip(frames: int = WAN_FRAMES, size: int = 32) -> list:
+    """A short test clip: the astronaut panning right by 2 pixels a frame (PIL frames)."""
+    from PIL import Image
+    from skimage import data
+
+    img = Image.fromarray(data.astronaut()).resize((size + 2 * frames, size + 2 * frames))
+    return [img.crop((2 * i, frames, 2 * i + size, frames + size)) for i in range(frames)]
+
+
+def _tiny_wan(smooth: Optional[float], seed: int) -> Any:
+    """WanPipeline (Wan 2.1 text-to-video) with its default flow-match UniPC scheduler (flow_shift 3, as
+    Wan 2.1 480p ships it); a 3-D VAE with 8x spatial / 4x temporal compression and 4 latent channels,
+    normalised per channel (``latents_mean``/``latents_std`` calibrated on the test clip); a small UMT5."""
+    import diffusers
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    base = diffusers.WanTransformer3DModel
+    cls = _smooth_transformer(base, 1000.0) if smooth is not None else base
+    transformer = cls(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                      out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+                      qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    vae = diffusers.AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                                     latents_std=[1.0] * 4)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=32, d_kv=8, d_ff=37, num_layers=1,
+                                               num_heads=4, relative_attention_num_buckets=8))
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=3.0)
+    pipe = diffusers.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=text_encoder, transformer=transformer,
+                                 vae=vae, scheduler=scheduler)
+    if smooth is not None:
+        transformer.smooth(smooth)
+    else:
+        with torch.no_grad():
+            transformer.proj_out.weight.mul_(0.05)
+            transformer.proj_out.bias.mul_(0.05)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    clip = torch.stack([torch.from_numpy(np.asarray(f, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+                        for f in tiny_clip()], dim=1)[None]
+    with torch.no_grad():
+        lat = vae.encode(clip).latent_dist.mode()
+    vae.register_to_config(latents_mean=[float(v) for v in lat.mean((0, 2, 3, 4))],
+                           latents_std=[float(v) for v in lat.std((0, 2, 3, 4))])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
