@@ -88,8 +88,8 @@ def render_edit_items(n: int) -> list[dict]:
 VARIANTS = {
     # what nrinv.edit does with nothing passed
     "default": {},
-    # the model's edit before issue 22 item 11 (the object not kept; builtin:shapes: a global edit,
-    # builtin:shapes-lcm: edit-friendly, strength 1, local mask 0.5 since issue 21)
+    # the model's edit before keep_object (the object not kept; builtin:shapes: a global edit,
+    # builtin:shapes-lcm: edit-friendly, strength 1, local mask 0.5)
     "before": {"keep_object": False},
     "global": {"mask_threshold": None, "keep_object": False},
     "mask 0.3 (all edits)": {"mask_threshold": 0.3},
@@ -240,7 +240,7 @@ def interp_pairs(args) -> list[dict]:
 
 
 INTERP_VARIANTS = {
-    # before issue 22 item 13: lerp the prompt embeddings, the inversion's guidance along the path
+    # before mix='outputs': lerp the prompt embeddings, the inversion's guidance along the path
     "before": {"mix": "embeddings", "path_guidance": "inversion"},
     "default": {},
 }

@@ -490,7 +490,7 @@ def _drawn_triangle():
 @builtin
 @pytest.mark.parametrize("model", ["builtin:shapes", "builtin:shapes-lcm"])
 def test_builtin_background_edit_keeps_the_object(model):
-    """Issue 22 item 11: with the defaults a background edit kept neither the triangle's colour nor its place
+    """With the old defaults a background edit kept neither the triangle's colour nor its place
     (object-region PSNR 18.5 dB on builtin:shapes); now its pixels are the reconstruction's."""
     from nrinv.shapes import judge
     from nrinv.shapes.editeval import region_psnr
@@ -523,7 +523,7 @@ def test_object_pixels_and_otsu():
 
 @builtin
 def test_builtin_seed_spread_follows_the_examples():
-    """Issue 22 item 12: three alike examples (one drawing) and a prompt describing it gave near copies at
+    """Three alike examples (one drawing) and a prompt describing it gave near copies at
     the fixed spread 0.3 (mean pairwise difference 1.23/255 on the 4-step model); "auto" (the default)
     raises the variety to the target (at least 4/255)."""
     import itertools
@@ -547,7 +547,7 @@ def test_builtin_seed_spread_follows_the_examples():
 
 def test_interpolation_mix_checks_and_equal_prompts(tiny, astronaut32):
     """Mixing the model outputs of one prompt with itself is sampling with that prompt: the frames equal
-    the embedding lerp's (issue 22 item 13 changed the default mix to the model outputs)."""
+    the embedding lerp's (the default mix is now the model outputs')."""
     pipe = tiny("sd")
     kw = dict(n=3, num_inference_steps=2, method="ddim", output_type="latent", progress=False, path_guidance=1.0,
               guidance_scale=1.0)

@@ -24,7 +24,7 @@ __all__ = [
 
 #: encoding adjustment strength; None = off (on only where ``benchmarks/edit_eval.py`` measures a gain)
 DEFAULT_ENCODE_ADJUST: Optional[float] = None
-#: the spread of seed_from_images: "auto" (issue 22 item 12) chooses it per call from the examples
+#: the spread of seed_from_images: "auto" chooses it per call from the examples
 #: (``workflows/seeds.py``; ``benchmarks/own_images.py seeds``); a number is the slerp weight toward fresh noise
 #: (0.3 was the default, ``benchmarks/seed_spread.py``: lower gives near copies, higher leaves the concept)
 DEFAULT_SEED_SPREAD = "auto"
