@@ -15,6 +15,7 @@ from .core.adapters import adapter_for
 from .core.inversion import (InversionOptions, InversionResult, StepCallback, inversion_parameters, invert_tensor,
                              invert_tensor_batch, reconstruct_latent)
 from .errors import InputError
+from .io.clips import load_frames
 from .io.images import ImageLike, load_pixels, resolve_size
 from .io.outputs import check_output_type, format_images
 
@@ -35,7 +36,8 @@ def invert(
     progress: bool = False,
     callback: Optional[StepCallback] = None,
 ) -> InversionResult:
-    """Find the noise from which ``pipe`` regenerates ``image`` (a path, PIL image, array or tensor).
+    """Find the noise from which ``pipe`` regenerates ``image`` (a path, PIL image, array or tensor; for a
+    video pipeline (Wan) a clip: a list of frames, a folder of frames, an animated GIF or an MP4).
 
     ``height``/``width`` resize the image first (or give the image size of ``image_latents``, an
     already encoded latent).  ``result.latents`` is what ``pipe(prompt, latents=..., generator=...)``
@@ -50,7 +52,8 @@ def invert(
     if image_latents is None:
         if image is None:
             raise InputError("pass an image (or image_latents) to invert")
-        pixels = load_pixels(image, size=resized, max_pixels=max_pixels, notes=notes)
+        video = bool(getattr(adapter_for(pipe), "video", False))
+        pixels = load_frames(image, video=video, size=resized, max_pixels=max_pixels, notes=notes)
     h, w = resized if resized else (None, None)
     return invert_tensor(pipe, pixels, prompt, image_latents=image_latents, height=h, width=w, inversion=inversion,
                          progress=progress, callback=callback, notes=notes)

@@ -23,13 +23,24 @@ def check_output_type(output_type: str) -> str:
 def format_images(latents: Sequence[Tensor], decode: Callable[[Tensor], Tensor], output_type: str) -> list[Any]:
     """One entry per latent, as diffusers returns them: a PIL image (``pil``), an (H, W, 3) float array
     in [0, 1] (``np``), a (3, H, W) float tensor in [0, 1] (``pt``), or the latent itself (``latent``).
-    ``decode`` maps a (1, ...) latent to a (1, 3, H, W) image in [0, 1]."""
+    ``decode`` maps a (1, ...) latent to a (1, 3, H, W) image in [0, 1], or for a video model to the
+    clip's frames (F, 3, H, W): the entry is then the clip, as diffusers' video pipelines return one
+    (a list of PIL frames, an (F, H, W, 3) array, or an (F, 3, H, W) tensor)."""
     check_output_type(output_type)
     if output_type == "latent":
         return list(latents)
     out: list[Any] = []
     for z in latents:
-        image = decode(z)[0].detach().float().cpu()
+        frames = decode(z).detach().float().cpu()
+        if z.dim() == 5:  # a clip (B, C, F, h, w): every frame
+            if output_type == "pil":
+                out.append([to_pil(f) for f in frames])
+            elif output_type == "np":
+                out.append(np.ascontiguousarray(frames.permute(0, 2, 3, 1).numpy()))
+            else:
+                out.append(frames)
+            continue
+        image = frames[0]
         if output_type == "pil":
             out.append(to_pil(image))
         elif output_type == "np":

@@ -19,7 +19,8 @@ from ..core.adapters import adapter_for
 from ..core.inversion import (InversionOptions, InversionResult, Setup, StepCallback, check_guidance,
                               inversion_parameters, invert_tensor, sample, solver_options)
 from ..errors import InputError
-from ..io.images import ImageLike, load_pixels, resolve_size
+from ..io.clips import load_frames
+from ..io.images import ImageLike, resolve_size
 from ..io.outputs import check_output_type, format_images
 from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_threshold, check_prompt, check_steps,
                      check_strength, edit_defaults, encode_pixels, prompt_list)
@@ -353,7 +354,9 @@ def edit(
     t_total = time.perf_counter()
     notes: list[str] = []
     t0 = time.perf_counter()
-    encoded, size = encode_pixels(adapter, load_pixels(image, size=resized, max_pixels=max_pixels, notes=notes))
+    pixels = load_frames(image, video=bool(getattr(adapter, "video", False)), size=resized, max_pixels=max_pixels,
+                         notes=notes)
+    encoded, size = encode_pixels(adapter, pixels)
     timings["encode"] = time.perf_counter() - t0
 
     adjusted = None
