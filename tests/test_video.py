@@ -6,6 +6,7 @@ import torch
 
 import nrinv
 import nrinv.io.clips
+import nrinv.io.files
 from nrinv.core.adapters import WanAdapter, adapter_for
 from nrinv.core.inversion import invert_tensor
 from nrinv.errors import InputError
@@ -123,3 +124,74 @@ def test_an_unreadable_video_and_a_missing_plugin_say_so_in_one_line(tmp_path, m
     monkeypatch.setattr(nrinv.io.clips, "_video_plugin", lambda: False)
     with pytest.raises(InputError, match=r"^reading and writing \.mp4 needs .*pip install imageio\[ffmpeg\]$"):
         nrinv.io.clips.load_clip(bad)
+
+
+def test_save_latent_copies_tensors_that_share_memory(tmp_path):
+    """A flow model's ``latents`` are its ``scheduler_latents`` (no init_noise_sigma): `nrinv invert` on Wan
+    (and SD3/Flux in float32 on the CPU) died in safetensors' shared-memory check (seen failing before)."""
+    from nrinv.io.files import load_latent, save_latent
+
+    z = torch.randn(1, 4, 2, 4, 4)
+    save_latent({"scheduler_latents": z, "latents": z}, {}, tmp_path / "z.safetensors")
+    tensors, _ = load_latent(tmp_path / "z.safetensors")
+    assert torch.equal(tensors["latents"], z) and torch.equal(tensors["scheduler_latents"], z)
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    """The tiny Wan saved as a diffusers folder (smooth=None: stock classes, reloadable by name)."""
+    from nrinv.testing import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-wan")
+    tiny_pipeline("wan", smooth=None).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_cli_inverts_reconstructs_and_edits_a_clip(wan_dir, tmp_path):
+    from PIL import Image
+
+    from nrinv.cli import main
+
+    gif = nrinv.io.clips.save_clip(tiny_clip(), tmp_path / "clip.gif")
+    folder = nrinv.io.clips.save_clip(tiny_clip(), tmp_path / "frames")
+    latent = tmp_path / "clip.latent.safetensors"
+    common = ["--model", str(wan_dir), "--steps", "4", "--quiet"]
+    assert main(["invert", str(gif), "--prompt", PROMPT, *common, "-o", str(latent)]) == 0
+    tensors, _ = nrinv.io.files.load_latent(latent)
+    assert tensors["latents"].shape == (1, 4, 2, 4, 4)
+    assert main(["reconstruct", str(latent), "-o", str(tmp_path / "rec.gif"), "--quiet"]) == 0
+    with Image.open(tmp_path / "rec.gif") as rec:
+        assert rec.n_frames == WAN_FRAMES and rec.size == (32, 32)
+    pipe = nrinv.load_pipeline(str(wan_dir))
+    ceiling = adapter_for(pipe).decode(tensors["encoded"], (32, 32))
+    frames = nrinv.io.clips.load_clip(tmp_path / "rec.gif")
+    assert float((frames - ceiling).abs().mean()) < 0.03  # exact up to the GIF's palette
+    assert main(["edit", str(folder), "--source", PROMPT, "--target", "a photo of a dog", *common,
+                 "-o", str(tmp_path / "edited")]) == 0
+    assert sorted(p.name for p in (tmp_path / "edited").iterdir()) == [f"frame_{i:04d}.png" for i in range(5)]
+    assert (tmp_path / "edited.json").is_file()
+    assert main(["edit", str(gif), "--source", PROMPT, "--target", "a photo of a dog", *common]) == 0
+    assert (tmp_path / "clip.edit.gif").is_file()  # a clip's default output is a GIF
+
+
+@pytest.mark.parametrize("case", ["image for video", "clip for image", "clip as png"])
+def test_cli_refuses_the_wrong_kind_of_input_in_one_line(wan_dir, model_dir, tmp_path, capsys, case):
+    from nrinv.cli import main
+
+    gif = nrinv.io.clips.save_clip(tiny_clip(), tmp_path / "clip.gif")
+    png = tmp_path / "one.png"
+    tiny_clip()[0].save(png)
+    args, message = {
+        "image for video": (["invert", str(png), "--prompt", PROMPT, "--model", str(wan_dir)],
+                            "this is a video model: pass a clip"),
+        "clip for image": (["invert", str(gif), "--prompt", PROMPT, "--model", str(model_dir)],
+                           "this is an image model: pass one image, not a clip"),
+        "clip as png": (["edit", str(gif), "--source", PROMPT, "--target", "a dog", "--model", str(wan_dir),
+                         "-o", str(tmp_path / "out.png")], "written as .gif, .mp4 or a folder of frames"),
+    }[case]
+    before = set(p.name for p in tmp_path.iterdir())
+    assert main([*args, "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert set(p.name for p in tmp_path.iterdir()) == before

@@ -102,6 +102,77 @@ def open_image(path: str, max_pixels: int, model: Optional[str], quiet: bool,
     return image, notes
 
 
+#: what a clip's output may be: an animated GIF, a video file, or a folder of frames (a name without a suffix)
+CLIP_SUFFIXES = (".gif", ".mp4", "")
+
+
+def input_is_clip(path: str) -> bool:
+    """Whether an input path is a clip (a folder of frames, an animated GIF or a video file)."""
+    from ..io.clips import is_clip
+
+    return is_clip(path)
+
+
+def open_input(path: str, max_pixels: int, model: Optional[str], quiet: bool,
+               resize: Optional[tuple[int, int]] = None) -> tuple[Any, Any, list[str]]:
+    """An image (as ``open_image``) or a clip (a folder of frames, an animated GIF or an MP4: a list of
+    PIL frames), validated before the model loads.  Returns ``(input, pixels, notes)``, ``pixels`` the
+    (N, 3, H, W) tensor in [0, 1] the VAE ceiling is measured on."""
+    from ..errors import InputError
+    from ..io.clips import load_clip
+    from ..io.images import to_pil, to_tensor
+
+    if not input_is_clip(path):
+        image, notes = open_image(path, max_pixels, model, quiet, resize)
+        return image, to_tensor(image), notes
+    notes: list[str] = []
+    try:
+        pixels = load_clip(path, size=resize, max_pixels=max_pixels, notes=notes)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    from ..core.adapters import size_error
+    from ..loading import model_geometry
+
+    geometry = model_geometry(model) if model else None
+    if geometry is not None:
+        problem = size_error(int(pixels.shape[-2]), int(pixels.shape[-1]), geometry["multiple"], geometry["native"])
+        if problem:
+            raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
+    for text in notes:
+        note(f"{path}: {text}", quiet)
+    return [to_pil(f) for f in pixels], pixels, notes
+
+
+def check_clip_target(path: Path, force: bool, what: str = "output clip") -> None:
+    """A clip's output before any work: .gif, .mp4 or a folder (no suffix), writable, not overwritten
+    without --force."""
+    from ..io.files import name_too_long, writable_target
+
+    if path.suffix.lower() not in CLIP_SUFFIXES:
+        raise UsageError(f"{path}: the {what} is written as .gif, .mp4 or a folder of frames (a name without a "
+                         "suffix); give such a name")
+    too_long = name_too_long(path)
+    if too_long:
+        raise UsageError(too_long)
+    if path.exists() and not force and (path.is_file() or any(path.iterdir())):
+        raise UsageError(f"{path} exists; pass --force to overwrite")
+    if path.suffix == "" and path.is_file():
+        raise UsageError(f"{path} is a file; a clip without a suffix is written as a folder of frames")
+    problem = writable_target(path / "frame_0000.png" if path.suffix == "" else path)
+    if problem:
+        raise UsageError(problem)
+
+
+def save_clip_output(frames: Any, path: Path, force: bool) -> None:
+    from ..errors import InputError
+    from ..io.clips import save_clip
+
+    try:
+        save_clip(list(frames), path, force=force)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Argument errors as one line and exit status 2, like every other bad input."""
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .._version import __version__
-from .common import (UsageError, add_inversion_args, add_model_args, check_device, check_target, image_size,
-                     inversion_args, load_model, note, open_image, run, validate)
+from .common import (UsageError, add_inversion_args, add_model_args, check_clip_target, check_device, check_target,
+                     image_size, input_is_clip, inversion_args, load_model, note, open_image, open_input, run,
+                     save_clip_output, validate)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -42,18 +43,19 @@ def _base_record(args, stats: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- edit
-def edit_output_paths(output: Path, n_targets: int) -> list[Path]:
-    """``out.png`` for one target; ``out-0.png, out-1.png, ...`` for several."""
+def edit_output_paths(output: Path, n_targets: int, clip: bool = False) -> list[Path]:
+    """``out.png`` for one target; ``out-0.png, out-1.png, ...`` for several (a clip: ``out-0.gif``, or
+    folders ``out-0``, ``out-1``, ... for a name without a suffix)."""
     if n_targets == 1:
         return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(n_targets)]
+    suffix = output.suffix if clip else output.suffix or ".png"
+    return [output.with_name(f"{output.stem}-{i}{suffix}") for i in range(n_targets)]
 
 
 def cmd_edit(args) -> int:
     from ..workflows import common as checks
     from ..workflows import edit
     from ..io.files import save_json, save_png
-    from ..io.images import to_tensor
     from ..metrics import vae_ceiling_note, vae_ceiling_psnr
 
     validate(checks.check_prompt, args.source, "source prompt")
@@ -66,13 +68,18 @@ def cmd_edit(args) -> int:
     validate(checks.check_mask_threshold, args.mask_threshold)
     inversion = inversion_args(args)
     image_path = Path(args.image)
-    output = Path(args.output) if args.output else image_path.with_name(image_path.stem + ".edit.png")
-    pngs = edit_output_paths(output, len(args.target))
+    clip = input_is_clip(args.image)
+    default = image_path.with_name(image_path.stem + (".edit.gif" if clip else ".edit.png"))
+    output = Path(args.output) if args.output else default
+    pngs = edit_output_paths(output, len(args.target), clip)
     for png in pngs:
-        check_target(png, args.force, (".png",), "edited image")
+        if clip:
+            check_clip_target(png, args.force, "edited clip")
+        else:
+            check_target(png, args.force, (".png",), "edited image")
         check_target(_sidecar(png), args.force)
     check_device(args.device)
-    (image,) = _load_images(args, [args.image], args.resize)
+    image, pixels, _ = open_input(args.image, args.max_pixels, args.model, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
@@ -80,7 +87,7 @@ def cmd_edit(args) -> int:
                   guide_from_source=args.guide_from_source, mask_threshold=args.mask_threshold,
                   keep_object=args.keep_object,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
-    ceiling = vae_ceiling_psnr(result.inversion.setup.adapter, to_tensor(image))
+    ceiling = vae_ceiling_psnr(result.inversion.setup.adapter, pixels)
     low = vae_ceiling_note(ceiling)
     if low:
         note(low, args.quiet)
@@ -89,7 +96,10 @@ def cmd_edit(args) -> int:
         record["vae_ceiling_psnr_db"] = round(ceiling, 2)
         record["input"] = str(image_path)
         record["output"] = str(png)
-        save_png(result.images[i], png, force=args.force)
+        if clip:
+            save_clip_output(result.images[i], png, args.force)
+        else:
+            save_png(result.images[i], png, force=args.force)
         save_json(record, _sidecar(png), force=args.force)
         if not args.quiet:
             print(f"wrote {png} ({result.target_prompts[i]!r}; VAE ceiling {ceiling:.1f} dB)")
@@ -239,7 +249,7 @@ def register(sub) -> None:
                        description="Invert IMAGE with the source prompt, regenerate with each target prompt. "
                                    "One target writes OUTPUT; several write OUTPUT-0.png, OUTPUT-1.png, ... "
                                    "Each PNG gets a .json sidecar.")
-    p.add_argument("image")
+    p.add_argument("image", help="an image; for a video model (Wan) a clip: a folder of frames, a GIF or an MP4")
     p.add_argument("--source", required=True, help="text describing the image")
     p.add_argument("--target", action="append", required=True, help="text describing the edit; repeatable")
     p.add_argument("--strength", type=float, default=None,
@@ -259,7 +269,8 @@ def register(sub) -> None:
                    help="prompt-aware encoding adjustment strength, e.g. 0.05 (default: off)")
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
                    help="resize the image first to HxW: height then width (sizes in every message are HxW)")
-    p.add_argument("-o", "--output", default=None, help="output PNG (default: IMAGE.edit.png)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output PNG (default: IMAGE.edit.png); a clip: .gif (default), .mp4 or a folder of frames")
     _common(p)
     p.set_defaults(func=cmd_edit)
 

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from .common import (DEFAULT_MODEL, UsageError, add_inversion_args, add_model_args, check_device, check_target,
-                     image_size, inversion_args, load_model, note, open_image, run)
+from .common import (DEFAULT_MODEL, UsageError, add_inversion_args, add_model_args, check_clip_target, check_device,
+                     check_target, image_size, inversion_args, load_model, note, open_input, run, save_clip_output)
 
 #: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
 LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
@@ -16,7 +16,6 @@ LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
 def cmd_invert(args) -> int:
     from ..api import invert
     from ..io.files import save_json, save_latent
-    from ..io.images import to_tensor
     from ..metrics import vae_ceiling_note, vae_ceiling_psnr
 
     if not args.prompt or not args.prompt.strip():
@@ -28,12 +27,12 @@ def cmd_invert(args) -> int:
     sidecar = out.with_suffix(".json")
     check_target(out, args.force, (".safetensors",), "latent file")
     check_target(sidecar, args.force)
-    image, notes = open_image(args.image, args.max_pixels, args.model, args.quiet, args.resize)
+    image, pixels, notes = open_input(args.image, args.max_pixels, args.model, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
     result = run(invert, pipe=pipe, image=image, prompt=args.prompt, inversion=inversion, progress=not args.quiet)
     stats = result.stats()
-    ceiling = vae_ceiling_psnr(result.setup.adapter, to_tensor(image))
+    ceiling = vae_ceiling_psnr(result.setup.adapter, pixels)
     low = vae_ceiling_note(ceiling)
     if low:
         notes = notes + [low]
@@ -65,13 +64,17 @@ def cmd_reconstruct(args) -> int:
     from ..io.files import load_latent, save_json, save_png
 
     out = Path(args.output)
-    check_target(out, args.force, (".png",), "image")
-    check_target(out.with_suffix(".json"), args.force)
     check_device(args.device)
     try:
         tensors, meta = load_latent(args.latent)
     except InputError as exc:
         raise UsageError(str(exc)) from None
+    video = tensors["scheduler_latents"].dim() == 5 if "scheduler_latents" in tensors else False  # (B, C, F, h, w)
+    if video:
+        check_clip_target(out, args.force, "reconstructed clip")
+    else:
+        check_target(out, args.force, (".png",), "image")
+    check_target(out.with_suffix(".json"), args.force)
     try:
         stats = json.loads(meta["nrinv"])
         s = stats["settings"]
@@ -86,7 +89,10 @@ def cmd_reconstruct(args) -> int:
     z = sample(setup, tensors["scheduler_latents"], progress=not args.quiet, corrections=corrections)
     with torch.no_grad():
         image = setup.adapter.decode(z, setup.size)
-    save_png(image, out, force=args.force)
+    if video:
+        save_clip_output(image, out, args.force)
+    else:
+        save_png(image, out, force=args.force)
     save_json({"version": __version__, "latent": str(args.latent), "model": args.model or stats.get("model"),
                "settings": s}, out.with_suffix(".json"), force=args.force)
     if not args.quiet:
@@ -106,8 +112,8 @@ def cmd_methods(args) -> int:
 def register(sub) -> None:
     from ..io.images import DEFAULT_MAX_PIXELS
 
-    p = sub.add_parser("invert", help="invert an image to its noise latent")
-    p.add_argument("image")
+    p = sub.add_parser("invert", help="invert an image (or a clip, for a video model) to its noise latent")
+    p.add_argument("image", help="an image; for a video model (Wan) a clip: a folder of frames, a GIF or an MP4")
     p.add_argument("--prompt", required=True, help="text describing the image")
     add_inversion_args(p)
     p.add_argument("--resize", type=image_size, default=None, metavar="HxW",
@@ -119,7 +125,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("reconstruct", help="regenerate the image from an inverted latent")
     p.add_argument("latent")
-    p.add_argument("-o", "--output", required=True, help="output PNG")
+    p.add_argument("-o", "--output", required=True,
+                   help="output PNG (a video model's clip: .gif, .mp4 or a folder of frames)")
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_reconstruct)
 

@@ -143,7 +143,8 @@ def save_json(data: Any, path, *, force: bool = True) -> Path:
 def save_latent(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path, *, force: bool = True) -> Path:
     from safetensors.torch import save
 
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
+    # copies: safetensors refuses tensors that share memory (a flow model's latents are its scheduler latents)
+    tensors = {k: v.detach().float().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
     metadata = {k: json.dumps(strict_json(json.loads(v)), allow_nan=False) if k == "nrinv" else v
                 for k, v in metadata.items()}
     data = save(tensors, metadata=metadata)  # bytes: safetensors' save_file would make the file 0600
