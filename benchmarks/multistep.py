@@ -12,7 +12,9 @@ latent error of the regeneration and the network calls used:
   latent, history extrapolated), 1 NFE per step;
 * ``anderson xI, S sweeps``: the coupled trajectory solve (core/trajectory.py) with I Anderson
   iterations per step in the sequential pass and at most S whole-trajectory sweeps (one call per
-  entry each; they stop early when every entry converges).  The default is I = 2, S = 6.
+  entry each; they stop early when every entry converges), with the pass's warm start where named;
+* ``(default)``: what ``nrinv.invert`` does with this scheduler at guidance 1 (the scheduler family's
+  row of core/defaults.py ``SCHEDULER_FAMILIES``, the model's warm start).
 
 Writes benchmarks/results/multistep/SAMPLER.json and prints a markdown table.
 """
@@ -22,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -64,7 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--n-images", type=int, default=4)
     ap.add_argument("--configs", default="2x0,2x1,2x2,2x6",
-                    help="comma-separated ITERATIONSxSWEEPS of the coupled solve")
+                    help="comma-separated ITERATIONSxSWEEPS[gs][+WARM] of the coupled solve (gs: Gauss-Seidel "
+                         "sweeps; +last / +linear: the sequential pass's warm start), or 'default' (what "
+                         "nrinv.invert does: the scheduler family's row of core/defaults.py, the model's warm start)")
     ap.add_argument("--sweep-mode", default="newton", choices=["newton", "gauss_seidel"],
                     help="whole-trajectory sweeps (the default) or per-step Gauss-Seidel re-solves")
     ap.add_argument("--no-baselines", dest="with_ddim", action="store_false",
@@ -76,18 +81,23 @@ def main(argv=None) -> int:
 
     import nrinv
     from nrinv.bench.images import load_image_set
-    from nrinv.core.inversion import prepare, sample
+    from nrinv.core.inversion import InversionOptions, _auto_warm, _trajectory_budget, prepare, sample, solver_options
     from nrinv.core.solvers import make_options
-    from nrinv.core import trajectory
     from nrinv.core.trajectory import solve_trajectory
-
-    trajectory.SWEEP_MODE = args.sweep_mode
 
     pipe = nrinv.load_pipeline("builtin:shapes", device="cpu", dtype=torch.float32)
     pipe.scheduler = SAMPLERS[args.sampler](pipe.scheduler.config)
     adapter = nrinv.core.adapter_for(pipe)
     images = load_image_set("shapes", size=(64, 64), n=args.n_images, seed=7000)
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",") if c]
+    configs = []
+    for c in args.configs.split(","):
+        if c.strip() == "default":  # what nrinv.invert does with this scheduler (core/defaults.py)
+            configs.append(("default", None, None, None))
+            continue
+        m = re.fullmatch(r"(\d+)x(\d+)(gs)?(?:\+(last|linear))?", c.strip())
+        if m is None:
+            ap.error(f"bad config {c!r}: ITERATIONSxSWEEPS[gs][+last|+linear]")
+        configs.append((int(m[1]), int(m[2]), "gauss_seidel" if m[3] else args.sweep_mode, m[4]))
     rows = []
     for item in images:
         x = torch.from_numpy(__import__("numpy").asarray(item.image.convert("RGB"), dtype="float32") / 255)
@@ -109,14 +119,21 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             z0, nfe = inverse_scheduler(setup, encoded, args.steps)
             record("inverse-scheduler", z0, nfe, time.perf_counter() - t0)
-        methods = ([("ddim", 1, 0)] if args.with_ddim else []) + [("anderson", i, s) for i, s in configs]
-        for method, its, sweeps in methods:
+        methods = ([("ddim", 1, 0, "newton", None)] if args.with_ddim else []) + [("anderson",) + c for c in configs]
+        for method, its, sweeps, mode, warm in methods:
             t0 = time.perf_counter()
-            options = make_options(method, max_iterations=its)
-            results, trajectory, _, _ = solve_trajectory(setup, encoded, method, options, warm_start=None,
-                                                         sweeps=sweeps)
-            label = "ddim" if method == "ddim" else f"anderson x{its}, {sweeps} sweeps" + (
-                " (Gauss-Seidel)" if args.sweep_mode == "gauss_seidel" and sweeps else "")
+            if its == "default":
+                method, options = solver_options(adapter, InversionOptions())
+                options = _trajectory_budget(setup, options)
+                its, sweeps, mode = options.max_iterations, options.sweeps, options.sweep_mode
+                warm = _auto_warm(None, setup, its)
+                default = " (default)"
+            else:
+                options, default = make_options(method, max_iterations=its, sweeps=sweeps, sweep_mode=mode), ""
+            results, trajectory, _, _ = solve_trajectory(setup, encoded, method, options, warm_start=warm)
+            label = "ddim" if method == "ddim" else f"{method} x{its}, {sweeps} sweeps" + (
+                " (Gauss-Seidel)" if mode == "gauss_seidel" and sweeps else "") + (f", warm {warm}" if warm else "")
+            label += default
             record(label, trajectory[0], sum(r.nfe for r in results), time.perf_counter() - t0)
     summary = []
     for method in dict.fromkeys(r["method"] for r in rows):

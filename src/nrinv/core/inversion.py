@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import InputError
 from .adapters import Adapter, Conditioning, adapter_for, size_notes
+from .defaults import scheduler_defaults
 from .options import Options
 from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
@@ -326,7 +327,8 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
     if setup.schedule.coupling is not None:  # multistep / second-order: one coupled system (trajectory.py)
         from .trajectory import solve_trajectory
 
-        results, trajectory, outputs, wall = solve_trajectory(setup, encoded, method, options, progress, warm_start)
+        results, trajectory, outputs, wall = solve_trajectory(setup, encoded, method,
+                                                              _trajectory_budget(setup, options), progress, warm_start)
         setup.history = (trajectory, outputs)
         if callback is not None:  # solved as one system: reported per step after the solve, last step first
             nfe = 0
@@ -432,15 +434,17 @@ def _learned_guess(adapter: Adapter, warm: Optional[str], notes: list[str]) -> t
 def solver_options(pipe: Any, inversion: InversionOptions) -> tuple[str, SolverOptions]:
     """``(method, options)`` of ``inversion`` with the model's defaults filled in: its method, and its
     iterations per step unless ``max_iterations`` or ``options`` set them (not for a solver that does
-    not iterate)."""
-    defaults = adapter_for(pipe).defaults
+    not iterate; a multistep scheduler family's row, ``defaults.SCHEDULER_FAMILIES``, before the model's)."""
+    adapter = adapter_for(pipe)
+    defaults = adapter.defaults
     method = defaults.method if inversion.method is None else inversion.method
     iterates = get_solver(method).iterates
     options, max_iterations = inversion.options, inversion.max_iterations
     given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
     if iterates and "max_iterations" not in given and not overrides:
-        overrides["max_iterations"] = defaults.max_iterations
+        family = scheduler_defaults(adapter.pipe).max_iterations
+        overrides["max_iterations"] = defaults.max_iterations if family is None else family
     return method, make_options(method, options, **overrides)
 
 
@@ -466,16 +470,30 @@ def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, ne
         "dtype": str(adapter.dtype).replace("torch.", ""),
         "device": str(adapter.device),
         "cuda_graphs": adapter.graphs is not None,
-        # multistep / second-order samplers: at most this many whole-trajectory sweeps (core/trajectory.py)
-        "trajectory_sweeps": _max_sweeps() if setup.schedule.coupling is not None else None,
+        # multistep / second-order samplers: at most this many whole-trajectory sweeps, and how
+        # (core/trajectory.py; the options' sweeps / sweep_mode, else the scheduler family's)
+        **_trajectory_settings(setup, method, options),
         "notes": list(notes),
     }
 
 
-def _max_sweeps() -> int:
-    from .trajectory import DEFAULT_SWEEPS
+def _trajectory_budget(setup: Setup, options: SolverOptions) -> SolverOptions:
+    """``options`` with ``sweeps`` / ``sweep_mode`` filled in from the scheduler family's defaults."""
+    family = scheduler_defaults(setup.adapter.pipe)
+    fill = {}
+    if getattr(options, "sweeps", None) is None:
+        fill["sweeps"] = family.sweeps
+    if getattr(options, "sweep_mode", None) is None:
+        fill["sweep_mode"] = family.sweep_mode
+    return dataclasses.replace(options, **fill) if fill else options
 
-    return DEFAULT_SWEEPS
+
+def _trajectory_settings(setup: Setup, method: str, options: SolverOptions) -> dict[str, Any]:
+    if setup.schedule.coupling is None:
+        return {"trajectory_sweeps": None, "trajectory_sweep_mode": None}
+    budget = _trajectory_budget(setup, options)
+    sweeps = budget.sweeps if get_solver(method).iterates else 0  # a solver that does not iterate: the pass only
+    return {"trajectory_sweeps": sweeps, "trajectory_sweep_mode": budget.sweep_mode}
 
 
 def _check_pixels(images: Tensor) -> Tensor:

@@ -93,6 +93,10 @@ class SolveResult:
 
 
 # --------------------------------------------------------------------------------------- options
+#: how the sweeps of a multistep sampler's trajectory solve re-solve it (``core/trajectory.py``)
+SWEEP_MODES = ("newton", "gauss_seidel")
+
+
 @dataclass(frozen=True)
 class SolverOptions(Options):
     """Options shared by every solver.
@@ -109,10 +113,22 @@ class SolverOptions(Options):
     #: each test is one read of the device by the host, so on a GPU a larger value keeps the
     #: network calls queued back to back
     check_every: int = 1
+    #: multistep samplers (a coupled schedule, ``core/trajectory.py``): at most this many sweeps over the
+    #: whole trajectory after the sequential pass, each one network call per step (None: the scheduler
+    #: family's default, ``core/defaults.py`` ``SCHEDULER_FAMILIES``); ignored for single-step samplers
+    sweeps: Optional[int] = None
+    #: how a sweep re-solves: "newton" (whole-trajectory iterations) or "gauss_seidel" (per-step
+    #: re-solves with the latest neighbours); None: the scheduler family's default
+    sweep_mode: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_iterations, int) or isinstance(self.max_iterations, bool) or self.max_iterations < 1:
             raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
+        if self.sweeps is not None and (not isinstance(self.sweeps, int) or isinstance(self.sweeps, bool)
+                                        or self.sweeps < 0):
+            raise ValueError(f"sweeps must be an integer >= 0, got {self.sweeps!r}")
+        if self.sweep_mode is not None and self.sweep_mode not in SWEEP_MODES:
+            raise ValueError(f"sweep_mode must be one of {', '.join(SWEEP_MODES)}; got {self.sweep_mode!r}")
         if not isinstance(self.check_every, int) or self.check_every < 1:
             raise ValueError(f"check_every must be an integer >= 1, got {self.check_every!r}")
         if self.rtol < 0 or self.atol < 0:

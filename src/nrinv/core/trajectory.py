@@ -22,7 +22,11 @@ outputs of earlier steps ``j < a``, which in inversion order are not solved yet.
    when every entry's residual meets the solver's tolerance (status converged), when the sweeps run
    out, or when the total residual doubles.  Measured on a tiny SD at 10 steps, 6 sweeps: DPM++ 2M
    7e-5, PNDM 3.5e-4, UniPC 5.9e-4 relative latent error; per-step Gauss-Seidel re-solves
-   (``SWEEP_MODE = "gauss_seidel"``) reached 3.4e-4 / 3.3e-2 / 0.29.
+   (``sweep_mode="gauss_seidel"``) reached 3.4e-4 / 3.3e-2 / 0.29.  How many sweeps, and which mode,
+   are solver options (``SolverOptions.sweeps`` / ``sweep_mode``, e.g. ``--option sweeps=0``), else
+   the scheduler family's row of ``defaults.SCHEDULER_FAMILIES``: on the trained built-in model the
+   sweeps stall for DPM-Solver++ 2M, whose row spends the calls on the pass instead
+   (benchmarks/README.md section 8).
 
 Every network call is counted in the per-step ``nfe`` (a sweep's calls on the step's first entry).
 """
@@ -35,14 +39,15 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .defaults import SCHEDULER_FAMILIES
 from .schedulers import Coupling, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver
 
 __all__ = ["solve_trajectory", "sample_trajectory", "DEFAULT_SWEEPS", "DEFAULT_SWEEP_ITERATIONS"]
 
-#: sweeps after the sequential pass, and solver iterations per step in each sweep (benchmarks/README.md,
-#: section "multistep samplers")
-DEFAULT_SWEEPS = 6
+#: sweeps after the sequential pass where neither the options nor a scheduler family's row set them, and
+#: solver iterations per step in each sweep (benchmarks/README.md, section "multistep samplers")
+DEFAULT_SWEEPS = SCHEDULER_FAMILIES[-1][2].sweeps
 DEFAULT_SWEEP_ITERATIONS = 1
 
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
@@ -80,9 +85,10 @@ def sample_trajectory(schedule: Schedule, z: Tensor, model: Callable[[int, Tenso
     return zs[stop]
 
 
-#: "newton" (whole-trajectory iterations, the default) or "gauss_seidel" (per-step re-solves), and the
+#: the sweep mode where neither the options nor the scheduler family's defaults name one ("newton":
+#: whole-trajectory iterations; "gauss_seidel": per-step re-solves, ``solvers.SWEEP_MODES``), and the
 #: Anderson history of the former
-SWEEP_MODE = "newton"
+DEFAULT_SWEEP_MODE = SCHEDULER_FAMILIES[-1][2].sweep_mode
 SWEEP_HISTORY = 3
 
 
@@ -124,11 +130,12 @@ def _merge(a: Optional[SolveResult], b: SolveResult) -> SolveResult:
 
 def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions, progress: bool = False,
                      warm_start: Optional[str] = None, *, sweeps: Optional[int] = None,
-                     sweep_iterations: Optional[int] = None):
+                     sweep_iterations: Optional[int] = None, sweep_mode: Optional[str] = None):
     """Invert a coupled schedule; returns ``(per-entry results, trajectory z_0..z_K, outputs m_0..m_{K-1}, wall)``.
 
     ``setup`` is ``inversion.Setup``; ``method``/``options`` the per-step solver (its
-    ``max_iterations`` in the sequential pass, ``sweep_iterations`` in each sweep).  ``warm_start``
+    ``max_iterations`` in the sequential pass, ``sweep_iterations`` in each sweep; ``sweeps`` and
+    ``sweep_mode`` default to the options' fields, else ``DEFAULT_SWEEPS`` / ``DEFAULT_SWEEP_MODE``).  ``warm_start``
     (``"last"``/``"linear"``) starts single-entry steps of the pass from the output predicted from the
     steps solved before, as ``inversion._solve_steps`` does.
     """
@@ -137,7 +144,10 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
     steps = schedule.steps
     n = len(steps)
     spec = get_solver(method)
+    sweeps = getattr(options, "sweeps", None) if sweeps is None else sweeps
     sweeps = DEFAULT_SWEEPS if sweeps is None else int(sweeps)
+    sweep_mode = getattr(options, "sweep_mode", None) if sweep_mode is None else sweep_mode
+    sweep_mode = DEFAULT_SWEEP_MODE if sweep_mode is None else sweep_mode
     sweep_iterations = DEFAULT_SWEEP_ITERATIONS if sweep_iterations is None else int(sweep_iterations)
     if not spec.iterates:
         sweeps = 0
@@ -359,7 +369,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
     across = any(cp.A[b][j] != 0.0 or cp.B[b][j] != 0.0 for a, b in cp.groups for j in range(a))
     if across and sweeps > 0 and all(r is not None and r.status.finite for r in records if r is not None) \
             and all(z is not None for z in Z) and all(m is not None for m in M):
-        if SWEEP_MODE == "gauss_seidel":
+        if sweep_mode == "gauss_seidel":
             gauss_seidel(sweeps)
         else:
             with torch.no_grad():
