@@ -195,3 +195,13 @@ def test_cli_refuses_the_wrong_kind_of_input_in_one_line(wan_dir, model_dir, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert set(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("workflow", ["invert_batch", "interpolate", "seed_from_images"])
+def test_image_only_workflows_refuse_a_video_model_in_one_line(tiny, workflow):
+    pipe, clip = tiny("wan"), tiny_clip()
+    call = {"invert_batch": lambda: nrinv.invert_batch(pipe, [clip, clip], PROMPT, num_inference_steps=2),
+            "interpolate": lambda: nrinv.interpolate(pipe, clip, clip, PROMPT, num_inference_steps=2),
+            "seed_from_images": lambda: nrinv.seed_from_images(pipe, [clip], PROMPT, num_inference_steps=2)}[workflow]
+    with pytest.raises(InputError, match=rf"^{workflow} takes images, and WanPipeline is a video model: [^\n]+$"):
+        call()

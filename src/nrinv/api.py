@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .core.adapters import adapter_for
+from .core.adapters import adapter_for, require_images
 from .core.inversion import (InversionOptions, InversionResult, StepCallback, inversion_parameters, invert_tensor,
                              invert_tensor_batch, reconstruct_latent)
 from .errors import InputError
@@ -74,6 +74,7 @@ def invert_batch(
 ) -> list[InversionResult]:
     """Invert several same-size images with one network call per evaluation (see
     :func:`nrinv.core.inversion.invert_tensor_batch`); ``height``/``width`` resize them all first."""
+    require_images(adapter_for(pipe), "invert_batch")
     resized = resolve_size(height, width)
     images = list(images)
     if not images:

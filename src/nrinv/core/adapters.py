@@ -30,8 +30,8 @@ from .defaults import ModelDefaults, model_defaults
 from .graphs import GraphedNetwork
 from .schedulers import Schedule, affine_schedule
 
-__all__ = ["Adapter", "Conditioning", "adapter_for", "adapter_class", "FAMILIES", "SUPPORTED_PIPELINES", "size_error",
-           "size_notes"]
+__all__ = ["Adapter", "Conditioning", "adapter_for", "adapter_class", "require_images", "FAMILIES",
+           "SUPPORTED_PIPELINES", "size_error", "size_notes"]
 
 
 def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) -> Optional[str]:
@@ -779,6 +779,13 @@ class WanAdapter(StableDiffusion3Adapter):
 FAMILIES: tuple[type[Adapter], ...] = (StableDiffusionAdapter, StableDiffusionXLAdapter, LatentConsistencyAdapter,
                                        StableDiffusion3Adapter, FluxAdapter, WanAdapter)
 SUPPORTED_PIPELINES: dict[str, type[Adapter]] = {name: cls for cls in FAMILIES for name in cls.pipelines}
+
+
+def require_images(adapter: Any, what: str) -> None:
+    """Refuse a video model where ``what`` (a workflow) takes images only, in one line."""
+    if getattr(adapter, "video", False):
+        raise InputError(f"{what} takes images, and {type(adapter.pipe).__name__} is a video model: invert or "
+                         "edit one clip at a time with nrinv.invert / nrinv.edit")
 
 
 def adapter_class(pipeline_class: str) -> Optional[type[Adapter]]:

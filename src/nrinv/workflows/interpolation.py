@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._version import __version__
-from ..core.adapters import adapter_for
+from ..core.adapters import adapter_for, require_images
 from ..core.inversion import (InversionOptions, InversionResult, check_guidance, inversion_parameters,
                               invert_tensor, sample,
                               solver_options)
@@ -97,6 +97,7 @@ def interpolate(
     check_steps(inversion.num_inference_steps)
     encode_adjust = check_adjust(encode_adjust)
     adapter = adapter_for(pipe)
+    require_images(adapter, "interpolate")
     method, _ = solver_options(adapter, inversion)  # bad solver arguments fail before any work
 
     timings: dict[str, float] = {}

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._version import __version__
-from ..core.adapters import adapter_for
+from ..core.adapters import adapter_for, require_images
 from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, inversion_parameters,
                               invert_tensor, prepare, sample, solver_options)
 from ..core.schedulers import seeded_generator
@@ -101,6 +101,7 @@ def seed_from_images(
     spread = AUTO_SPREADS[0] if auto else check_spread(spread)
     check_steps(inversion.num_inference_steps)
     adapter = adapter_for(pipe)
+    require_images(adapter, "seed_from_images")
     method, _ = solver_options(adapter, inversion)  # bad solver arguments fail before any work
     guidance = check_guidance(edit_defaults(adapter)["edit_guidance_scale"] if sample_guidance_scale is None
                               else sample_guidance_scale, "sample_guidance_scale")
