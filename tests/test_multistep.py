@@ -80,14 +80,7 @@ def test_coupled_solve_beats_ddim_style_inversion_and_counts_every_call(tiny, as
     original = _with_scheduler(pipe, lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c))
     try:
         adapter = nrinv.core.adapter_for(pipe)
-        calls = [0]
-        forward = adapter._forward
-
-        def counted(*args, **kwargs):
-            calls[0] += 1
-            return forward(*args, **kwargs)
-
-        adapter._forward = counted
+        calls = _counting(adapter)
         default = nrinv.invert(adapter, astronaut32, PROMPT, num_inference_steps=10, guidance_scale=1.0)
         assert default.nfe == calls[0] <= 40  # every network call is counted; at most 4 per step, no sweep
         assert default.settings["trajectory_sweeps"] == 0 and default.settings["options"]["max_iterations"] == 4
