@@ -211,3 +211,21 @@ def test_image_only_workflows_refuse_a_video_model_in_one_line(tiny, workflow):
             "seed_from_images": lambda: nrinv.seed_from_images(pipe, [clip], PROMPT, num_inference_steps=2)}[workflow]
     with pytest.raises(InputError, match=rf"^{workflow} takes images, and WanPipeline is a video model: [^\n]+$"):
         call()
+
+
+def test_a_corrupt_animated_gif_is_one_line(tmp_path):
+    """A truncated animated GIF raised PIL's OSError ("image file is truncated") out of the clip
+    loader: the CLI printed a traceback (found by tests/test_fuzz.py)."""
+    from PIL import Image
+
+    from nrinv.errors import InputError
+    from nrinv.io.clips import load_clip
+
+    frames = [Image.new("RGB", (32, 32), (40 * i, 200 - 40 * i, 90)) for i in range(5)]
+    path = tmp_path / "clip.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 60])
+    with pytest.raises(InputError, match=r"^cannot read image .*clip\.gif: ") as info:
+        load_clip(path)
+    assert "\n" not in str(info.value)

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import InputError
-from .images import DEFAULT_MAX_PIXELS, load_image, load_pixels, to_tensor
+from .images import DEFAULT_MAX_PIXELS, load_image, load_pixels, open_frames, to_tensor
 
 __all__ = ["is_clip", "load_clip", "load_frames", "save_clip", "FRAME_SUFFIXES", "VIDEO_SUFFIXES"]
 
@@ -63,7 +63,7 @@ def _read_video(path: Path) -> list[Image.Image]:
     return [Image.fromarray(np.asarray(f)).convert("RGB") for f in frames]
 
 
-def _frames_of(source: Any) -> list:
+def _frames_of(source: Any, max_pixels: int) -> list:
     if isinstance(source, (list, tuple)):
         return list(source)
     if isinstance(source, Tensor):
@@ -80,22 +80,17 @@ def _frames_of(source: Any) -> list:
         raise InputError(f"clip not found: {path}")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return _read_video(path)
-    with Image.open(path) as img:  # a GIF (or any multi-frame image): every frame, as RGB
-        out = []
-        for i in range(int(getattr(img, "n_frames", 1))):
-            img.seek(i)
-            out.append(img.convert("RGB"))
-        return out
+    return open_frames(path, max_pixels)  # a GIF (or any multi-frame image): every frame, as RGB
 
 
 def load_clip(source: Any, *, size: Optional[tuple[int, int]] = None, max_pixels: Optional[int] = None,
               notes: Optional[list] = None) -> Tensor:
     """A clip (list of frames in any image form, folder, GIF, video file or (F, 3, H, W) tensor) as an
     (F, 3, H, W) float32 tensor in [0, 1]; every frame resized to ``size`` when given."""
-    frames = _frames_of(source)
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    frames = _frames_of(source, limit)
     if not frames:
         raise InputError("the clip has no frames")
-    limit = max_pixels or DEFAULT_MAX_PIXELS
     seen: list[str] = []
     pils = [load_image(f, max_pixels=limit, notes=seen, size=size) for f in frames]
     sizes = {(p.height, p.width) for p in pils}

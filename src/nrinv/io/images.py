@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["load_image", "load_pixels", "resolve_size", "check_resize", "to_tensor", "to_pil", "ImageLike",
-           "DEFAULT_MAX_PIXELS"]
+__all__ = ["load_image", "load_pixels", "open_frames", "resolve_size", "check_resize", "to_tensor", "to_pil",
+           "ImageLike", "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 _KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
@@ -37,6 +37,24 @@ def check_resize(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_
 
 def _open_file(path: Path, max_pixels: int) -> Image.Image:
     """Decode a file completely; any failure of the decoder is an unreadable image (one line)."""
+    return _decode(path, max_pixels, lambda img: img.copy())
+
+
+def open_frames(path: Path, max_pixels: int) -> list[Image.Image]:
+    """Every frame of a (multi-frame, e.g. animated GIF) image file as RGB, with :func:`_open_file`'s
+    checks and one-line errors."""
+    def every_frame(img: Image.Image) -> list[Image.Image]:
+        frames = []
+        for i in range(int(getattr(img, "n_frames", 1))):
+            img.seek(i)
+            frames.append(img.convert("RGB"))
+        return frames
+
+    return _decode(path, max_pixels, every_frame)
+
+
+def _decode(path: Path, max_pixels: int, read: Any) -> Any:
+    """``read(image)`` of the opened, fully decoded file, its size checked first against ``max_pixels``."""
     try:
         with warnings.catch_warnings():
             # PIL warns about corrupt metadata and large images as it decodes: the pixel limit below and
@@ -48,7 +66,7 @@ def _open_file(path: Path, max_pixels: int) -> Image.Image:
                     raise InputError(f"{path} is {h}x{w} (HxW) = {w * h} pixels, over the limit of {max_pixels}; "
                                      "downscale it or raise --max-pixels")
                 probe.load()
-                return probe.copy()
+                return read(probe)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
