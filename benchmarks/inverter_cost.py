@@ -14,22 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nrinv.bench.measure import median_seconds
+
 
 def _median_time(fn, repeats: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, warmup=3)
 
 
 def _flops(fn) -> int:

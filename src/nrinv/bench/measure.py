@@ -11,7 +11,7 @@ import torch
 from .._version import __version__
 from ..core.adapters import adapter_for
 
-__all__ = ["PeakMemory", "sync", "machine_info"]
+__all__ = ["PeakMemory", "sync", "machine_info", "median_seconds"]
 
 
 class PeakMemory:
@@ -55,6 +55,20 @@ class PeakMemory:
             self.peak = max(self.peak, self.proc.memory_info().rss)
             self.peak_mb = (self.peak - self.base) / 2**20
         return False
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """The median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    import statistics
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def sync(device: torch.device) -> None:
