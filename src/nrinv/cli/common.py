@@ -81,25 +81,33 @@ def open_image(path: str, max_pixels: int, model: Optional[str], quiet: bool,
     """Open and validate an input image before the model loads: readable, within the pixel limit, and
     (when the model's configs are on disk) of a size the model takes, with advice in its terms.
     Returns the image and the notes printed about it."""
-    from ..core.adapters import size_error, size_notes
     from ..errors import InputError
     from ..io.images import load_image
-    from ..loading import model_geometry
 
     notes: list[str] = []
     try:
         image = load_image(path, max_pixels=max_pixels, notes=notes, size=resize)
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    geometry = model_geometry(model) if model else None
-    if geometry is not None:
-        problem = size_error(image.height, image.width, geometry["multiple"], geometry["native"])
-        if problem:
-            raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
-        notes += size_notes(image.height, image.width, geometry["native"])
+    notes += _check_model_size(path, image.height, image.width, model)
     for text in notes:
         note(f"{what or path}: {text}", quiet)
     return image, notes
+
+
+def _check_model_size(path: str, height: int, width: int, model: Optional[str], with_notes: bool = True) -> list[str]:
+    """A size the model takes (when its configs are on disk), refused with advice in ``--resize`` terms
+    otherwise; returns the size notes (far from the native size, extreme aspect) when ``with_notes``."""
+    from ..core.adapters import size_error, size_notes
+    from ..loading import model_geometry
+
+    geometry = model_geometry(model) if model else None
+    if geometry is None:
+        return []
+    problem = size_error(height, width, geometry["multiple"], geometry["native"])
+    if problem:
+        raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
+    return size_notes(height, width, geometry["native"]) if with_notes else []
 
 
 #: what a clip's output may be: an animated GIF, a video file, or a folder of frames (a name without a suffix)
@@ -130,14 +138,7 @@ def open_input(path: str, max_pixels: int, model: Optional[str], quiet: bool,
         pixels = load_clip(path, size=resize, max_pixels=max_pixels, notes=notes)
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    from ..core.adapters import size_error
-    from ..loading import model_geometry
-
-    geometry = model_geometry(model) if model else None
-    if geometry is not None:
-        problem = size_error(int(pixels.shape[-2]), int(pixels.shape[-1]), geometry["multiple"], geometry["native"])
-        if problem:
-            raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
+    _check_model_size(path, int(pixels.shape[-2]), int(pixels.shape[-1]), model, with_notes=False)
     for text in notes:
         note(f"{path}: {text}", quiet)
     return [to_pil(f) for f in pixels], pixels, notes
