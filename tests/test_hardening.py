@@ -34,8 +34,15 @@ def _one_line_error(capsys, code, expected):
 
 
 def _no_model(monkeypatch):
-    """Fail the test if a command gets as far as loading a model."""
+    """Fail the test if a command gets as far as loading a model.  Every command module is imported
+    first: one first imported while ``common.load_model`` is patched would keep the patched function
+    after the test (``nrinv bench`` then failed in a later test with this message)."""
+    import importlib
+
     import nrinv.cli.common as common
+
+    for module in ("invert", "edit", "batch", "bench", "demo", "train_inverter"):
+        importlib.import_module(f"nrinv.cli.{module}")
 
     def forbidden(*a, **k):
         raise AssertionError("the model was loaded before the input was checked")
