@@ -52,6 +52,63 @@ def test_a_request_is_capped_by_its_estimated_time(app):
         app._check_request(pipe, "fixed_point", 50, 5, 0, cost=single, pixels=4 * 64 * 64)
 
 
+@pytest.mark.parametrize("scheduler, steps, iterations, entries, sweeps", [
+    ("UniPCMultistepScheduler", 10, 0, 10, 6),  # multistep: the pass at 2 iterations, then up to 6 sweeps
+    ("HeunDiscreteScheduler", 6, 2, 11, 0),     # second order: two calls a step but the last; no sweep
+])
+def test_the_cap_counts_the_calls_of_multistep_and_second_order_samplers(tiny, astronaut32, scheduler, steps,
+                                                                         iterations, entries, sweeps):
+    """The cap priced an inversion at steps x iterations calls (UniPC, 10 steps x 2 iterations: 20 solver
+    calls and 10 to reconstruct, 30), while the coupled solve makes up to 10 x 2 in its pass plus 6
+    sweeps of 10 (80 here) and Heun's 6 steps are 11 calls each pass: the time cap let through requests
+    several times longer than allowed.  The estimate is an upper bound of what ``nrinv.invert`` reports,
+    above it by the sweeps a converged solve skips at most."""
+    import diffusers
+
+    import nrinv
+    from nrinv.core.adapters import adapter_for
+    from nrinv.core.inversion import planned_calls, sampler_calls
+
+    pipe = tiny("sd")
+    original = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(original.config)
+    try:
+        adapter = adapter_for(pipe)
+        its = iterations or None
+        planned = planned_calls(adapter, "anderson", steps, its, size=(32, 32), seed=3)
+        assert sampler_calls(adapter, steps, size=(32, 32), seed=3) == entries
+        assert planned == entries * 2 + sweeps * entries
+        res = nrinv.invert(adapter, astronaut32, "a photo of a cat", method="anderson", num_inference_steps=steps,
+                           max_iterations=its, seed=3)
+        assert res.nfe <= planned <= res.nfe + sweeps * entries, (res.nfe, planned)
+        # the app refuses with the same count: the inversion's calls plus one reconstruction
+        capped = EditorApp(["builtin:shapes"], device="cpu", dtype="float32", limits=Limits(max_nfe=1))
+        with pytest.raises(InputError, match=rf"needs about {planned + entries} network calls"):
+            capped._check_request(adapter, "anderson", steps, iterations, 3, size=(32, 32))
+        assert planned + entries >= res.nfe + entries > steps * 2 + steps  # the old estimate (30 / 18)
+    finally:
+        pipe.scheduler = original
+
+
+@pytest.mark.parametrize("model", ["builtin:shapes", "builtin:shapes-lcm"])
+@pytest.mark.parametrize("method, steps, iterations", [("anderson", 0, 0), ("anderson", 50, 5), ("ddim", 20, 3),
+                                                       ("gnri_grad", 12, 4), ("newton_krylov", 8, 2),
+                                                       ("edit_friendly", 4, 0)])
+def test_single_step_samplers_keep_the_steps_times_iterations_estimate(app, model, method, steps, iterations):
+    """The built-in models' samplers (DDIM, LCM) take one call a step: the estimate is what it was."""
+    from nrinv.core.inversion import planned_calls, sampler_calls
+    from nrinv.core.solvers import SOLVERS
+
+    pipe = app.pipe(model)
+    n_steps = steps or pipe.defaults.num_inference_steps
+    spec = SOLVERS.get(method)
+    iterates = spec is not None and spec.iterates
+    per_iteration = spec.calls_per_iteration() if spec is not None else 1
+    old = n_steps * ((iterations or pipe.defaults.max_iterations) if iterates else 1) * per_iteration
+    assert planned_calls(pipe, method, n_steps, (iterations or None) if iterates else None) == old
+    assert sampler_calls(pipe, n_steps) == n_steps
+
+
 def test_half_precision_on_the_cpu_is_told_to_use_float32(app):
     pipe = app.pipe("builtin:shapes", "bfloat16")
     half = CallCost(forward_s=0.12, gradient_s=0.16, pixels=64 * 64)

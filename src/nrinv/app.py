@@ -46,7 +46,8 @@ class Limits:
 
     max_steps: int = 50
     max_iterations: int = 5
-    #: network calls of one request: inversion (steps x iterations x calls per iteration) plus the
+    #: network calls of one request: inversion (at most, ``core.inversion.planned_calls``: steps x iterations
+    #: x calls per iteration for a single-step sampler, more for a multistep or second-order one) plus the
     #: regeneration; bounds how long one request holds the worker
     max_nfe: int = 400
     max_pixels: int = 1024 * 1024
@@ -169,10 +170,13 @@ class EditorApp:
         return fit_to_model(img, pipe.size_multiple, pipe.default_size())
 
     def _check_request(self, pipe, method: str, steps: Any, iterations: Any, seed: Any, frames: int = 0,
-                       inversions: int = 1, cost: Optional[CallCost] = None,
-                       pixels: Optional[int] = None) -> tuple[Optional[int], Optional[int], int]:
-        """Steps, iterations and seed checked against the limits; the request's network calls and its
-        estimated time (with ``cost``, at ``pixels``) bounded."""
+                       inversions: int = 1, cost: Optional[CallCost] = None, pixels: Optional[int] = None,
+                       size: Optional[tuple[int, int]] = None) -> tuple[Optional[int], Optional[int], int]:
+        """Steps, iterations and seed checked against the limits; the request's network calls (at most, as
+        ``nrinv.invert`` spends them on this model's sampler at ``size``, HxW) and its estimated time
+        (with ``cost``, at ``pixels``) bounded."""
+        from .core.inversion import planned_calls, sampler_calls
+
         lim = self.limits
         try:
             steps_i, its_i, seed_i = int(steps or 0), int(iterations or 0), int(seed or 0)
@@ -185,10 +189,11 @@ class EditorApp:
         if not 0 <= seed_i < 2 ** 32:
             raise InputError("the seed must be a whole number between 0 and 4294967295")
         n_steps = steps_i or pipe.defaults.num_inference_steps
-        iterates, per_iteration, needs_grad = _method_facts(method)
-        n_its = (its_i or pipe.defaults.max_iterations) if iterates else 1
-        solve_calls = inversions * n_steps * n_its * per_iteration
-        plain_calls = inversions * n_steps + frames * n_steps  # reconstruction / regeneration
+        iterates, _, needs_grad = _method_facts(method)
+        its = (its_i or None) if iterates else None  # None: the model's (or its scheduler family's), as invert
+        # a multistep sampler's inversion sweeps the whole trajectory, a second-order one calls twice a step
+        solve_calls = inversions * planned_calls(pipe, method, n_steps, its, size=size, seed=seed_i)
+        plain_calls = (inversions + frames) * sampler_calls(pipe, n_steps, size=size, seed=seed_i)  # reconstruction
         nfe = solve_calls + plain_calls
         if nfe > lim.max_nfe:
             raise InputError(f"that request needs about {nfe} network calls, more than the {lim.max_nfe} allowed "
@@ -250,7 +255,7 @@ class EditorApp:
         img, notes = self._fit(pipe, img)
         cost = self.cost(model, dtype)
         steps, iterations, seed = self._check_request(pipe, method, steps, iterations, seed, cost=cost,
-                                                      pixels=img.width * img.height)
+                                                      pixels=img.width * img.height, size=(img.height, img.width))
         result = invert(pipe, img, source_prompt, method=method, num_inference_steps=steps, max_iterations=iterations,
                         seed=seed)
         cost.observe(_method_facts(method)[2], result.wall_time * cost.pixels / (img.width * img.height), result.nfe)
@@ -303,7 +308,8 @@ class EditorApp:
         b, _ = self._image(path_b)
         (a, _), (b, _) = self._fit(pipe, a), self._fit(pipe, b)
         _, iterations, seed = self._check_request(pipe, method, 0, iterations, seed, frames=frames, inversions=2,
-                                                  cost=self.cost(model, dtype), pixels=a.width * a.height)
+                                                  cost=self.cost(model, dtype), pixels=a.width * a.height,
+                                                  size=(a.height, a.width))
         if a.size != b.size:
             raise InputError(f"images A and B differ in size ({a.height}x{a.width} and {b.height}x{b.width}, HxW); "
                              "resize them to match")

@@ -18,6 +18,7 @@ _WHERE = {
     "InversionOptions": "inversion", "InversionResult": "inversion", "Setup": "inversion", "StepCallback": "inversion",
     "invert_tensor": "inversion", "invert_tensor_batch": "inversion", "prepare": "inversion",
     "reconstruct_latent": "inversion", "sample": "inversion", "solver_options": "inversion",
+    "planned_calls": "inversion", "sampler_calls": "inversion",
     "SUPPORTED_SCHEDULERS": "schedulers", "affine_schedule": "schedulers",
     "SOLVERS": "solvers", "Problem": "solvers", "SolveResult": "solvers", "SolverSpec": "solvers", "Status": "solvers",
     "get_solver": "solvers", "make_options": "solvers",

@@ -30,8 +30,8 @@ from .schedulers import AffineStep, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
 
 __all__ = ["InversionOptions", "inversion_parameters", "StepCallback", "Setup", "InversionResult", "invert_tensor",
-           "invert_tensor_batch", "reconstruct_latent", "sample", "prepare", "solver_options", "check_guidance",
-           "MAX_GUIDANCE"]
+           "invert_tensor_batch", "reconstruct_latent", "sample", "prepare", "solver_options", "planned_calls",
+           "sampler_calls", "check_guidance", "MAX_GUIDANCE"]
 
 _SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
 #: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
@@ -328,7 +328,8 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         from .trajectory import solve_trajectory
 
         results, trajectory, outputs, wall = solve_trajectory(setup, encoded, method,
-                                                              _trajectory_budget(setup, options), progress, warm_start)
+                                                              _trajectory_budget(setup.adapter, options), progress,
+                                                              warm_start)
         setup.history = (trajectory, outputs)
         if callback is not None:  # solved as one system: reported per step after the solve, last step first
             nfe = 0
@@ -448,6 +449,64 @@ def solver_options(pipe: Any, inversion: InversionOptions) -> tuple[str, SolverO
     return method, make_options(method, options, **overrides)
 
 
+def _planned_schedule(adapter: Adapter, num_inference_steps: Optional[int], size: Optional[tuple[int, int]],
+                      seed: Optional[int]) -> Schedule:
+    """The probed schedule an inversion with these settings runs (``prepare``'s; cached by the adapter,
+    so the inversion that follows reuses it)."""
+    steps = int(adapter.defaults.num_inference_steps if num_inference_steps is None else num_inference_steps)
+    if steps < 1:
+        raise InputError(f"num_inference_steps must be >= 1, got {steps}")
+    size = adapter.default_size() if size is None else (int(size[0]), int(size[1]))
+    return adapter.schedule(steps, size, seed=seed)
+
+
+def sampler_calls(pipe: Any, num_inference_steps: Optional[int] = None, *, size: Optional[tuple[int, int]] = None,
+                  seed: Optional[int] = 0) -> int:
+    """Network calls of one run of ``pipe``'s sampler (a reconstruction, or a regeneration from the
+    noise): one per entry of its scheduler's timesteps, read off a copy of the scheduler set to
+    ``num_inference_steps`` -- the steps, but ``2 * steps - 1`` for Heun / KDPM2 (two calls a step but
+    the last) and ``steps + 1`` for PNDM with ``skip_prk_steps``.  ``size``: the image's (default the
+    model's); ``seed``: the noise of a stochastic sampler, as for ``nrinv.invert``."""
+    return len(_planned_schedule(adapter_for(pipe), num_inference_steps, size, seed))
+
+
+def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: Optional[int] = None,
+                  max_iterations: Optional[int] = None, *, options: Any = None,
+                  size: Optional[tuple[int, int]] = None, seed: Optional[int] = 0) -> int:
+    """The most network calls one ``nrinv.invert`` of ``pipe`` with these settings makes (its
+    ``result.nfe`` at most; the solver may stop early once converged), before any reconstruction.
+
+    ``None`` takes what ``nrinv.invert`` takes (``solver_options``): the model's method, and the
+    iterations per step of the scheduler family's row, else the model's.  A single-step sampler
+    costs ``entries x iterations x calls per iteration``; a coupled one (``core/trajectory.py``) the
+    same in its sequential pass (a step of ``e`` entries costs ``e`` calls per evaluation), plus, for
+    a multistep sampler solved by an iterating method, up to ``sweeps`` whole-trajectory sweeps (the
+    options', else the family's) of one call per entry each ("gauss_seidel": a one-iteration re-solve
+    per step).  Entries: ``sampler_calls``.  A trajectory method (edit-friendly) costs one call per
+    entry, plus the default solve for ``trajectory="solved"``."""
+    adapter = adapter_for(pipe)
+    schedule = _planned_schedule(adapter, num_inference_steps, size, seed)
+    entries = len(schedule)
+    trajectory_options = _trajectory_options(method, options)
+    if trajectory_options is not None:
+        solved = 0
+        if trajectory_options.trajectory == "solved":  # as invert_tensor: the default solver, these iterations
+            solved = planned_calls(adapter, None, num_inference_steps, max_iterations, size=size, seed=seed)
+        return entries + solved
+    method, opts = solver_options(adapter, InversionOptions(method=method, max_iterations=max_iterations,
+                                                            options=options))
+    spec = get_solver(method)
+    per_call = spec.calls_per_iteration(opts)
+    calls = entries * (opts.max_iterations if spec.iterates else 1) * per_call
+    if schedule.coupling is not None and schedule.coupling.reaches_back and spec.iterates:
+        from .trajectory import DEFAULT_SWEEP_ITERATIONS
+
+        budget = _trajectory_budget(adapter, opts)
+        per_sweep = entries * DEFAULT_SWEEP_ITERATIONS * per_call if budget.sweep_mode == "gauss_seidel" else entries
+        calls += budget.sweeps * per_sweep
+    return calls
+
+
 def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, negative_prompt: Optional[str],
               notes: list[str], generator: Optional[torch.Generator]) -> dict[str, Any]:
     """The JSON-ready record of what an inversion did (sidecars, benchmarks)."""
@@ -477,9 +536,9 @@ def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, ne
     }
 
 
-def _trajectory_budget(setup: Setup, options: SolverOptions) -> SolverOptions:
+def _trajectory_budget(adapter: Adapter, options: SolverOptions) -> SolverOptions:
     """``options`` with ``sweeps`` / ``sweep_mode`` filled in from the scheduler family's defaults."""
-    family = scheduler_defaults(setup.adapter.pipe)
+    family = scheduler_defaults(adapter.pipe)
     fill = {}
     if getattr(options, "sweeps", None) is None:
         fill["sweeps"] = family.sweeps
@@ -491,7 +550,7 @@ def _trajectory_budget(setup: Setup, options: SolverOptions) -> SolverOptions:
 def _trajectory_settings(setup: Setup, method: str, options: SolverOptions) -> dict[str, Any]:
     if setup.schedule.coupling is None:
         return {"trajectory_sweeps": None, "trajectory_sweep_mode": None}
-    budget = _trajectory_budget(setup, options)
+    budget = _trajectory_budget(setup.adapter, options)
     sweeps = budget.sweeps if get_solver(method).iterates else 0  # a solver that does not iterate: the pass only
     return {"trajectory_sweeps": sweeps, "trajectory_sweep_mode": budget.sweep_mode}
 

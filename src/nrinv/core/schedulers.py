@@ -110,6 +110,12 @@ class Coupling:
     stored: list[tuple[float, float]]
     groups: list[tuple[int, int]]
 
+    @property
+    def reaches_back(self) -> bool:
+        """Whether some step's equation involves the latents or outputs of earlier steps (multistep:
+        DPM-Solver++, UniPC, PNDM, ...), not only those of its own group (Heun, KDPM2)."""
+        return any(self.A[b][j] != 0.0 or self.B[b][j] != 0.0 for a, b in self.groups for j in range(a))
+
     def combine(self, k: int, zs: dict[int, Tensor], ms: dict[int, Tensor], C: Optional[Tensor]) -> Tensor:
         """``z_{k+1}`` from the latents ``zs[j]`` and outputs ``ms[j]``, ``j <= k`` (missing j: coefficient 0)."""
         out = None

@@ -366,8 +366,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
             break
     # 2. sweeps over the whole trajectory, where steps reach back past their own group (multistep);
     # Heun / KDPM2 / single-step groups are independent once solved
-    across = any(cp.A[b][j] != 0.0 or cp.B[b][j] != 0.0 for a, b in cp.groups for j in range(a))
-    if across and sweeps > 0 and all(r is not None and r.status.finite for r in records if r is not None) \
+    if cp.reaches_back and sweeps > 0 and all(r is not None and r.status.finite for r in records if r is not None) \
             and all(z is not None for z in Z) and all(m is not None for m in M):
         if sweep_mode == "gauss_seidel":
             gauss_seidel(sweeps)
