@@ -551,7 +551,8 @@ def _trajectory_settings(setup: Setup, method: str, options: SolverOptions) -> d
     if setup.schedule.coupling is None:
         return {"trajectory_sweeps": None, "trajectory_sweep_mode": None}
     budget = _trajectory_budget(setup.adapter, options)
-    sweeps = budget.sweeps if get_solver(method).iterates else 0  # a solver that does not iterate: the pass only
+    # a solver that does not iterate, or steps that never reach back past their own (Heun, KDPM2): the pass only
+    sweeps = budget.sweeps if get_solver(method).iterates and setup.schedule.coupling.reaches_back else 0
     return {"trajectory_sweeps": sweeps, "trajectory_sweep_mode": budget.sweep_mode}
 
 

@@ -51,6 +51,10 @@ SUPPORTED_SCHEDULERS = {
     "DDPMScheduler": "vp",
 }
 
+#: DPMSolverMultistepScheduler's algorithm types tested by stock regeneration (the SDE ones with the noise the
+#: pipeline's generator draws inside ``step``, recorded by the probe)
+DPM_SOLVER_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+
 #: schedulers refused on purpose, and why (one line each)
 REFUSED_SCHEDULERS = {
     "DPMSolverSDEScheduler": "draws Brownian-tree noise (torchsde) keyed by the step's sigmas, not from the "
@@ -162,16 +166,17 @@ def _scheduler_family(scheduler: Any) -> str:
     if getattr(cfg, "variance_type", None) in ("learned", "learned_range"):
         raise UnsupportedSchedulerError(f"{name} with a learned variance reads it from the model output, which is not "
                                         "an affine step; use variance_type='fixed_small'")
-    if name == "DPMSolverMultistepScheduler":
-        why = None
-        if getattr(cfg, "algorithm_type", "") in ("sde-dpmsolver++", "sde-dpmsolver"):
-            why = ("the SDE variant (its noise is recorded, but the coupled trajectory solve stalls at relative "
-                   "error 0.08 on a tiny SD, 10 steps)")
-        elif getattr(cfg, "algorithm_type", "") != "dpmsolver++":
-            why = f"algorithm_type={cfg.algorithm_type!r} (tested: dpmsolver++)"
-        if why:
-            raise UnsupportedSchedulerError(f"{name} with {why} cannot be inverted exactly yet; use algorithm_type="
-                                            "'dpmsolver++' (its default) or EulerAncestralDiscreteScheduler")
+    if name == "DPMSolverMultistepScheduler" and getattr(cfg, "algorithm_type", "") not in DPM_SOLVER_ALGORITHMS:
+        raise UnsupportedSchedulerError(f"{name} with algorithm_type={cfg.algorithm_type!r} cannot be inverted exactly "
+                                        f"yet (tested: {', '.join(DPM_SOLVER_ALGORITHMS)})")
+    if name == "DPMSolverMultistepScheduler" and cfg.algorithm_type.startswith("sde") and (
+            getattr(cfg, "use_flow_sigmas", False) or getattr(cfg, "prediction_type", None) == "flow_prediction"):
+        # DPM-Solver++ SDE step (Lu et al. 2022, eq. for x_t): x_t = (sigma_t / sigma_s) e^{-h} x_s + ...; a flow
+        # schedule starts at sigma 1 (alpha 0), where e^{-h} = 0: the first step keeps its latent only through the
+        # data prediction, which at pure noise barely depends on it
+        raise UnsupportedSchedulerError(f"{name} with algorithm_type={cfg.algorithm_type!r} on flow sigmas cannot be "
+                                        "inverted: its first step (sigma 1) replaces the latent with fresh noise, so "
+                                        "the image does not determine it; use algorithm_type='dpmsolver++'")
     family = SUPPORTED_SCHEDULERS[name]
     if family == "vp" and (getattr(cfg, "prediction_type", None) == "flow_prediction"
                            or getattr(cfg, "use_flow_sigmas", False)):
