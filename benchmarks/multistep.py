@@ -7,9 +7,12 @@ is the stock pipeline, tests/test_multistep.py), the VAE ceiling PSNR(x, D(E(x))
 latent error of the regeneration and the network calls used:
 
 * ``inverse-scheduler``: diffusers' DPMSolverMultistepInverseScheduler (DPM-Solver++ 2M run backwards,
-  approximate), 1 NFE per step (dpm2m only);
+  approximate), 1 NFE per step (dpm2m only); ``inverse-scheduler, M steps`` runs it with M steps
+  (``--inverse-steps``, e.g. as many calls as a coupled solve spends) and the sampler regenerates with N;
 * ``ddim``: DDIM-style inversion of the same step model (each step's model output taken at the known
   latent, history extrapolated), 1 NFE per step;
+* ``fixed_point xI, S sweeps`` (config ``fpIxS``): the same with plain fixed-point iteration per step
+  (ReNoise-style, without its averaging) at the same budget;
 * ``anderson xI, S sweeps``: the coupled trajectory solve (core/trajectory.py) with I Anderson
   iterations per step in the sequential pass and at most S whole-trajectory sweeps (one call per
   entry each; they stop early when every entry converges), with the pass's warm start where named;
@@ -33,6 +36,8 @@ import torch
 
 SAMPLERS = {
     "dpm2m": lambda c: __import__("diffusers").DPMSolverMultistepScheduler.from_config(c),
+    "sde-dpm2m": lambda c: __import__("diffusers").DPMSolverMultistepScheduler.from_config(
+        c, algorithm_type="sde-dpmsolver++"),
     "pndm": lambda c: __import__("diffusers").PNDMScheduler.from_config(c, skip_prk_steps=True, steps_offset=1,
                                                                          set_alpha_to_one=False),
     "unipc": lambda c: __import__("diffusers").UniPCMultistepScheduler.from_config(c),
@@ -47,7 +52,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def inverse_scheduler(setup, encoded: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
-    """diffusers' DPMSolverMultistepInverseScheduler, driven as its docs drive it (scale, call, step)."""
+    """diffusers' DPMSolverMultistepInverseScheduler with ``steps`` steps, driven as its docs drive it (scale,
+    call, step); ``steps`` may differ from the sampler's (a finer inversion of the same ODE)."""
     from diffusers import DPMSolverMultistepInverseScheduler
 
     pipe = setup.adapter.pipe
@@ -72,6 +78,9 @@ def main(argv=None) -> int:
                          "nrinv.invert does: the scheduler family's row of core/defaults.py, the model's warm start)")
     ap.add_argument("--sweep-mode", default="newton", choices=["newton", "gauss_seidel"],
                     help="whole-trajectory sweeps (the default) or per-step Gauss-Seidel re-solves")
+    ap.add_argument("--inverse-steps", default="",
+                    help="comma-separated extra step counts of the inverse-scheduler baseline (dpm2m), e.g. 45 "
+                         "to give it the calls of a 2.25-calls-per-step solve at 20 steps")
     ap.add_argument("--no-baselines", dest="with_ddim", action="store_false",
                     help="skip the inverse-scheduler and ddim rows")
     ap.add_argument("--tag", default="", help="suffix of the results file")
@@ -92,12 +101,13 @@ def main(argv=None) -> int:
     configs = []
     for c in args.configs.split(","):
         if c.strip() == "default":  # what nrinv.invert does with this scheduler (core/defaults.py)
-            configs.append(("default", None, None, None))
+            configs.append(("default",))
             continue
-        m = re.fullmatch(r"(\d+)x(\d+)(gs)?(?:\+(last|linear))?", c.strip())
+        m = re.fullmatch(r"(fp)?(\d+)x(\d+)(gs)?(?:\+(last|linear))?", c.strip())
         if m is None:
-            ap.error(f"bad config {c!r}: ITERATIONSxSWEEPS[gs][+last|+linear]")
-        configs.append((int(m[1]), int(m[2]), "gauss_seidel" if m[3] else args.sweep_mode, m[4]))
+            ap.error(f"bad config {c!r}: [fp]ITERATIONSxSWEEPS[gs][+last|+linear]")
+        configs.append(("fixed_point" if m[1] else "anderson", int(m[2]), int(m[3]),
+                        "gauss_seidel" if m[4] else args.sweep_mode, m[5]))
     rows = []
     for item in images:
         x = torch.from_numpy(__import__("numpy").asarray(item.image.convert("RGB"), dtype="float32") / 255)
@@ -119,12 +129,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             z0, nfe = inverse_scheduler(setup, encoded, args.steps)
             record("inverse-scheduler", z0, nfe, time.perf_counter() - t0)
-        methods = ([("ddim", 1, 0, "newton", None)] if args.with_ddim else []) + [("anderson",) + c for c in configs]
+            for more in [int(x) for x in args.inverse_steps.split(",") if x.strip()]:
+                t0 = time.perf_counter()
+                z0, nfe = inverse_scheduler(setup, encoded, more)
+                record(f"inverse-scheduler, {more} steps", z0, nfe, time.perf_counter() - t0)
+        methods = ([("ddim", 1, 0, "newton", None)] if args.with_ddim else []) + [
+            c if c[0] != "default" else ("anderson", "default", None, None, None) for c in configs]
         for method, its, sweeps, mode, warm in methods:
             t0 = time.perf_counter()
             if its == "default":
                 method, options = solver_options(adapter, InversionOptions())
-                options = _trajectory_budget(setup, options)
+                options = _trajectory_budget(adapter, options)
                 its, sweeps, mode = options.max_iterations, options.sweeps, options.sweep_mode
                 warm = _auto_warm(None, setup, its)
                 default = " (default)"
