@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -113,6 +114,10 @@ class Coupling:
     B: list[list[float]]
     stored: list[tuple[float, float]]
     groups: list[tuple[int, int]]
+    #: each entry's log signal-to-noise ratio lambda = log(alpha / sigma) (None where the scheduler does not
+    #: say): the variable DPM-Solver's multistep formulas are linear in, which the coupled solver
+    #: extrapolates the history in
+    log_snr: Optional[list[float]] = None
 
     @property
     def reaches_back(self) -> bool:
@@ -264,6 +269,23 @@ def _guidance(family: str, scheduler: Any, t: Tensor, t_next: Optional[Tensor]) 
         a_prev = float(ac[min(max(int(t_next), 0), top)])
     ratio = a_t / a_prev
     return ratio ** 0.5, max(1.0 - ratio, 1e-8)
+
+
+def _log_snr(scheduler: Any, n: int) -> Optional[list[float]]:
+    """lambda = log(alpha / sigma) of each of the ``n`` entries, as the scheduler converts its own ``sigmas``
+    (``_sigma_to_alpha_sigma_t``: DPM-Solver, UniPC, DEIS, in VP, v and flow form); None where it has no
+    such conversion or a lambda is not finite (a flow schedule's sigma 1)."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    convert = getattr(scheduler, "_sigma_to_alpha_sigma_t", None)
+    if not isinstance(sigmas, Tensor) or convert is None or len(sigmas) < n:
+        return None
+    out = []
+    for k in range(n):
+        alpha, sigma = (float(x) for x in convert(sigmas[k].double()))
+        if not (alpha > 0 and sigma > 0):
+            return None
+        out.append(math.log(alpha / sigma))
+    return out
 
 
 def _groups(A: list[list[float]], name: str, second_calls: list[bool]) -> list[tuple[int, int]]:
@@ -440,5 +462,5 @@ def affine_schedule(
         scheduler_name=name,
         seed=seed,
         device=device,
-        coupling=Coupling(A, B, stored, groups) if coupled else None,
+        coupling=Coupling(A, B, stored, groups, _log_snr(scheduler, n)) if coupled else None,
     )

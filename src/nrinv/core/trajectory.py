@@ -9,7 +9,9 @@ outputs of earlier steps ``j < a``, which in inversion order are not solved yet.
    step being solved: the scheduler's stored history (its data prediction ``a_j z_j + b_j m_j``, read
    off by the probe) is taken equal to this step's, with ``m_j = m_a`` -- the first-order (DDIM)
    assumption, under which DPM-Solver++ steps become DDIM steps; with step a+1 solved, the data
-   prediction is extrapolated linearly in t to the adjacent step.  The unknown ``z_a`` is
+   prediction is extrapolated linearly to the adjacent step, in the log-SNR ``lambda`` where the
+   scheduler gives it (``Coupling.log_snr``: DPM-Solver's multistep formulas are linear in it, Lu et
+   al. 2022, "DPM-Solver++", eq. for the 2M step), else in t (PNDM, LMS).  The unknown ``z_a`` is
    solved with any solver of ``solvers.SOLVERS`` on the fixed-point map
    ``f(z_a) = z_a + (z_{b+1} - step(z_a, ...)) / A_eff`` (``A_eff``: the step's total linear
    coefficient on ``z_a``), which costs ``b - a + 1`` network calls per evaluation.
@@ -159,6 +161,10 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
     records: list[Optional[SolveResult]] = [None] * n
     tiny = 1e-6
 
+    # where the history is extrapolated along: the log-SNR where the schedule gives it (DPM-Solver's and
+    # UniPC's data predictions are modelled as polynomials in it), else the timestep
+    along = list(cp.log_snr) if cp.log_snr is not None else [step.t for step in steps]
+
     def chain(a: int, b: int) -> dict[int, float]:
         """d z_j / d z_a through the linear parts of the forward equations a .. b-1."""
         d = {a: 1.0}
@@ -174,7 +180,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         """Latents, outputs and d z_j / d z_a of the steps j < a, extrapolated from step a.
 
         The scheduler's stored output of step j (its data prediction, or the raw output) is taken on
-        the line through step a's and step a+1's in t (constant when a+1 is not solved yet), the raw
+        the line through step a's and step a+1's in ``along`` (constant when a+1 is not solved yet), the raw
         output equal to step a's; the latent follows from the stored output.  ``corrected`` adds the
         difference between the current trajectory and this extrapolation made at the current z_a, so
         that an exact trajectory is a fixed point and only the change of z_a is extrapolated.
@@ -186,9 +192,9 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         for j in range(a):
             aj, bj = cp.stored[j]
             r = 0.0
-            if nxt is not None and steps[nxt].t != steps[a].t:
+            if nxt is not None and along[nxt] != along[a]:
                 # one step's length at most: far history stays at the adjacent step's extrapolation
-                r = (steps[max(j, a - 1)].t - steps[a].t) / (steps[a].t - steps[nxt].t)
+                r = (along[max(j, a - 1)] - along[a]) / (along[a] - along[nxt])
             if r != 0.0:
                 o_j = o_a + r * (o_a - stored(nxt, Z[nxt], M[nxt]))
             else:
