@@ -1,5 +1,7 @@
 """Multistep, second-order and stochastic single-step schedulers: probed step model, coupled trajectory
 solve, and the *stock* pipeline regenerating the image from ``result.latents`` (tiny random pipelines)."""
+import math
+
 import diffusers
 import pytest
 import torch
@@ -132,6 +134,18 @@ def test_probed_multistep_model_matches_the_stock_scheduler():
     # the stored history is the data prediction x0 = (z - sqrt(1 - a) eps) / sqrt(a) at t = 999
     a = float(dpm.alphas_cumprod[999])
     assert cp.stored[0] == pytest.approx((a ** -0.5, -((1 - a) / a) ** 0.5), rel=1e-4)
+    # the log-SNR the pass extrapolates the history in: log(alpha / sigma) = log(a / (1 - a)) / 2 at t = 999; the
+    # flow form converts its own sigmas (alpha = 1 - sigma); PNDM has no such conversion (the timestep is used)
+    assert cp.log_snr[0] == pytest.approx(0.5 * math.log(a / (1 - a)), rel=1e-6)
+    assert all(x < y for x, y in zip(cp.log_snr, cp.log_snr[1:]))
+    flow = diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                 flow_shift=3.0)
+    flow.set_timesteps(5)
+    sigma = float(flow.sigmas[1])
+    assert affine_schedule(flow, (1, 4, 8, 8)).coupling.log_snr[1] == pytest.approx(math.log((1 - sigma) / sigma))
+    pndm = diffusers.PNDMScheduler(**betas, skip_prk_steps=True)
+    pndm.set_timesteps(5)
+    assert affine_schedule(pndm, (1, 4, 8, 8)).coupling.log_snr is None
     heun = diffusers.HeunDiscreteScheduler(**betas)
     heun.set_timesteps(4)
     assert affine_schedule(heun, (1, 4, 8, 8)).coupling.groups == [(0, 1), (2, 3), (4, 5), (6, 6)]
