@@ -1,5 +1,6 @@
 """Multistep, second-order and stochastic single-step schedulers: probed step model, coupled trajectory
 solve, and the *stock* pipeline regenerating the image from ``result.latents`` (tiny random pipelines)."""
+import importlib.util
 import math
 
 import diffusers
@@ -33,6 +34,8 @@ CASES = {
     "sd-kdpm2-ancestral": ("sd", lambda c: diffusers.KDPM2AncestralDiscreteScheduler.from_config(c), 6, 4),
     "sd-tcd": ("sd", lambda c: diffusers.TCDScheduler.from_config(c), 10, None),                          # 1.5e-3
     "sd-ddpm": ("sd", lambda c: diffusers.DDPMScheduler.from_config(c, clip_sample=False), 10, None),     # 3.4e-3
+    # k-diffusion's DPM++ SDE: second order, Brownian-tree noise fixed by noise_sampler_seed; 1.2e-3
+    "sd-dpm++sde": ("sd", lambda c: diffusers.DPMSolverSDEScheduler.from_config(c, noise_sampler_seed=0), 6, 4),
     # SDE DPM-Solver++ 2M with the noise the generator draws in ``step``, at its family's budget (OWN_BUDGET)
     "sd-sde-dpm++2m": ("sd", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(
         c, algorithm_type="sde-dpmsolver++"), 10, None),                                                  # 1.0e-3
@@ -75,8 +78,12 @@ DEPRECATED = {"sd-sde-dpm2m", "sd-dpm2m"}
 
 
 def _marks(case):
-    return ([pytest.mark.slow] if case in SLOW else []) + (
+    marks = ([pytest.mark.slow] if case in SLOW else []) + (
         [pytest.mark.filterwarnings("ignore::FutureWarning")] if case in DEPRECATED else [])
+    if case == "sd-dpm++sde":  # torchsde (the test extra) warns of its own float rounding, in the stock pipeline too
+        marks += [pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning"),
+                  pytest.mark.skipif(importlib.util.find_spec("torchsde") is None, reason="needs torchsde")]
+    return marks
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=_marks(c)) for c in CASES])
@@ -181,10 +188,11 @@ def test_schedule_cache_follows_the_scheduler_not_its_id(tiny):
         pipe.scheduler = original
 
 
-def test_brownian_tree_sampler_is_refused_by_name():
-    # DPMSolverSDEScheduler needs torchsde to be built; the refusal is by class name, before any probe
+def test_brownian_tree_sampler_without_a_seed_is_refused():
+    # DPMSolverSDEScheduler draws a fresh random seed unless its config fixes noise_sampler_seed; the refusal
+    # reads the config, before any probe (and without torchsde)
     fake = type("DPMSolverSDEScheduler", (), {"config": {}, "timesteps": torch.zeros(1)})()
-    with pytest.raises(UnsupportedSchedulerError, match="Brownian"):
+    with pytest.raises(UnsupportedSchedulerError, match="Brownian.*noise_sampler_seed=0"):
         affine_schedule(fake, (1, 4, 8, 8), seed=0)
 
 

@@ -46,6 +46,9 @@ SUPPORTED_SCHEDULERS = {
     "HeunDiscreteScheduler": "sigma",
     "KDPM2DiscreteScheduler": "sigma",
     "KDPM2AncestralDiscreteScheduler": "sigma",
+    # DPM-Solver++ SDE (k-diffusion's "DPM++ SDE"): Brownian-tree noise (torchsde), reproducible when its config
+    # fixes noise_sampler_seed
+    "DPMSolverSDEScheduler": "sigma",
     "LMSDiscreteScheduler": "sigma",
     "EDMDPMSolverMultistepScheduler": "sigma",
     "TCDScheduler": "vp",
@@ -58,9 +61,6 @@ DPM_SOLVER_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpm
 
 #: schedulers refused on purpose, and why (one line each)
 REFUSED_SCHEDULERS = {
-    "DPMSolverSDEScheduler": "draws Brownian-tree noise (torchsde) keyed by the step's sigmas, not from the "
-                             "pipeline's generator, so its noise cannot be recorded; use DPMSolverMultistepScheduler "
-                             "with algorithm_type='sde-dpmsolver++' instead",
     "DPMSolverMultistepInverseScheduler": "is an approximate inversion scheduler, not a sampler; sample with "
                                           "DPMSolverMultistepScheduler and invert that",
     "DDIMInverseScheduler": "is an approximate inversion scheduler, not a sampler; sample with DDIMScheduler",
@@ -171,6 +171,11 @@ def _scheduler_family(scheduler: Any) -> str:
     if getattr(cfg, "variance_type", None) in ("learned", "learned_range"):
         raise UnsupportedSchedulerError(f"{name} with a learned variance reads it from the model output, which is not "
                                         "an affine step; use variance_type='fixed_small'")
+    if name == "DPMSolverSDEScheduler" and getattr(cfg, "noise_sampler_seed", None) is None:
+        raise UnsupportedSchedulerError(f"{name} draws its Brownian-tree noise from a fresh random seed, not from the "
+                                        "pipeline's generator, so no run can be regenerated; fix it with "
+                                        f"`pipe.scheduler = {name}.from_config(pipe.scheduler.config, "
+                                        "noise_sampler_seed=0)`")
     if name == "DPMSolverMultistepScheduler" and getattr(cfg, "algorithm_type", "") not in DPM_SOLVER_ALGORITHMS:
         raise UnsupportedSchedulerError(f"{name} with algorithm_type={cfg.algorithm_type!r} cannot be inverted exactly "
                                         f"yet (tested: {', '.join(DPM_SOLVER_ALGORITHMS)})")
