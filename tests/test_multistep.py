@@ -298,7 +298,8 @@ def test_scheduler_families_pick_the_trajectory_budget(tiny):
     cases = [(lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), "dpm-solver-2m", 0, "newton"),
              (lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=3), "multistep", 6,
               "newton"),
-             (lambda c: diffusers.UniPCMultistepScheduler.from_config(c), "multistep", 6, "newton"),
+             (lambda c: diffusers.UniPCMultistepScheduler.from_config(c), "unipc-deis", 6, "newton"),
+             (lambda c: diffusers.PNDMScheduler.from_config(c, **SD15_PNDM), "multistep", 6, "newton"),
              (lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, algorithm_type="sde-dpmsolver++"),
               "sde-dpm-solver", 15, "newton")]
     for make, family, sweeps, mode in cases:

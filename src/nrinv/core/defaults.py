@@ -172,18 +172,26 @@ def _sde_dpm_solver(scheduler: Any) -> bool:
         and str(_config(scheduler).get("algorithm_type", "")).startswith("sde")
 
 
+def _unipc_deis(scheduler: Any) -> bool:
+    return type(scheduler).__name__ in ("UniPCMultistepScheduler", "DEISMultistepScheduler")
+
+
 #: (family, recogniser of the pipeline's scheduler, defaults), first match wins; chosen by measurement on
 #: builtin:shapes with the scheduler swapped (benchmarks/README.md section 8, benchmarks/multistep.py)
 SCHEDULER_FAMILIES: list[tuple[str, Callable[[Any], bool], SchedulerDefaults]] = [
     # DPM-Solver++ 2M: the sweeps stall on a trained model (a sweep costs one call per step and leaves the
     # latent error near 0.03 at 20 steps); 4 Anderson iterations per step in the pass and no sweep come
-    # within 0.1 dB of the VAE ceiling at 2.25 calls per step with the warm start
+    # within 0.1 dB of the VAE ceiling (0.03 dB) at 2.26 calls per step with the warm start
     ("dpm-solver-2m", _dpm_solver_2m, SchedulerDefaults("dpm-solver-2m", 0, "newton", max_iterations=4)),
     # SDE DPM-Solver++ (2M, with the recorded noise): its history is the data prediction of a noisy path, which
     # the pass extrapolates poorly; the sweeps converge, slowly: 4 iterations per step in the pass and up to 15
-    # sweeps reach the VAE ceiling at 20 steps (18.2 calls per step; 6 sweeps: 0.45 dB below it)
+    # sweeps come within 0.06 dB of the VAE ceiling at 20 steps (18.25 calls per step; 6 sweeps: 0.45 dB)
     ("sde-dpm-solver", _sde_dpm_solver, SchedulerDefaults("sde-dpm-solver", 15, "newton", max_iterations=4)),
-    # the rest (UniPC, whose corrector ties every step to all earlier ones, PNDM, DEIS, ...): up to 6
+    # UniPC (whose corrector ties every step to all earlier ones) and DEIS: 4 iterations per step in the pass, then
+    # up to 6 sweeps: within 0.1 dB of the VAE ceiling at 10 and 20 UniPC steps (~10 calls per step; 2 iterations:
+    # 0.29-0.50 dB at 8), DEIS 20 steps 0.12 dB at 5.25 (2 iterations: 0.23 dB at 5.0)
+    ("unipc-deis", _unipc_deis, SchedulerDefaults("unipc-deis", 6, "newton", max_iterations=4)),
+    # the rest (PNDM, LMS, EDM DPM-Solver, DPM-Solver 3M, Heun / KDPM2, which never sweep, ...): up to 6
     # whole-trajectory sweeps, stopping when every step's residual meets tolerance
     ("multistep", lambda s: True, SchedulerDefaults("multistep", 6, "newton")),
 ]
