@@ -40,6 +40,7 @@ SAMPLERS = {
         c, algorithm_type="sde-dpmsolver++"),
     "pndm": lambda c: __import__("diffusers").PNDMScheduler.from_config(c, skip_prk_steps=True, steps_offset=1,
                                                                          set_alpha_to_one=False),
+    "sa": lambda c: __import__("diffusers").SASolverScheduler.from_config(c),
     "unipc": lambda c: __import__("diffusers").UniPCMultistepScheduler.from_config(c),
     "deis": lambda c: __import__("diffusers").DEISMultistepScheduler.from_config(c),
     "heun": lambda c: __import__("diffusers").HeunDiscreteScheduler.from_config(c),

@@ -53,6 +53,15 @@ SUPPORTED_SCHEDULERS = {
     "EDMDPMSolverMultistepScheduler": "sigma",
     "TCDScheduler": "vp",
     "DDPMScheduler": "vp",
+    # each of these is one row: the probe reads their steps as it reads the others'
+    "DPMSolverSinglestepScheduler": "vp",
+    "FlowMatchHeunDiscreteScheduler": "flow",
+    "EDMEulerScheduler": "sigma",
+    "IPNDMScheduler": "sigma",
+    "DDIMParallelScheduler": "vp",
+    "DDPMParallelScheduler": "vp",
+    "CosineDPMSolverMultistepScheduler": "sigma",
+    "SASolverScheduler": "vp",
 }
 
 #: DPMSolverMultistepScheduler's algorithm types tested by stock regeneration (the SDE ones with the noise the
@@ -162,7 +171,8 @@ def _scheduler_family(scheduler: Any) -> str:
             "Swap it with e.g. `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
         )
     cfg = scheduler.config
-    if getattr(cfg, "thresholding", False) or (name in ("DDIMScheduler", "DDPMScheduler", "TCDScheduler")
+    if getattr(cfg, "thresholding", False) or (name in ("DDIMScheduler", "DDPMScheduler", "TCDScheduler",
+                                                        "DDIMParallelScheduler", "DDPMParallelScheduler")
                                                and getattr(cfg, "clip_sample", False)):
         raise UnsupportedSchedulerError(
             f"{name} with clip_sample/thresholding is not an affine step and cannot be inverted exactly; "
