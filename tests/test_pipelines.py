@@ -113,11 +113,11 @@ def test_reconstruct_decodes_an_image(tiny, astronaut32):
 def test_unsupported_pipeline_and_scheduler_errors(tiny):
     with pytest.raises(ValueError, match="not supported; supported pipelines"):
         nrinv.core.adapter_for(object())
-    from diffusers import IPNDMScheduler
+    from diffusers import FlowMatchLCMScheduler  # not supported (yet)
 
     pipe = tiny("sd")
     original = pipe.scheduler
-    pipe.scheduler = IPNDMScheduler.from_config(original.config)
+    pipe.scheduler = FlowMatchLCMScheduler()
     try:
         with pytest.raises(ValueError, match="supported schedulers"):
             nrinv.invert(pipe, image_latents=torch.zeros(1, 4, 16, 16), prompt="x", height=32, width=32)

@@ -187,9 +187,9 @@ def test_options_reject_unknown_keys_and_bad_values():
 
 
 def test_unsupported_scheduler_is_named():
-    from diffusers import IPNDMScheduler
+    from diffusers import FlowMatchLCMScheduler  # not supported (yet)
 
-    sched = IPNDMScheduler()
+    sched = FlowMatchLCMScheduler()
     sched.set_timesteps(4)
     with pytest.raises(UnsupportedSchedulerError, match="supported schedulers: DDIMScheduler"):
         affine_schedule(sched, SHAPE)
