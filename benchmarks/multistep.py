@@ -1,7 +1,8 @@
 """Multistep samplers on the built-in model: `python benchmarks/multistep.py SAMPLER [--steps N] [--n-images 4]`.
 
 builtin:shapes with its scheduler swapped to SAMPLER (dpm2m: DPM-Solver++ 2M; unipc: UniPC bh2; pndm:
-PNDM/PLMS as SD 1.5 ships it; deis; heun), held-out scenes of the shapes world, guidance 1.  Per method: reconstruction
+PNDM/PLMS as SD 1.5 ships it; deis; heun; sa), held-out scenes of the shapes world, guidance 1 (``--guidance``).  Per
+method: reconstruction
 PSNR against the input (our replay of the stock sampler from the inverted noise, decoded; the replay
 is the stock pipeline, tests/test_multistep.py), the VAE ceiling PSNR(x, D(E(x))), the relative
 latent error of the regeneration and the network calls used:
@@ -16,7 +17,7 @@ latent error of the regeneration and the network calls used:
 * ``anderson xI, S sweeps``: the coupled trajectory solve (core/trajectory.py) with I Anderson
   iterations per step in the sequential pass and at most S whole-trajectory sweeps (one call per
   entry each; they stop early when every entry converges), with the pass's warm start where named;
-* ``(default)``: what ``nrinv.invert`` does with this scheduler at guidance 1 (the scheduler family's
+* ``(default)``: what ``nrinv.invert`` does with this scheduler at that guidance (the scheduler family's
   row of core/defaults.py ``SCHEDULER_FAMILIES``, the model's warm start).
 
 Writes benchmarks/results/multistep/SAMPLER.json and prints a markdown table.
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
                          "to give it the calls of a 2.25-calls-per-step solve at 20 steps")
     ap.add_argument("--no-baselines", dest="with_ddim", action="store_false",
                     help="skip the inverse-scheduler and ddim rows")
+    ap.add_argument("--guidance", type=float, default=1.0,
+                    help="classifier-free guidance of the inversion and the regeneration (the warm start is off by "
+                         "default above 1)")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     args = ap.parse_args(argv)
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             encoded = adapter.encode(x)
             ceiling = psnr(adapter.decode(encoded, (64, 64)), x)
-        setup = prepare(adapter, item.prompt, size=(64, 64), num_inference_steps=args.steps, guidance_scale=1.0)
+        setup = prepare(adapter, item.prompt, size=(64, 64), num_inference_steps=args.steps,
+                        guidance_scale=args.guidance)
 
         def record(method: str, z0: torch.Tensor, nfe: int, seconds: float) -> None:
             with torch.no_grad():
@@ -139,7 +144,7 @@ def main(argv=None) -> int:
         for method, its, sweeps, mode, warm in methods:
             t0 = time.perf_counter()
             if its == "default":
-                method, options = solver_options(adapter, InversionOptions())
+                method, options = solver_options(adapter, InversionOptions(), guided=setup.cond.cfg)
                 options = _trajectory_budget(adapter, options)
                 its, sweeps, mode = options.max_iterations, options.sweeps, options.sweep_mode
                 warm = _auto_warm(None, setup, its)
@@ -160,7 +165,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n"
     (out / f"{args.sampler}{args.steps}{args.tag}.json").write_text(report)
-    print(f"### {args.sampler}, {args.steps} steps, builtin:shapes, {args.n_images} images\n")
+    print(f"### {args.sampler}, {args.steps} steps, guidance {args.guidance:g}, builtin:shapes, {args.n_images} "
+          "images\n")
     print("| method | NFE per step | PSNR dB | below VAE ceiling dB | latent error |\n|---|---|---|---|---|")
     for s in summary:
         print(f"| {s['method']} | {s['nfe_per_step']:.2f} | {s['psnr']:.2f} | {s['ceiling'] - s['psnr']:.2f} | "

@@ -404,15 +404,21 @@ def _predicted_output(implied: list[tuple[float, Tensor]], t: float) -> Tensor:
 
 def _auto_warm(warm_start: Any, setup: Setup, iterations: Optional[int] = None) -> Optional[str]:
     """The warm start mode, or None for off.  ``None`` = on without classifier-free guidance, off with
-    it: measured on the built-in model, the warm start helps at guidance 1 and can hurt at guidance
-    3-7.5 with few steps (benchmarks/README.md, section 4).  ``True`` / on: the model's mode at this
+    it (a multistep family's ``guided_warm_start`` where its row has one): measured on the built-in
+    model, the warm start helps at guidance 1 and can hurt at guidance 3-7.5 with few steps
+    (benchmarks/README.md, section 4).  ``True`` / on: the model's mode at this
     many ``iterations`` per step (``ModelDefaults.warm_start_by_iterations``, else ``warm_start``);
     ``"last"`` / ``"linear"`` / ``"learned"``: that mode."""
     if warm_start in WARM_STARTS:
         return warm_start
     if warm_start is not None and not isinstance(warm_start, bool):
         raise InputError(f"warm_start must be None, True, False, 'last', 'linear' or 'learned'; got {warm_start!r}")
-    on = (not getattr(setup.cond, "cfg", False)) if warm_start is None else warm_start
+    guided = getattr(setup.cond, "cfg", False)
+    if warm_start is None and guided and setup.schedule.coupling is not None:
+        row = scheduler_defaults(setup.adapter.pipe)  # a multistep family measured with it under guidance
+        if row.guided_warm_start is not None:
+            return row.guided_warm_start
+    on = (not guided) if warm_start is None else warm_start
     defaults = setup.adapter.defaults
     by_budget = dict(getattr(defaults, "warm_start_by_iterations", ()) or ())
     return by_budget.get(iterations, defaults.warm_start) if on else None
@@ -432,10 +438,11 @@ def _learned_guess(adapter: Adapter, warm: Optional[str], notes: list[str]) -> t
     return warm, guess
 
 
-def solver_options(pipe: Any, inversion: InversionOptions) -> tuple[str, SolverOptions]:
+def solver_options(pipe: Any, inversion: InversionOptions, *, guided: bool = False) -> tuple[str, SolverOptions]:
     """``(method, options)`` of ``inversion`` with the model's defaults filled in: its method, and its
     iterations per step unless ``max_iterations`` or ``options`` set them (not for a solver that does
-    not iterate; a multistep scheduler family's row, ``defaults.SCHEDULER_FAMILIES``, before the model's)."""
+    not iterate; a multistep scheduler family's row, ``defaults.SCHEDULER_FAMILIES``, before the model's;
+    ``guided``: under classifier-free guidance, the row's ``guided_max_iterations`` where it has one)."""
     adapter = adapter_for(pipe)
     defaults = adapter.defaults
     method = defaults.method if inversion.method is None else inversion.method
@@ -444,7 +451,8 @@ def solver_options(pipe: Any, inversion: InversionOptions) -> tuple[str, SolverO
     given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
     if iterates and "max_iterations" not in given and not overrides:
-        family = scheduler_defaults(adapter.pipe).max_iterations
+        row = scheduler_defaults(adapter.pipe)
+        family = row.guided_max_iterations if guided and row.guided_max_iterations is not None else row.max_iterations
         overrides["max_iterations"] = defaults.max_iterations if family is None else family
     return method, make_options(method, options, **overrides)
 
@@ -472,7 +480,8 @@ def sampler_calls(pipe: Any, num_inference_steps: Optional[int] = None, *, size:
 
 def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: Optional[int] = None,
                   max_iterations: Optional[int] = None, *, options: Any = None,
-                  size: Optional[tuple[int, int]] = None, seed: Optional[int] = 0) -> int:
+                  size: Optional[tuple[int, int]] = None, seed: Optional[int] = 0,
+                  guidance_scale: Optional[float] = None) -> int:
     """The most network calls one ``nrinv.invert`` of ``pipe`` with these settings makes (its
     ``result.nfe`` at most; the solver may stop early once converged), before any reconstruction.
 
@@ -483,7 +492,8 @@ def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: 
     a multistep sampler solved by an iterating method, up to ``sweeps`` whole-trajectory sweeps (the
     options', else the family's) of one call per entry each ("gauss_seidel": a one-iteration re-solve
     per step).  Entries: ``sampler_calls``.  A trajectory method (edit-friendly) costs one call per
-    entry, plus the default solve for ``trajectory="solved"``."""
+    entry, plus the default solve for ``trajectory="solved"``.  ``guidance_scale`` (None: the model's) above 1
+    counts a multistep row's guided budget (an upper bound where the model is guidance-distilled)."""
     adapter = adapter_for(pipe)
     schedule = _planned_schedule(adapter, num_inference_steps, size, seed)
     entries = len(schedule)
@@ -491,10 +501,13 @@ def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: 
     if trajectory_options is not None:
         solved = 0
         if trajectory_options.trajectory == "solved":  # as invert_tensor: the default solver, these iterations
-            solved = planned_calls(adapter, None, num_inference_steps, max_iterations, size=size, seed=seed)
+            solved = planned_calls(adapter, None, num_inference_steps, max_iterations, size=size, seed=seed,
+                                   guidance_scale=guidance_scale)
         return entries + solved
+    guidance = adapter.defaults.guidance_scale if guidance_scale is None else guidance_scale
     method, opts = solver_options(adapter, InversionOptions(method=method, max_iterations=max_iterations,
-                                                            options=options))
+                                                            options=options),
+                                  guided=schedule.coupling is not None and float(guidance) > 1)
     spec = get_solver(method)
     per_call = spec.calls_per_iteration(opts)
     calls = entries * (opts.max_iterations if spec.iterates else 1) * per_call
@@ -616,6 +629,9 @@ def invert_tensor(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
+    if setup.cond.cfg and setup.schedule.coupling is not None:  # a multistep row's budget under guidance
+        method, options = solver_options(adapter, inversion.replace(method=None, options=None)
+                                         if trajectory_options is not None else inversion, guided=True)
     warm = _auto_warm(inversion.warm_start, setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, notes)
     captured = adapter.capture_time
@@ -750,6 +766,8 @@ def invert_tensor_batch(
     conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
+    if batch_setup.cond.cfg and setup.schedule.coupling is not None:  # a multistep row's budget under guidance
+        method, options = solver_options(adapter, inversion, guided=True)
     warm = _auto_warm(inversion.warm_start, batch_setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, [])
     captured = adapter.capture_time
