@@ -629,7 +629,8 @@ def invert_tensor(
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
-    if setup.cond.cfg and setup.schedule.coupling is not None:  # a multistep row's budget under guidance
+    # a multistep row's budget under guidance (the conditioning of a custom adapter may be None)
+    if getattr(setup.cond, "cfg", False) and setup.schedule.coupling is not None:
         method, options = solver_options(adapter, inversion.replace(method=None, options=None)
                                          if trajectory_options is not None else inversion, guided=True)
     warm = _auto_warm(inversion.warm_start, setup, getattr(options, "max_iterations", None))
@@ -766,7 +767,7 @@ def invert_tensor_batch(
     conds = [adapter.conditioning(p, negative_prompt, setup.guidance_scale, size) for p in prompts]
     batch_setup = Setup(adapter, setup.schedule, Conditioning.cat(conds), size, setup.num_inference_steps,
                         setup.guidance_scale, setup.seed)
-    if batch_setup.cond.cfg and setup.schedule.coupling is not None:  # a multistep row's budget under guidance
+    if getattr(batch_setup.cond, "cfg", False) and setup.schedule.coupling is not None:  # guided budget
         method, options = solver_options(adapter, inversion, guided=True)
     warm = _auto_warm(inversion.warm_start, batch_setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, [])
