@@ -85,6 +85,9 @@ def main(argv=None) -> int:
                          "to give it the calls of a 2.25-calls-per-step solve at 20 steps")
     ap.add_argument("--no-baselines", dest="with_ddim", action="store_false",
                     help="skip the inverse-scheduler and ddim rows")
+    ap.add_argument("--history-order", type=int, default=None, choices=[1, 2],
+                    help="the pass's extrapolation of unsolved history for the non-default configs (1 linear, 2 "
+                         "quadratic; default: the scheduler family's row)")
     ap.add_argument("--guidance", type=float, default=1.0,
                     help="classifier-free guidance of the inversion and the regeneration (the warm start is off by "
                          "default above 1)")
@@ -151,10 +154,12 @@ def main(argv=None) -> int:
                 default = " (default)"
             else:
                 options, default = make_options(method, max_iterations=its, sweeps=sweeps, sweep_mode=mode), ""
-            results, trajectory, _, _ = solve_trajectory(setup, encoded, method, options, warm_start=warm)
+            order = None if default else args.history_order
+            results, trajectory, _, _ = solve_trajectory(setup, encoded, method, options, warm_start=warm,
+                                                         history_order=order)
             label = "ddim" if method == "ddim" else f"{method} x{its}, {sweeps} sweeps" + (
                 " (Gauss-Seidel)" if mode == "gauss_seidel" and sweeps else "") + (f", warm {warm}" if warm else "")
-            label += default
+            label += (f", history order {order}" if order else "") + default
             record(label, trajectory[0], sum(r.nfe for r in results), time.perf_counter() - t0)
     summary = []
     for method in dict.fromkeys(r["method"] for r in rows):

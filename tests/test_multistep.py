@@ -357,3 +357,31 @@ def test_guided_dpm_solver_2m_takes_its_rows_guided_budget(tiny, astronaut32):
         assert chosen.settings["options"]["max_iterations"] == 3 and _auto_warm(False, chosen.setup, 3) is None
     finally:
         pipe.scheduler = original
+
+
+def test_dpm_solver_2m_pass_extrapolates_its_history_quadratically(tiny, astronaut32):
+    """The pass alone (no sweep) with the history extrapolated through the next two solved steps (its row's
+    ``history_order`` 2) against the line through one: on this model at 20 steps 5.5e-3 at 27 calls vs 1.2e-2
+    at 43 (builtin:shapes: 0.0163 at 1.48 calls per step vs 0.0167 at 2.26)."""
+    from nrinv.core.defaults import scheduler_defaults
+    from nrinv.core.solvers import make_options
+    from nrinv.core.trajectory import solve_trajectory
+
+    pipe = tiny("sd")
+    original = _with_scheduler(pipe, lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c))
+    try:
+        assert scheduler_defaults(pipe).history_order == 2
+        res = nrinv.invert(pipe, astronaut32, PROMPT, num_inference_steps=20, guidance_scale=1.0, seed=3,
+                           options={"sweeps": 0})
+        options = make_options("anderson", max_iterations=4, sweeps=0)
+        errors, calls = {}, {}
+        for order in (1, 2):
+            results, trajectory, _, _ = solve_trajectory(res.setup, res.encoded, "anderson", options,
+                                                         warm_start="linear", history_order=order)
+            regenerated = pipe(PROMPT, num_inference_steps=20, guidance_scale=1.0, latents=trajectory[0], height=32,
+                               width=32, generator=torch.Generator().manual_seed(3), output_type="latent").images
+            errors[order] = float((regenerated - res.encoded).norm() / res.encoded.norm())
+            calls[order] = sum(r.nfe for r in results)
+        assert errors[2] < 0.6 * errors[1] and calls[2] < calls[1], (errors, calls)
+    finally:
+        pipe.scheduler = original

@@ -164,6 +164,10 @@ class SchedulerDefaults(Options):
     #: warm start (None: the model's rule, off under guidance)
     guided_max_iterations: Optional[int] = None
     guided_warm_start: Optional[str] = None
+    #: the degree of the pass's extrapolation of the history not solved yet, in the log-SNR where the scheduler
+    #: gives it (``core/trajectory.py``): 1 = linear through the step being solved and the next solved one,
+    #: 2 = quadratic through the next two
+    history_order: int = 1
 
 
 def _dpm_solver_2m(scheduler: Any) -> bool:
@@ -190,7 +194,8 @@ SCHEDULER_FAMILIES: list[tuple[str, Callable[[Any], bool], SchedulerDefaults]] =
     # steps need more iterations, and the warm start only saves calls: 8 with it, guidance 3: 1.65 -> 0.75 dB below
     # the ceiling at 4.0 -> 2.98 calls per step; guidance 7.5: 10.24 -> 9.13 dB
     ("dpm-solver-2m", _dpm_solver_2m, SchedulerDefaults("dpm-solver-2m", 0, "newton", max_iterations=4,
-                                                        guided_max_iterations=8, guided_warm_start="linear")),
+                                                        guided_max_iterations=8, guided_warm_start="linear",
+                                                        history_order=2)),
     # SDE DPM-Solver++ (2M, with the recorded noise): its history is the data prediction of a noisy path, which
     # the pass extrapolates poorly; the sweeps converge, slowly: 4 iterations per step in the pass and up to 15
     # sweeps come within 0.06 dB of the VAE ceiling at 20 steps (18.25 calls per step; 6 sweeps: 0.45 dB)

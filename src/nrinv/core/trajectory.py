@@ -9,7 +9,8 @@ outputs of earlier steps ``j < a``, which in inversion order are not solved yet.
    step being solved: the scheduler's stored history (its data prediction ``a_j z_j + b_j m_j``, read
    off by the probe) is taken equal to this step's, with ``m_j = m_a`` -- the first-order (DDIM)
    assumption, under which DPM-Solver++ steps become DDIM steps; with step a+1 solved, the data
-   prediction is extrapolated linearly to the adjacent step, in the log-SNR ``lambda`` where the
+   prediction is extrapolated to the adjacent step (linearly, or through the next two solved steps
+   where the scheduler family's ``history_order`` is 2), in the log-SNR ``lambda`` where the
    scheduler gives it (``Coupling.log_snr``: DPM-Solver's multistep formulas are linear in it, Lu et
    al. 2022, "DPM-Solver++", eq. for the 2M step), else in t (PNDM, LMS).  The unknown ``z_a`` is
    solved with any solver of ``solvers.SOLVERS`` on the fixed-point map
@@ -41,7 +42,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .defaults import SCHEDULER_FAMILIES
+from .defaults import SCHEDULER_FAMILIES, scheduler_defaults
 from .schedulers import Coupling, Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver
 
@@ -132,7 +133,8 @@ def _merge(a: Optional[SolveResult], b: SolveResult) -> SolveResult:
 
 def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions, progress: bool = False,
                      warm_start: Optional[str] = None, *, sweeps: Optional[int] = None,
-                     sweep_iterations: Optional[int] = None, sweep_mode: Optional[str] = None):
+                     sweep_iterations: Optional[int] = None, sweep_mode: Optional[str] = None,
+                     history_order: Optional[int] = None):
     """Invert a coupled schedule; returns ``(per-entry results, trajectory z_0..z_K, outputs m_0..m_{K-1}, wall)``.
 
     ``setup`` is ``inversion.Setup``; ``method``/``options`` the per-step solver (its
@@ -140,9 +142,13 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
     ``sweep_mode`` default to the options' fields, else ``DEFAULT_SWEEPS`` / ``DEFAULT_SWEEP_MODE``).  ``warm_start``
     (``"last"``/``"linear"``) starts single-entry steps of the pass from the output predicted from the
     steps solved before, as ``inversion._solve_steps`` does.
+    ``history_order``: the degree of the pass's extrapolation of unsolved history (1: linear through
+    this step and the next solved one, 2: quadratic through the next two; None: the scheduler
+    family's ``SchedulerDefaults.history_order``).
     """
     schedule: Schedule = setup.schedule
     cp: Coupling = schedule.coupling
+    order = scheduler_defaults(setup.adapter.pipe).history_order if history_order is None else int(history_order)
     steps = schedule.steps
     n = len(steps)
     spec = get_solver(method)
@@ -180,7 +186,8 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         """Latents, outputs and d z_j / d z_a of the steps j < a, extrapolated from step a.
 
         The scheduler's stored output of step j (its data prediction, or the raw output) is taken on
-        the line through step a's and step a+1's in ``along`` (constant when a+1 is not solved yet), the raw
+        the line through step a's and step a+1's in ``along`` (constant when a+1 is not solved yet; the
+        parabola through a+2's too where ``history_order`` is 2 and a+2 is solved), the raw
         output equal to step a's; the latent follows from the stored output.  ``corrected`` adds the
         difference between the current trajectory and this extrapolation made at the current z_a, so
         that an exact trajectory is a fixed point and only the change of z_a is extrapolated.
@@ -195,12 +202,20 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
             if nxt is not None and along[nxt] != along[a]:
                 # one step's length at most: far history stays at the adjacent step's extrapolation
                 r = (along[max(j, a - 1)] - along[a]) / (along[a] - along[nxt])
-            if r != 0.0:
+            w_a = 1.0 + r
+            nxt2 = a + 2 if nxt is not None and a + 2 < n and M[a + 2] is not None and Z[a + 2] is not None else None
+            if order >= 2 and r != 0.0 and nxt2 is not None and len({along[a], along[nxt], along[nxt2]}) == 3:
+                x, x0, x1, x2 = along[max(j, a - 1)], along[a], along[nxt], along[nxt2]
+                w_a = (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2))
+                w_1 = (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+                w_2 = (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))
+                o_j = w_a * o_a + w_1 * stored(nxt, Z[nxt], M[nxt]) + w_2 * stored(nxt2, Z[nxt2], M[nxt2])
+            elif r != 0.0:
                 o_j = o_a + r * (o_a - stored(nxt, Z[nxt], M[nxt]))
             else:
                 o_j = o_a
             if abs(aj) > tiny * abs(bj) and sa != 0:
-                zs[j], ms[j], dz[j] = (o_j - bj * ma) / aj, ma, sa * (1 + r) / aj
+                zs[j], ms[j], dz[j] = (o_j - bj * ma) / aj, ma, sa * w_a / aj
             else:  # the raw output is stored: extrapolate it, keep the latent
                 zs[j], ms[j], dz[j] = za, (o_j - aj * za) / bj if bj != 0 else ma, 1.0
         if corrected:
