@@ -189,10 +189,11 @@ def _unipc_deis(scheduler: Any) -> bool:
 #: builtin:shapes with the scheduler swapped (benchmarks/README.md section 8, benchmarks/multistep.py)
 SCHEDULER_FAMILIES: list[tuple[str, Callable[[Any], bool], SchedulerDefaults]] = [
     # DPM-Solver++ 2M: the sweeps stall on a trained model (a sweep costs one call per step and leaves the
-    # latent error near 0.03 at 20 steps); 4 Anderson iterations per step in the pass and no sweep come
-    # within 0.1 dB of the VAE ceiling (0.03 dB) at 2.26 calls per step with the warm start.  Under guidance the
-    # steps need more iterations, and the warm start only saves calls: 8 with it, guidance 3: 1.65 -> 0.75 dB below
-    # the ceiling at 4.0 -> 2.98 calls per step; guidance 7.5: 10.24 -> 9.13 dB
+    # latent error near 0.03 at 20 steps); 4 Anderson iterations per step in the pass and no sweep, with the
+    # history extrapolated quadratically, come within 0.1 dB of the VAE ceiling (0.02 dB) at 1.48 calls per step
+    # with the warm start (linearly: 0.03 dB at 2.26).  Under guidance the steps need more iterations, and the warm
+    # start only saves calls: 8 with it, guidance 3: 1.65 -> 0.77 dB below the ceiling at 4.0 -> 1.94 calls per
+    # step; guidance 7.5: 10.24 -> 8.77 dB
     ("dpm-solver-2m", _dpm_solver_2m, SchedulerDefaults("dpm-solver-2m", 0, "newton", max_iterations=4,
                                                         guided_max_iterations=8, guided_warm_start="linear",
                                                         history_order=2)),
