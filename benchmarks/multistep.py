@@ -1,8 +1,9 @@
 """Multistep samplers on the built-in model: `python benchmarks/multistep.py SAMPLER [--steps N] [--n-images 4]`.
 
 builtin:shapes with its scheduler swapped to SAMPLER (dpm2m: DPM-Solver++ 2M; dpm2m-karras: with Karras
-sigmas; sde-dpm2m: its SDE form; unipc: UniPC bh2; pndm: PNDM/PLMS as SD 1.5 ships it; deis; heun; sa:
-SA-Solver), held-out scenes of the shapes world, guidance 1 (``--guidance``).  Per method: reconstruction
+sigmas; dpm3m: third order; sde-dpm2m: its SDE form; unipc: UniPC bh2; pndm: PNDM/PLMS as SD 1.5 ships
+it; deis; heun; sa: SA-Solver), held-out scenes of the shapes world, guidance 1 (``--guidance``).  Per
+method: reconstruction
 PSNR against the input (our replay of the stock sampler from the inverted noise, decoded; the replay
 is the stock pipeline, tests/test_multistep.py), the VAE ceiling PSNR(x, D(E(x))), the relative
 latent error of the regeneration and the network calls used:
@@ -39,6 +40,7 @@ SAMPLERS = {
     "dpm2m": lambda c: __import__("diffusers").DPMSolverMultistepScheduler.from_config(c),
     "dpm2m-karras": lambda c: __import__("diffusers").DPMSolverMultistepScheduler.from_config(
         c, use_karras_sigmas=True),
+    "dpm3m": lambda c: __import__("diffusers").DPMSolverMultistepScheduler.from_config(c, solver_order=3),
     "sde-dpm2m": lambda c: __import__("diffusers").DPMSolverMultistepScheduler.from_config(
         c, algorithm_type="sde-dpmsolver++"),
     "pndm": lambda c: __import__("diffusers").PNDMScheduler.from_config(c, skip_prk_steps=True, steps_offset=1,
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
                          "psnr": psnr(rec, x), "ceiling": ceiling, "seconds": seconds,
                          "latent_error": float((z - encoded).norm() / encoded.norm())})
 
-        if args.sampler.startswith("dpm2m") and args.with_ddim:
+        if args.sampler.startswith("dpm") and args.with_ddim:  # the inverse scheduler of DPM-Solver++ (ODE)
             t0 = time.perf_counter()
             z0, nfe = inverse_scheduler(setup, encoded, args.steps)
             record("inverse-scheduler", z0, nfe, time.perf_counter() - t0)

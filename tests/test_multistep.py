@@ -315,8 +315,10 @@ def test_scheduler_families_pick_the_trajectory_budget(tiny):
     from nrinv.core.inversion import InversionOptions, solver_options
 
     pipe = tiny("sd")
-    cases = [(lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), "dpm-solver-2m", 0, "newton"),
-             (lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=3), "multistep", 6,
+    cases = [(lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), "dpm-solver++", 0, "newton"),
+             (lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=3), "dpm-solver++", 0,
+              "newton"),
+             (lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=1), "multistep", 6,
               "newton"),
              (lambda c: diffusers.UniPCMultistepScheduler.from_config(c), "unipc-deis", 6, "newton"),
              (lambda c: diffusers.PNDMScheduler.from_config(c, **SD15_PNDM), "multistep", 6, "newton"),
