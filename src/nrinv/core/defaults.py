@@ -206,7 +206,7 @@ SCHEDULER_FAMILIES: list[tuple[str, Callable[[Any], bool], SchedulerDefaults]] =
     # up to 6 sweeps: within 0.1 dB of the VAE ceiling at 10 and 20 UniPC steps (~10 calls per step; 2 iterations:
     # 0.29-0.50 dB at 8), DEIS 20 steps 0.12 dB at 5.25 (2 iterations: 0.23 dB at 5.0)
     ("unipc-deis", _unipc_deis, SchedulerDefaults("unipc-deis", 6, "newton", max_iterations=4)),
-    # the rest (PNDM, LMS, EDM DPM-Solver, DPM-Solver 3M, Heun / KDPM2, which never sweep, ...): up to 6
+    # the rest (PNDM, LMS, EDM DPM-Solver, Heun / KDPM2, which never sweep, ...): up to 6
     # whole-trajectory sweeps, stopping when every step's residual meets tolerance
     ("multistep", lambda s: True, SchedulerDefaults("multistep", 6, "newton")),
 ]

@@ -602,10 +602,9 @@ def invert_tensor(
     """
     adapter = adapter_for(pipe)
     trajectory_options = _trajectory_options(inversion.method, inversion.options)
-    if trajectory_options is not None:  # its "solved" trajectory uses the model's default solver
-        method, options = solver_options(adapter, inversion.replace(method=None, options=None))
-    else:
-        method, options = solver_options(adapter, inversion)
+    # a trajectory method's "solved" trajectory uses the model's default solver
+    solving = inversion if trajectory_options is None else inversion.replace(method=None, options=None)
+    method, options = solver_options(adapter, solving)
     negative_prompt, generator = inversion.negative_prompt, inversion.generator
     t0 = time.perf_counter()
     if image_latents is None:
@@ -631,8 +630,7 @@ def invert_tensor(
 
     # a multistep row's budget under guidance (the conditioning of a custom adapter may be None)
     if getattr(setup.cond, "cfg", False) and setup.schedule.coupling is not None:
-        method, options = solver_options(adapter, inversion.replace(method=None, options=None)
-                                         if trajectory_options is not None else inversion, guided=True)
+        method, options = solver_options(adapter, solving, guided=True)
     warm = _auto_warm(inversion.warm_start, setup, getattr(options, "max_iterations", None))
     warm, guess = _learned_guess(adapter, warm, notes)
     captured = adapter.capture_time

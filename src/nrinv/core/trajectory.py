@@ -196,24 +196,23 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         nxt = a + 1 if a + 1 < n and M[a + 1] is not None and Z[a + 1] is not None else None
         o_a = sa * za + sb * ma
         zs, ms, dz = {}, {}, {}
+        # one step's length at most: far history (j < a - 1) stays at the adjacent step's extrapolation, so
+        # every j < a takes the same stored output o_j, with weight w_a on step a's
+        r = 0.0
+        if a > 0 and nxt is not None and along[nxt] != along[a]:
+            r = (along[a - 1] - along[a]) / (along[a] - along[nxt])
+        w_a, o_j = 1.0 + r, o_a
+        nxt2 = a + 2 if nxt is not None and a + 2 < n and M[a + 2] is not None and Z[a + 2] is not None else None
+        if order >= 2 and r != 0.0 and nxt2 is not None and len({along[a], along[nxt], along[nxt2]}) == 3:
+            x, x0, x1, x2 = along[a - 1], along[a], along[nxt], along[nxt2]
+            w_a = (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2))
+            w_1 = (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+            w_2 = (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))
+            o_j = w_a * o_a + w_1 * stored(nxt, Z[nxt], M[nxt]) + w_2 * stored(nxt2, Z[nxt2], M[nxt2])
+        elif r != 0.0:
+            o_j = o_a + r * (o_a - stored(nxt, Z[nxt], M[nxt]))
         for j in range(a):
             aj, bj = cp.stored[j]
-            r = 0.0
-            if nxt is not None and along[nxt] != along[a]:
-                # one step's length at most: far history stays at the adjacent step's extrapolation
-                r = (along[max(j, a - 1)] - along[a]) / (along[a] - along[nxt])
-            w_a = 1.0 + r
-            nxt2 = a + 2 if nxt is not None and a + 2 < n and M[a + 2] is not None and Z[a + 2] is not None else None
-            if order >= 2 and r != 0.0 and nxt2 is not None and len({along[a], along[nxt], along[nxt2]}) == 3:
-                x, x0, x1, x2 = along[max(j, a - 1)], along[a], along[nxt], along[nxt2]
-                w_a = (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2))
-                w_1 = (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
-                w_2 = (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))
-                o_j = w_a * o_a + w_1 * stored(nxt, Z[nxt], M[nxt]) + w_2 * stored(nxt2, Z[nxt2], M[nxt2])
-            elif r != 0.0:
-                o_j = o_a + r * (o_a - stored(nxt, Z[nxt], M[nxt]))
-            else:
-                o_j = o_a
             if abs(aj) > tiny * abs(bj) and sa != 0:
                 zs[j], ms[j], dz[j] = (o_j - bj * ma) / aj, ma, sa * w_a / aj
             else:  # the raw output is stored: extrapolate it, keep the latent
