@@ -489,9 +489,10 @@ def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: 
     iterations per step of the scheduler family's row, else the model's.  A single-step sampler
     costs ``entries x iterations x calls per iteration``; a coupled one (``core/trajectory.py``) the
     same in its sequential pass (a step of ``e`` entries costs ``e`` calls per evaluation), plus, for
-    a multistep sampler solved by an iterating method, up to ``sweeps`` whole-trajectory sweeps (the
-    options', else the family's) of one call per entry each ("gauss_seidel": a one-iteration re-solve
-    per step).  Entries: ``sampler_calls``.  A trajectory method (edit-friendly) costs one call per
+    a multistep sampler solved by an iterating method, the check of every entry's true residual (one
+    call per entry) and up to ``sweeps`` whole-trajectory sweeps (the options', else the family's) of
+    one call per entry each ("gauss_seidel": a one-iteration re-solve per step, and one more check).
+    Entries: ``sampler_calls``.  A trajectory method (edit-friendly) costs one call per
     entry, plus the default solve for ``trajectory="solved"``.  ``guidance_scale`` (None: the model's) above 1
     counts a multistep row's guided budget (an upper bound where the model is guidance-distilled)."""
     adapter = adapter_for(pipe)
@@ -515,8 +516,13 @@ def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: 
         from .trajectory import DEFAULT_SWEEP_ITERATIONS
 
         budget = _trajectory_budget(adapter, opts)
-        per_sweep = entries * DEFAULT_SWEEP_ITERATIONS * per_call if budget.sweep_mode == "gauss_seidel" else entries
-        calls += budget.sweeps * per_sweep
+        # the true residual of every entry after the pass (one call each), then per newton sweep one call per
+        # entry; Gauss-Seidel sweeps re-solve every step and are checked once more at their end
+        if budget.sweep_mode == "gauss_seidel":
+            calls += entries + (budget.sweeps * entries * DEFAULT_SWEEP_ITERATIONS * per_call + entries
+                                if budget.sweeps else 0)
+        else:
+            calls += entries + budget.sweeps * entries
     return calls
 
 

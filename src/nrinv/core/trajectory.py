@@ -16,22 +16,32 @@ outputs of earlier steps ``j < a``, which in inversion order are not solved yet.
    solved with any solver of ``solvers.SOLVERS`` on the fixed-point map
    ``f(z_a) = z_a + (z_{b+1} - step(z_a, ...)) / A_eff`` (``A_eff``: the step's total linear
    coefficient on ``z_a``), which costs ``b - a + 1`` network calls per evaluation.
-2. **Sweeps** over the whole trajectory, for schedulers whose steps reach back past their own
-   step (multistep): each sweep evaluates the output at every latent (one call per entry), the
-   residual ``R_k`` of every entry's equation, and the correction ``dZ = -J^{-1} R`` with ``J`` the
-   entries' ``A`` coefficients (the coupling through earlier latents -- large for data-prediction
-   multistep steps, ``x0 = (z - sigma eps) / alpha`` -- solved exactly; the output's dependence on
-   the latent left to the iteration, as fixed point does), Anderson-mixed over sweeps.  They stop
-   when every entry's residual meets the solver's tolerance (status converged), when the sweeps run
-   out, or when the total residual doubles.  Measured on a tiny SD at 10 steps, 6 sweeps: DPM++ 2M
-   7e-5, PNDM 3.5e-4, UniPC 5.9e-4 relative latent error; per-step Gauss-Seidel re-solves
-   (``sweep_mode="gauss_seidel"``) reached 3.4e-4 / 3.3e-2 / 0.29.  How many sweeps, and which mode,
-   are solver options (``SolverOptions.sweeps`` / ``sweep_mode``, e.g. ``--option sweeps=0``), else
-   the scheduler family's row of ``defaults.SCHEDULER_FAMILIES``: on the trained built-in model the
-   sweeps stall for DPM-Solver++ 2M, whose row spends the calls on the pass instead
-   (benchmarks/README.md section 8).
+2. **The check**, for schedulers whose steps reach back past their own step (multistep): the pass solved
+   each step against an extrapolated history, so its per-step residuals say nothing about the true
+   system.  One call per entry evaluates the output at every latent and every entry's true residual
+   ``R_k = z_{k+1} - step_k(z, m)``; a step's status is *converged* exactly when each of its entries
+   meets ``atol + rtol rms(z_{k+1})`` there.
+3. **Sweeps** (same schedulers), each followed by the same check: the correction ``dZ = -J^{-1} R``
+   with ``J`` the entries' ``A`` coefficients (the coupling through earlier latents -- large for
+   data-prediction multistep steps, ``x0 = (z - sigma eps) / alpha`` -- solved exactly; the output's
+   dependence on the latent left to the iteration, as fixed point does), Anderson-mixed over sweeps
+   (``sweep_mode="newton"``), or per-step re-solves with the latest neighbours (``"gauss_seidel"``).
+   They stop when every entry meets its tolerance, when the sweeps run out, when every sample still
+   moving is at twice its best total residual, or on NaN/Inf (status nonfinite) or divergence past
+   ``divergence_factor`` (status diverged).  Per sample, the checked trajectory with the smallest
+   total residual is returned, with the outputs at its latents as the stored history (so re-running
+   the sampler from any entry is the sampler's own step).  Measured on a tiny SD at 10 steps, 6
+   sweeps: DPM++ 2M 7e-5, PNDM 3.5e-4, UniPC 5.9e-4 relative latent error; Gauss-Seidel sweeps can
+   diverge (the oracle's DPM++ 2M: one sweep takes the total residual from 6e-3 to 0.32), and the
+   best-kept rule then returns the pass.  How many sweeps, and which mode, are solver options
+   (``SolverOptions.sweeps`` / ``sweep_mode``, e.g. ``--option sweeps=0``), else the scheduler family's
+   row of ``defaults.SCHEDULER_FAMILIES``: on the trained built-in model the sweeps stall for
+   DPM-Solver++ 2M, whose row spends the calls on the pass instead (benchmarks/README.md section 8).
+   Known failure: LMS (each step converges against its extrapolated history, and both sweep modes
+   diverge from there; the oracle at 20 steps: 0.12 relative error), reported as not converged.
 
-Every network call is counted in the per-step ``nfe`` (a sweep's calls on the step's first entry).
+Every network call is counted in the per-step ``nfe`` (a check's or a sweep's calls on the step's first
+entry).
 """
 from __future__ import annotations
 
@@ -120,6 +130,67 @@ class _Anderson:
         gamma = torch.linalg.solve(gram + 1e-10 * scale[:, None, None] * eye, df.transpose(1, 2) @ f[-1][:, :, None])
         out = self.gs[-1] - (dg @ gamma).squeeze(2)
         return out.to(gx.dtype) if bool(torch.isfinite(out).all()) else gx
+
+
+def _worst(a: Status, b: Status) -> Status:
+    return max(a, b, key=_SEVERITY.index)
+
+
+@dataclasses.dataclass
+class _Evaluation:
+    """A whole trajectory checked against the sampler: the outputs ``M[k] = m_k(Z[k])`` at every latent, every
+    entry's residual ``R_k = Z[k+1] - step_k(Z, M)`` and, per entry and sample, its rms (``norms``, (K, B))
+    and tolerance ``atol + rtol rms(Z[k+1])`` (``tol``)."""
+
+    Z: list[Tensor]
+    M: list[Tensor]
+    R: list[Tensor]
+    norms: Tensor
+    tol: Tensor
+
+    @property
+    def settled_entries(self) -> Tensor:
+        """(K, B): entry k of sample b meets its tolerance (False for NaN)."""
+        return self.norms <= self.tol
+
+    @property
+    def settled(self) -> Tensor:
+        """(B,): every entry of the sample meets its tolerance."""
+        return self.settled_entries.all(0)
+
+    @property
+    def total(self) -> Tensor:
+        """(B,): the sum of the entries' rms residuals, inf where any is NaN/Inf."""
+        t = self.norms.sum(0)
+        return torch.where(torch.isfinite(t), t, torch.full_like(t, float("inf")))
+
+
+def _evaluate(cp: Coupling, steps: list, models: list, Z: list[Tensor], options: SolverOptions) -> _Evaluation:
+    """One network call per entry: the outputs at every latent of ``Z`` and every entry's true residual."""
+    n = len(steps)
+    with torch.no_grad():
+        zs = dict(enumerate(Z))
+        ms = {k: models[k](Z[k]).detach() for k in range(n)}
+        R = [Z[k + 1] - cp.combine(k, zs, ms, steps[k].C) for k in range(n)]
+    norms = torch.stack([_rms(r) for r in R])
+    tol = torch.stack([options.atol + options.rtol * _rms(Z[k + 1]) for k in range(n)])
+    return _Evaluation(list(Z), [ms[k] for k in range(n)], R, norms, tol)
+
+
+def _better(best: _Evaluation, new: _Evaluation) -> _Evaluation:
+    """Per sample, the evaluation with the smaller total residual (``best`` on ties and NaN)."""
+    take = new.total < best.total
+    if not bool(take.any()):
+        return best
+    if bool(take.all()):
+        return new
+
+    def pick(x: Tensor, y: Tensor) -> Tensor:
+        return torch.where(take.reshape((-1,) + (1,) * (x.dim() - 1)), y, x)
+
+    return _Evaluation([pick(x, y) for x, y in zip(best.Z, new.Z)], [pick(x, y) for x, y in zip(best.M, new.M)],
+                       [pick(x, y) for x, y in zip(best.R, new.R)], torch.where(take, new.norms, best.norms),
+                       torch.where(take, new.tol, best.tol))
 
 
 def _merge(a: Optional[SolveResult], b: SolveResult) -> SolveResult:
@@ -300,37 +371,48 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
             if k > a:
                 Z[k] = last.get(("z", k))
 
-    def gauss_seidel(count: int) -> None:
-        # Sweeps with the latest neighbours.  A sweep's first evaluations measure the residual of the
-        # trajectory it started from; a sweep that starts worse than the one before ends the sweeps and the
-        # better trajectory is kept (the sweeps are a Gauss-Seidel iteration, which can diverge).
-        best: Optional[tuple[float, list, list]] = None
-        for _ in range(count):
-            if any(M[a] is None for a, _ in cp.groups):
-                break
-            snapshot = (list(Z), list(M))
-            settled, total_residual = True, 0.0
-            for a, b in groups:
-                before = Z[a]
-                res, last = solve(a, b, True, sweep_iterations, Z[a])
-                first = res.residual_history[:1]
-                total_residual += float(first.sum()) if len(first) else float("inf")
-                if not (len(first) and bool((first <= options.atol + options.rtol * _rms(before).max()).all())):
-                    settled = False
-                keep(a, b, res, last)
-            if not total_residual < float("inf") or (best is not None and total_residual > 10 * best[0]):
-                Z[:], M[:] = best[1], best[2]  # the sweep before started better: keep its starting point
-                break
-            best = (total_residual, snapshot[0], snapshot[1])
-            if settled:
-                break
+    def evaluate(zs_: list[Tensor]) -> _Evaluation:
+        """The outputs at every latent of ``zs_`` (one call per entry, counted on its group's first entry)
+        and every entry's true residual there."""
+        ev = _evaluate(cp, steps, models, zs_, options)
+        for a, b in cp.groups:
+            rec = records[a]
+            worst = ev.norms[a:b + 1].max().reshape(1)
+            records[a] = dataclasses.replace(
+                rec, nfe=rec.nfe + (b - a + 1), iterations=rec.iterations + 1,
+                residual_history=torch.cat([rec.residual_history, worst.to(rec.residual_history)]))
+        return ev
 
-    def newton_sweeps(count: int) -> None:
-        """Whole-trajectory iterations: the outputs at every latent (one call per entry), the residual of
-        every entry's equation, and the correction that solves the linear part of the whole system
-        exactly (J dZ = -R, J the entries' A coefficients: the coupling through earlier latents,
-        which dominates a data-prediction multistep step, is not left to the iteration), the model
-        output's dependence treated as fixed-point iteration does; Anderson-mixed over iterations."""
+    def gauss_seidel(count: int, best: _Evaluation) -> tuple[_Evaluation, dict[int, Status]]:
+        """Per-step re-solves with the latest neighbours (a Gauss-Seidel iteration, which can diverge),
+        then the true residual of where they ended; the better of that and ``best`` is kept, per sample."""
+        events: dict[int, Status] = {}
+        for _ in range(count):
+            for a, b in groups:
+                res, last = solve(a, b, True, sweep_iterations, Z[a])
+                keep(a, b, res, last)
+                if not res.status.finite:
+                    events[a] = _worst(events.get(a, res.status), res.status)
+            if events:
+                break
+        if any(not bool(torch.isfinite(z).all()) for z in Z):
+            for a, _ in cp.groups:
+                events[a] = Status.NONFINITE
+            return best, events
+        ev = evaluate(list(Z))
+        for a, b in cp.groups:
+            if not bool(torch.isfinite(ev.norms[a:b + 1]).all()):
+                events[a] = Status.NONFINITE
+        return _better(best, ev), events
+
+    def newton_sweeps(count: int, current: _Evaluation) -> tuple[_Evaluation, dict[int, Status]]:
+        """Whole-trajectory iterations from ``current`` (the outputs and residuals at the pass's trajectory):
+        the correction that solves the linear part of the whole system exactly (J dZ = -R, J the entries'
+        A coefficients: the coupling through earlier latents, which dominates a data-prediction multistep
+        step, is not left to the iteration), the model output's dependence treated as fixed-point iteration
+        does, Anderson-mixed over iterations; after each, the outputs and true residuals at the new
+        trajectory (one call per entry).  Returns the best evaluation per sample and, per group, what
+        was met on the way (NaN/Inf, divergence past ``divergence_factor``)."""
         def inverse_jacobian(lam: list[float]) -> list[list[float]]:
             J = torch.zeros(n, n, dtype=torch.float64)
             for k in range(n):
@@ -343,38 +425,67 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         # The model output's dependence on the latent is left to the iteration (lam = 0); a secant
         # estimate per entry was tried and did not help (built-in model, DPM++ 2M 20 steps).
         W = inverse_jacobian([0.0] * n)
-        last_total = float("inf")
         mixer = _Anderson(SWEEP_HISTORY)
+        best, first = current, current.total
+        events: dict[int, Status] = {}
+        size = Z[0][0].numel()
         for _ in range(count):
-            zs = dict(enumerate(Z))
-            ms = {k: models[k](Z[k]) for k in range(n)}
-            R = [Z[k + 1] - cp.combine(k, zs, ms, steps[k].C) for k in range(n)]
-            norms = [_rms(r) for r in R]
-            # per sample: a converged sample keeps its trajectory, so a batch gives each image its own answer
-            settled = torch.stack([norms[k] <= options.atol + options.rtol * _rms(Z[k + 1]) for k in range(n)]).all(0)
-            done = bool(settled.all())
-            for a, b in cp.groups:
-                worst = torch.stack([norms[k].max() for k in range(a, b + 1)]).max().reshape(1)
-                rec = records[a]
-                records[a] = dataclasses.replace(
-                    rec, nfe=rec.nfe + (b - a + 1), iterations=rec.iterations + 1,
-                    residual_history=torch.cat([rec.residual_history, worst.to(rec.residual_history)]),
-                    status=Status.CONVERGED if done else Status.MAX_ITERATIONS)
-            for k in range(n):
-                M[k] = ms[k]
-            if done or not all(bool(torch.isfinite(x).all()) for x in norms):
+            if bool(best.settled.all()):
                 break
-            total = sum(float(x.mean()) for x in norms)
-            if total > 2 * last_total:  # diverging: keep what the last iteration made of it
-                break
-            last_total = min(total, last_total)
-            stepped = [Z[i] - sum(W[i][k] * R[k] for k in range(n) if W[i][k] != 0.0) for i in range(n)]
+            stepped = [current.Z[i] - sum(W[i][k] * current.R[k] for k in range(n) if W[i][k] != 0.0)
+                       for i in range(n)]
             flat = lambda zs: torch.cat([z.flatten(1) for z in zs], 1)  # noqa: E731
-            mixed = mixer.step(flat(Z[:n]), flat(stepped))
-            size = Z[0][0].numel()
-            keep = settled.reshape((-1,) + (1,) * (Z[0].dim() - 1))
-            for i, part in enumerate(mixed.split(size, dim=1)):
-                Z[i] = torch.where(keep, Z[i], part.reshape(Z[i].shape))
+            mixed = mixer.step(flat(current.Z[:n]), flat(stepped))
+            # per sample: a settled sample keeps its best trajectory, so a batch gives each image its own answer
+            hold = best.settled.reshape((-1,) + (1,) * (Z[0].dim() - 1))
+            moved = [torch.where(hold, best.Z[i], part.reshape(Z[i].shape))
+                     for i, part in enumerate(mixed.split(size, dim=1))]
+            current = evaluate(moved + [current.Z[n]])
+            bad = ~torch.isfinite(current.norms)
+            # diverged: a sample's total residual past ``divergence_factor`` times the pass's (the solvers' test)
+            far = bool((current.total > options.divergence_factor * first.clamp_min(1e-30)).any())
+            for a, b in cp.groups:
+                if bool(bad[a:b + 1].any()):
+                    events[a] = Status.NONFINITE
+                elif far:
+                    events[a] = _worst(events.get(a, Status.DIVERGED), Status.DIVERGED)
+            best = _better(best, current)
+            if bool(bad.any()) or any(s is Status.DIVERGED for s in events.values()):
+                break
+            # diverging: every sample still moving is at twice its best total residual
+            if bool((current.total > 2 * best.total)[~best.settled].all()):
+                break
+        return best, events
+
+    def verify_and_sweep() -> None:
+        """The true residual of every entry at the pass's trajectory, the sweeps, and the per-group status
+        of the best trajectory (converged exactly when every entry's residual meets the tolerance)."""
+        ev = evaluate(list(Z))  # type: ignore[arg-type]
+        events: dict[int, Status] = {}
+        if sweeps > 0 and not bool(ev.settled.all()) and bool(torch.isfinite(ev.norms).all()):
+            if sweep_mode == "gauss_seidel":
+                ev, events = gauss_seidel(sweeps, ev)
+            else:
+                with torch.no_grad():
+                    ev, events = newton_sweeps(sweeps, ev)
+        elif not bool(torch.isfinite(ev.norms).all()):
+            for a, b in cp.groups:
+                if not bool(torch.isfinite(ev.norms[a:b + 1]).all()):
+                    events[a] = Status.NONFINITE
+        # the best trajectory and the outputs at it: a re-run from any entry matches a full run
+        Z[:n] = ev.Z[:n]
+        M[:] = ev.M
+        for a, b in cp.groups:
+            rec = records[a]
+            settled = bool(ev.settled_entries[a:b + 1].all())
+            status = Status.CONVERGED if settled else events.get(a, Status.MAX_ITERATIONS)
+            if not settled and not rec.status.finite:  # the pass's own failure, not repaired
+                status = _worst(status, rec.status)
+            final = ev.norms[a:b + 1].max().reshape(1).to(rec.residual_history)
+            history = rec.residual_history
+            if not len(history) or not bool(history[-1] == final[0]):  # the kept trajectory is not the last one
+                history = torch.cat([history, final])
+            records[a] = dataclasses.replace(rec, z=Z[a], status=status, residual_history=history)
 
     t0 = time.perf_counter()
     groups = list(reversed(cp.groups))
@@ -384,15 +495,17 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         keep(a, b, res, last)
         if res.status is Status.NONFINITE:
             break
-    # 2. sweeps over the whole trajectory, where steps reach back past their own group (multistep);
-    # Heun / KDPM2 / single-step groups are independent once solved
-    if cp.reaches_back and sweeps > 0 and all(r is not None and r.status.finite for r in records if r is not None) \
-            and all(z is not None for z in Z) and all(m is not None for m in M):
-        if sweep_mode == "gauss_seidel":
-            gauss_seidel(sweeps)
-        else:
-            with torch.no_grad():
-                newton_sweeps(sweeps)
+    # 2. multistep samplers (steps that reach back past their own group): the true residual of every entry at
+    # the pass's trajectory (the pass solved each step against an extrapolated history), then the sweeps, each
+    # followed by the same check; the best trajectory is kept and its status reported.  Heun / KDPM2 /
+    # single-step groups are independent once solved: their pass residuals are already the true ones.
+    complete = all(z is not None for z in Z) and all(m is not None for m in M)
+    if cp.reaches_back and complete and spec.iterates:
+        verify_and_sweep()
+    elif cp.reaches_back:  # a one-evaluation method (ddim): its residuals are against the extrapolated history
+        for a, _ in cp.groups:
+            if records[a] is not None and records[a].status is Status.CONVERGED:
+                records[a] = dataclasses.replace(records[a], status=Status.MAX_ITERATIONS)
     wall = time.perf_counter() - t0
 
     results: list[SolveResult] = []
