@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from .noising import add_noise
 from .options import Options
 from .schedulers import seeded_generator
 
@@ -79,16 +80,10 @@ def forward_trajectory(setup: Any, encoded: Tensor, seed: int) -> list[Tensor]:
     out = []
     for step in setup.schedule.steps:
         eps = torch.randn(encoded.shape, generator=gen, dtype=torch.float32).to(encoded.device)
-        t = step.timestep.reshape(1).to(encoded.device)
-        if hasattr(scheduler, "add_noise"):
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(0)
-            z = scheduler.add_noise(encoded, eps, t)
-        elif hasattr(scheduler, "scale_noise"):
-            z = scheduler.scale_noise(encoded, t, eps)
-        else:
-            raise InputError(f"{type(scheduler).__name__} has no add_noise: use options trajectory='solved'")
-        out.append(z.float())
+        try:  # each z_i at step i's own noise level (the step's entry, not the scheduler's index state)
+            out.append(add_noise(scheduler, encoded, eps, step.timestep.to(encoded.device), index=step.index))
+        except InputError as exc:
+            raise InputError(f"{exc}; or pass options trajectory='solved'") from None
     return out + [encoded]
 
 
@@ -157,8 +152,8 @@ def pipeline_kwargs(result: Any, *, generator: Optional[torch.Generator] = None)
     pipe = result.setup.adapter.pipe if result.setup is not None else None
     takes_denoised = pipe is not None and "denoised" in getattr(pipe, "_callback_tensor_inputs", ())
     inputs = ["latents"] + (["denoised"] if takes_denoised else [])
-    if generator is None:
-        generator = seeded_generator(s["seed"] if s.get("seed") is not None else 0)
+    if generator is None:  # a fresh one in the state the inversion drew its noise from
+        generator = result.fresh_generator()
     kwargs = {"latents": result.latents, "generator": generator, "num_inference_steps": s["num_inference_steps"],
               "guidance_scale": s["guidance_scale"], "height": s["height"], "width": s["width"],
               "callback_on_step_end": step_callback(result.corrections),

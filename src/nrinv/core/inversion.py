@@ -195,19 +195,36 @@ class InversionResult:
     #: per sampler step, a latent added to the stock step's output (``method="edit_friendly"``; None
     #: for a solved inversion, whose stock regeneration needs nothing but ``latents``)
     corrections: Optional[list[Optional[Tensor]]] = field(default=None, repr=False)
+    #: the state (a CPU byte tensor) and device of the ``generator=`` the recorded noise was drawn from, as
+    #: the inversion read it (it does not advance it); None where it used ``seed``
+    generator_state: Optional[Tensor] = field(default=None, repr=False)
+    generator_device: Optional[str] = None
+
+    def fresh_generator(self) -> torch.Generator:
+        """A new generator that draws the noise this inversion recorded: the user's generator restored to
+        the state the inversion read (on its device), else ``torch.Generator().manual_seed(seed)``.  A
+        pipeline advances the generator it is given, so each regeneration needs a fresh one."""
+        if self.generator_state is None:
+            seed = self.settings.get("seed")
+            return torch.Generator().manual_seed(int(seed) if seed is not None else 0)
+        generator = torch.Generator(device=self.generator_device or "cpu")
+        generator.set_state(self.generator_state)
+        return generator
 
     def pipeline_kwargs(self, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
         """What the stock pipeline needs besides the prompt to regenerate this inversion:
         ``pipe(prompt, **result.pipeline_kwargs())`` (a target prompt instead edits with the same noises).
-        ``latents``, ``generator`` (seeded as the inversion was, unless given), steps, guidance, size, and
-        for an edit-friendly inversion the ``callback_on_step_end`` that applies its corrections."""
+        ``latents``, ``generator`` (unless given, a fresh one in the state the inversion drew its noise from:
+        :meth:`fresh_generator`; the pipeline advances it, so call ``pipeline_kwargs()`` again for each
+        run), steps, guidance, size, and for an edit-friendly inversion the ``callback_on_step_end`` that
+        applies its corrections."""
+        generator = generator if generator is not None else self.fresh_generator()
         if self.corrections is not None:
             from .edit_friendly import pipeline_kwargs
 
             return pipeline_kwargs(self, generator=generator)
         s = self.settings
-        return {"latents": self.latents, "generator": generator if generator is not None else
-                torch.Generator().manual_seed(s["seed"] if s.get("seed") is not None else 0),
+        return {"latents": self.latents, "generator": generator,
                 "num_inference_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"],
                 "height": s["height"], "width": s["width"]}
 
@@ -538,8 +555,12 @@ def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, ne
         "num_inference_steps": setup.num_inference_steps,
         "guidance_scale": setup.guidance_scale,
         "seed": setup.seed,
-        "generator": None if generator is None else {"device": str(generator.device),
-                                                     "initial_seed": int(generator.initial_seed())},
+        # "advanced": the generator had drawn before the inversion read it, so its initial seed alone does not
+        # give the recorded noise (``result.fresh_generator()`` does)
+        "generator": None if generator is None else {
+            "device": str(generator.device), "initial_seed": int(generator.initial_seed()),
+            "advanced": not torch.equal(generator.get_state(), torch.Generator(device=generator.device)
+                                        .manual_seed(generator.initial_seed()).get_state())},
         "height": setup.size[0],
         "width": setup.size[1],
         "model_kind": adapter.defaults.kind,
@@ -553,6 +574,14 @@ def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, ne
         **_trajectory_settings(setup, method, options),
         "notes": list(notes),
     }
+
+
+def _generator_fields(generator: Optional[torch.Generator]) -> dict[str, Any]:
+    """``InversionResult``'s record of the user's generator: its state now (the inversion reads it without
+    advancing it, so this is the state the recorded noise was drawn from) and its device."""
+    if generator is None:
+        return {}
+    return {"generator_state": generator.get_state().clone(), "generator_device": str(generator.device)}
 
 
 def _trajectory_budget(adapter: Adapter, options: SolverOptions) -> SolverOptions:
@@ -663,6 +692,7 @@ def invert_tensor(
         setup=setup,
         capture_time=capture,
         total_time=time.perf_counter() - t0,
+        **_generator_fields(generator),
     )
 
 
@@ -714,7 +744,7 @@ def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: 
         scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma), encoded=encoded,
         trajectory=trajectory, steps=steps, noises=parts["noises"], nfe=parts["nfe"],
         wall_time=parts["wall_time"] - capture, encode_time=encode_time, settings=settings, setup=setup,
-        capture_time=capture, corrections=parts["corrections"])
+        capture_time=capture, corrections=parts["corrections"], **_generator_fields(generator))
 
 
 def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = False,
@@ -727,7 +757,8 @@ def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = F
         s = result.settings
         setup = prepare(adapter, s["prompt"], size=(s["height"], s["width"]),
                         num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"],
-                        seed=s["seed"], negative_prompt=s.get("negative_prompt"))
+                        seed=s["seed"], negative_prompt=s.get("negative_prompt"),
+                        generator=None if result.generator_state is None else result.fresh_generator())
     return sample(setup, result.scheduler_latents, progress=progress, corrections=result.corrections,
                   callback=callback)
 

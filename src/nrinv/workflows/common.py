@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..core.adapters import Adapter, adapter_for
+from ..core.noising import add_noise  # the one forward-noising helper (workflows re-export it)
 from ..core.schedulers import draw_noise, seeded_generator
 from ..errors import InputError
 
@@ -146,11 +147,3 @@ def helper_generator(seed: int, generator: Optional[torch.Generator]) -> torch.G
 
 def noise_like(z: Tensor, generator: torch.Generator) -> Tensor:
     return draw_noise(tuple(z.shape), generator, device=z.device, dtype=torch.float32)
-
-
-def add_noise(scheduler: Any, z: Tensor, noise: Tensor, timestep: Tensor) -> Tensor:
-    """Forward-noise ``z`` to ``timestep`` the way the scheduler's img2img pipeline does."""
-    t = timestep.reshape(1)
-    if hasattr(scheduler, "add_noise"):  # DDIM, LCM, Euler, Euler-ancestral
-        return scheduler.add_noise(z, noise, t).float()
-    return scheduler.scale_noise(z, t, noise).float()  # flow matching: (1 - s) z + s noise
