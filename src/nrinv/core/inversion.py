@@ -441,18 +441,35 @@ def _auto_warm(warm_start: Any, setup: Setup, iterations: Optional[int] = None) 
     return by_budget.get(iterations, defaults.warm_start) if on else None
 
 
-def _learned_guess(adapter: Adapter, warm: Optional[str], notes: list[str]) -> tuple[Optional[str], Any]:
-    """``(mode, guess)``: the inverter saved beside the model for ``"learned"``; without one (or one
-    trained for another network) the "linear" warm start, with a note."""
+def _learned_guess(setup: Setup, warm: Optional[str], notes: list[str]) -> tuple[Optional[str], Any]:
+    """``(mode, guess)``: the mode that runs, and for ``"learned"`` the inverter saved beside the model.
+    Where the learned guess cannot run, the "linear" warm start, with a note saying why: a multistep /
+    second-order sampler (solved as one trajectory, ``core/trajectory.py``, which takes "last" /
+    "linear" only), no inverter beside the model, or one trained for another network."""
     if warm != "learned":
         return warm, None
+    if setup.schedule.coupling is not None:
+        notes.append(f"warm_start='learned' is for single-step samplers; {setup.schedule.scheduler_name} is solved "
+                     "as one trajectory: used the linear warm start")
+        return "linear", None
     from .inverter import load_inverter
 
-    guess = load_inverter(adapter)
-    if guess is None:
+    try:
+        guess = load_inverter(setup.adapter, strict=True)
+    except FileNotFoundError:
         notes.append("no learned inverter beside this model (nrinv train-inverter): used the linear warm start")
         return "linear", None
+    except ValueError as exc:
+        notes.append(f"the learned inverter was not used ({exc}): used the linear warm start")
+        return "linear", None
     return warm, guess
+
+
+def _own_noises(schedule: Schedule) -> list[Optional[Tensor]]:
+    """A result's copy of the schedule's recorded noise: the schedule is cached per pipeline and later
+    runs (edit-friendly inversions among them) read its noise, so a user changing a result's must not
+    change theirs."""
+    return [None if n is None else n.clone() for n in schedule.noises]
 
 
 def solver_options(pipe: Any, inversion: InversionOptions, *, guided: bool = False) -> tuple[str, SolverOptions]:
@@ -667,7 +684,7 @@ def invert_tensor(
     if getattr(setup.cond, "cfg", False) and setup.schedule.coupling is not None:
         method, options = solver_options(adapter, solving, guided=True)
     warm = _auto_warm(inversion.warm_start, setup, getattr(options, "max_iterations", None))
-    warm, guess = _learned_guess(adapter, warm, notes)
+    warm, guess = _learned_guess(setup, warm, notes)
     captured = adapter.capture_time
     if trajectory_options is not None:
         result = _invert_edit_friendly(setup, encoded, trajectory_options, inversion.seed, generator, encode_time,
@@ -683,7 +700,7 @@ def invert_tensor(
         encoded=encoded,
         trajectory=trajectory,
         steps=results,
-        noises=setup.schedule.noises,
+        noises=_own_noises(setup.schedule),
         nfe=sum(r.nfe for r in results),
         wall_time=wall - capture,
         encode_time=encode_time,
@@ -805,7 +822,10 @@ def invert_tensor_batch(
     if getattr(batch_setup.cond, "cfg", False) and setup.schedule.coupling is not None:  # guided budget
         method, options = solver_options(adapter, inversion, guided=True)
     warm = _auto_warm(inversion.warm_start, batch_setup, getattr(options, "max_iterations", None))
-    warm, guess = _learned_guess(adapter, warm, [])
+    batch_notes: list[str] = []
+    warm, guess = _learned_guess(batch_setup, warm, batch_notes)
+    if batch_notes:  # every image's record says what ran
+        notes = [list(n) + batch_notes for n in (notes or [[]] * len(prompts))]
     captured = adapter.capture_time
     results, trajectory, wall = _solve_steps(batch_setup, encoded, method, options, progress, warm, guess, callback)
     capture = adapter.capture_time - captured
@@ -822,7 +842,8 @@ def invert_tensor_batch(
         out.append(InversionResult(
             scheduler_latents=z, latents=adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
             encoded=encoded[i:i + 1], trajectory=[t[i:i + 1] for t in trajectory], steps=results,
-            noises=setup.schedule.noises, nfe=sum(r.nfe for r in results), wall_time=(wall - capture) / len(prompts),
+            noises=_own_noises(setup.schedule), nfe=sum(r.nfe for r in results),
+            wall_time=(wall - capture) / len(prompts),
             encode_time=encode_time / len(prompts), settings=settings, setup=single,
-            capture_time=capture / len(prompts), total_time=total / len(prompts)))
+            capture_time=capture / len(prompts), total_time=total / len(prompts), **_generator_fields(generator)))
     return out

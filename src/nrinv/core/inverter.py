@@ -127,17 +127,52 @@ class InitialGuessNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------ model identity
-def network_fingerprint(adapter: Adapter) -> str:
-    """A short hash of the denoiser's configuration and weights (sums of a few parameter tensors)."""
-    net = adapter.network
+def _picks(net: nn.Module) -> list[tuple[str, Tensor]]:
+    """The parameters a fingerprint reads: the first, the middle and the last (name, tensor)."""
+    params = list(net.named_parameters())
+    return [params[0], params[len(params) // 2], params[-1]] if params else []
+
+
+def _fingerprint(net: nn.Module, weights: Sequence[Tensor]) -> str:
     cfg = dict(getattr(net, "config", {}) or {})
     keys = sorted(k for k in cfg if not k.startswith("_"))
     h = hashlib.sha256(json.dumps({k: cfg[k] for k in keys}, sort_keys=True, default=str).encode())
-    params = list(net.parameters())
-    picks = [params[0], params[len(params) // 2], params[-1]] if params else []
-    for p in picks:
+    for p in weights:
         h.update(f"{tuple(p.shape)}:{float(p.detach().double().abs().sum()):.6e}".encode())
     return h.hexdigest()[:16]
+
+
+def network_fingerprint(adapter: Adapter) -> str:
+    """A short hash of the denoiser's configuration and weights (sums of a few parameter tensors)."""
+    net = adapter.network
+    return _fingerprint(net, [p for _, p in _picks(net)])
+
+
+def _float32_fingerprint(adapter: Adapter) -> Optional[str]:
+    """The fingerprint of a half-precision denoiser at the float32 weights it was cast from: those in the
+    safetensors files of its folder (its config's ``_name_or_path``), where the parameters the fingerprint
+    reads are exactly their cast; else None.  (Sums of bfloat16 / float16 weights differ from the float32
+    sums an inverter trained in float32 recorded, although the network is the same.)"""
+    net = adapter.network
+    picks = _picks(net)
+    if not picks or any(p.dtype == torch.float32 or p.is_meta for _, p in picks):
+        return None
+    source = dict(getattr(net, "config", {}) or {}).get("_name_or_path")
+    folder = Path(str(source)) if source else None
+    if folder is None or not folder.is_dir():
+        return None
+    from safetensors import safe_open
+
+    saved: dict[str, Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):  # float32 weights, sharded or not (not a half variant)
+        with safe_open(str(file), framework="pt") as f:
+            for name in set(f.keys()) & {name for name, _ in picks}:
+                weight = f.get_tensor(name)
+                if weight.dtype == torch.float32:
+                    saved.setdefault(name, weight)
+    if len(saved) < len(picks) or not all(torch.equal(saved[name].to(p.dtype), p.detach().cpu()) for name, p in picks):
+        return None
+    return _fingerprint(net, [saved[name] for name, _ in picks])
 
 
 def inverter_dir(pipe: Any) -> Optional[Path]:
@@ -224,10 +259,16 @@ def load_inverter(pipe: Any, folder: Union[str, Path, None] = None, *, strict: b
         net.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
         net.eval().requires_grad_(False)
         guess = _CACHE[stamp] = LearnedGuess(net, info, folder)
-    if guess.info.get("fingerprint") != network_fingerprint(adapter):
+    # the inverter runs in float32 whatever the network's dtype (``LearnedGuess.predict``): a half-precision
+    # copy of the network it was trained for is that network
+    trained = guess.info.get("fingerprint")
+    if trained != network_fingerprint(adapter) and trained != _float32_fingerprint(adapter):
         if strict:
-            raise ValueError(f"{folder} was trained for another network (fingerprint "
-                             f"{guess.info.get('fingerprint')} != {network_fingerprint(adapter)}); retrain it")
+            dtype = str(adapter.dtype).replace("torch.", "")
+            half = "" if dtype == "float32" else \
+                f"; in {dtype} its weights are not a cast of float32 weights saved in the network's folder"
+            raise ValueError(f"{folder} was trained for another network (fingerprint {trained} != "
+                             f"{network_fingerprint(adapter)}{half}); retrain it")
         return None
     return guess
 

@@ -18,6 +18,7 @@ from .._version import __version__
 from ..core.adapters import adapter_for
 from ..core.inversion import (InversionOptions, InversionResult, Setup, StepCallback, check_guidance,
                               inversion_parameters, invert_tensor, sample, solver_options)
+from ..core.trajectory import sample_trajectory
 from ..errors import InputError
 from ..io.clips import load_frames
 from ..io.images import ImageLike, resolve_size
@@ -198,16 +199,48 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
             z = sample(setup, traj[start], start=start, cond=cond, progress=progress,
                        corrections=inversion.corrections, callback=report, nfe=seen[0])
         else:  # outside the mask, every step lands back on the inverted trajectory
-            z = traj[start].float()
-            for j in range(start, len(setup.schedule)):
-                z = sample(setup, z, start=j, stop=j + 1, cond=cond, corrections=inversion.corrections)
-                z = mask * z + (1 - mask) * traj[j + 1].float()
-                step = setup.schedule.steps[j]
-                report({"phase": "sample", "i": j, "t": step.t, "timestep": step.timestep, "x": z,
-                        "residual": None, "nfe": seen[0] + 1})
+            z = _masked_sample(setup, traj, start, cond, mask, inversion.corrections, report, seen)
         nfe = seen[0]
         latents.append(z)
     return latents
+
+
+def _masked_sample(setup: Setup, traj: Sequence[Tensor], start: int, cond: Any, mask: Tensor,
+                   corrections: Optional[Sequence[Optional[Tensor]]], report: StepCallback, seen: list) -> Tensor:
+    """Steps ``start ..`` from ``traj[start]`` with ``cond``; after every step the latent outside ``mask``
+    is put back on the inverted trajectory ``traj`` (``report`` after each step, counting from ``seen[0]``).
+
+    A multistep / second-order sampler's step reads the latents and outputs of the steps before it.
+    From ``start`` on those are this run's own (the blended latents and the outputs at them), so a
+    mask of ones is exactly the unmasked edit; the inversion's history (``setup.history``) stands
+    only for the steps before ``start``, as in ``sample``.  Outside the mask the step's result is
+    replaced by the trajectory's, so the history needs no blending there.
+    """
+    schedule = setup.schedule
+    z = traj[start].float()
+    history = None
+    if schedule.coupling is not None and (start == 0 or setup.history is not None):
+        history = ([], []) if start == 0 else tuple(list(part[:start]) for part in setup.history)
+    for j in range(start, len(schedule)):
+        if schedule.coupling is None:
+            z = sample(setup, z, start=j, stop=j + 1, cond=cond, corrections=corrections)
+        else:
+            outputs: list[Tensor] = []
+
+            def model(k: int, x: Tensor, outputs: list = outputs) -> Tensor:
+                outputs.append(setup.denoiser(schedule.steps[k], cond)(x))
+                return outputs[-1]
+
+            with torch.no_grad():  # raises, as ``sample`` does, where a run from the middle has no history
+                out = sample_trajectory(schedule, z, model, start=j, stop=j + 1, history=history)
+            history[0].append(z)
+            history[1].append(outputs[0])
+            z = out
+        z = mask * z + (1 - mask) * traj[j + 1].float()
+        step = schedule.steps[j]
+        report({"phase": "sample", "i": j, "t": step.t, "timestep": step.timestep, "x": z, "residual": None,
+                "nfe": seen[0] + 1})
+    return z
 
 
 def _images(setup: Setup, latents: list[Tensor], output_type: str, pastes: Optional[list] = None) -> list[Any]:
