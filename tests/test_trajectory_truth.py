@@ -1,4 +1,4 @@
-"""What a multistep / second-order inversion reports must be true (issue 26, items 1-3).
+"""What a multistep / second-order inversion reports must be true.
 
 Checked where the bugs live: the analytic Gaussian oracle (exact inverse known) and the trained built-in model
 with its scheduler swapped, at the *shipped* budgets, against residuals computed here from the step model and
@@ -67,7 +67,7 @@ ORACLE_ERROR = {"dpm++2m": 4.4e-3, "dpm++3m": 4.1e-2, "unipc": 1.5e-4, "deis": 5
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_oracle_coupled_solve_at_shipped_budget_reports_the_truth(family):
     """At the shipped budget (no options): accuracy against the exact inverse, and a status that agrees with the
-    true residual (before issue 26: DPM++ 2M / 3M said converged at 4e-3 / 4e-2 latent error)."""
+    true residual (before 2026-12-07: DPM++ 2M / 3M said converged at 4e-3 / 4e-2 latent error)."""
     adapter, z_T, x = _oracle(family)
     res = nrinv.invert(adapter, image_latents=x, seed=7)
     err = float((res.scheduler_latents - z_T).norm() / z_T.norm())
