@@ -16,6 +16,8 @@ is the noise the stock pipeline draws with the same ``generator`` (inside ``sche
 step order): the probes replay the scheduler with a copy of the generator, so the user's
 generator is read, never advanced.  A final pass on random inputs checks the affine model against
 the stock scheduler.  Probes run on the latent's device; everything the schedule holds lives there.
+They run in float64, so the user's float32 matmul settings (TF32, ``set_float32_matmul_precision``)
+do not round what they read, and are left as they are.
 """
 from __future__ import annotations
 
@@ -254,10 +256,10 @@ def _step_caller(scheduler: Any, step_kwargs: dict) -> tuple[dict, bool]:
 
 
 def _replay(scheduler: Any, timesteps: list, inputs, generator: Optional[torch.Generator], kwargs: dict,
-            takes_generator: bool, watch=None) -> list[Tensor]:
+            takes_generator: bool, watch=None, out_dtype: Optional[torch.dtype] = None) -> list[Tensor]:
     """Run a copy of the stock scheduler over every entry, as the pipeline loop does:
-    ``scale_model_input`` then ``step``; ``inputs(k) -> (z_k, m_k)``; returns the ``z_{k+1}``.
-    ``watch(k, scheduler, scaled_input, generator_state_before)`` sees each entry."""
+    ``scale_model_input`` then ``step``; ``inputs(k) -> (z_k, m_k)``; returns the ``z_{k+1}`` (kept in
+    ``out_dtype`` where given).  ``watch(k, scheduler, scaled_input, generator_state_before)`` sees each entry."""
     s = copy.deepcopy(scheduler)
     outs = []
     for k, t in enumerate(timesteps):
@@ -265,7 +267,8 @@ def _replay(scheduler: Any, timesteps: list, inputs, generator: Optional[torch.G
         scaled = _scale_input(s, z, t)
         before = generator.get_state().clone() if generator is not None else None
         extra = {"generator": generator} if takes_generator else {}
-        outs.append(s.step(m, t, z, return_dict=False, **extra, **kwargs)[0])
+        out = s.step(m, t, z, return_dict=False, **extra, **kwargs)[0]
+        outs.append(out if out_dtype is None else out.to(out_dtype))
         if watch is not None:
             watch(k, s, scaled, before)
     return outs
@@ -304,19 +307,23 @@ def _log_snr(scheduler: Any, n: int) -> Optional[list[float]]:
 
 
 def _groups(A: list[list[float]], name: str, second_calls: list[bool]) -> list[tuple[int, int]]:
-    """Entries that restart from an earlier latent join that latent's group (see ``Coupling``):
-    those the scheduler says are a second call (``state_in_first_order`` false, Heun / KDPM2), and
-    those whose own latent barely enters their step (PLMS's first step)."""
+    """Entries that restart from an earlier latent join that latent's group (see ``Coupling``), read
+    off exact signals, never magnitudes: those the scheduler says are a second call
+    (``state_in_first_order`` false, Heun / KDPM2), and those whose step does not read their own
+    latent at all (``A_kk`` exactly 0: PLMS's first step, PNDM's Runge-Kutta calls).  The latent
+    they restart from is the last one their step reads, which must start the group before.  An entry
+    that reads its own latent, however weakly, is a step of its own, and what it reads of earlier
+    latents is history: UniPC's corrector reads the previous latent with weight ~1 and its own only
+    through its data prediction, an O(h) weight at many steps."""
     groups: list[list[int]] = []
     for k, row in enumerate(A):
-        weights = [abs(a) for a in row[:k + 1]]
-        top = max(weights)
-        if top == 0:
+        read = [j for j in range(k + 1) if row[j] != 0.0]
+        if not read:
             raise UnsupportedSchedulerError(f"{name} step {k} does not depend on the sample (A = 0)")
-        pivot = groups[-1][0] if second_calls[k] and groups else weights.index(top)
-        if k > 0 and (second_calls[k] or weights[k] < 0.1 * top):  # restarts from z_pivot: part of its step
-            if not groups or groups[-1][0] != pivot:
-                raise UnsupportedSchedulerError(f"{name} step {k} restarts from latent {pivot}, which is not the "
+        if k > 0 and (second_calls[k] or row[k] == 0.0):  # restarts from an earlier latent: part of its step
+            start = max((j for j in read if j < k), default=None)
+            if not groups or groups[-1][0] != start:
+                raise UnsupportedSchedulerError(f"{name} step {k} restarts from latent {start}, which is not the "
                                                 "start of the step before it; it cannot be inverted exactly")
             groups[-1][1] = k
         else:
@@ -366,12 +373,17 @@ def affine_schedule(
     timesteps = list(scheduler.timesteps)
     n = len(timesteps)
     f32 = dict(dtype=torch.float32, device=device)
+    # The linear part and its check run in float64: TF32 and reduced float32 matmul precision
+    # (``torch.backends.cuda.matmul.allow_tf32``, ``set_float32_matmul_precision``, user settings we leave
+    # alone) round float32 matmuls only, e.g. UniPC's einsum over its history, which would read as "not affine".
+    # MPS has no float64 (and no TF32).
+    f64 = dict(dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
 
     # 1. the linear part: one batch element per input (z_0..z_{n-1}, m_0..m_{n-1}), unit where it is that
     # input; a second replay on zeros with the same generator cancels whatever noise the steps draw.
     probe_shape = (2 * n,) + (1,) * (len(latent_shape) - 1)
-    eye = torch.eye(2 * n, **f32).reshape((2 * n, 2 * n) + (1,) * (len(latent_shape) - 1))
-    zeros_probe = torch.zeros(probe_shape, **f32)
+    eye = torch.eye(2 * n, **f64).reshape((2 * n, 2 * n) + (1,) * (len(latent_shape) - 1))
+    zeros_probe = torch.zeros(probe_shape, **f64)
     scales: list[float] = [1.0] * n
     stored: list[tuple[float, float]] = [(0.0, 1.0)] * n
     stored_raw: list[Optional[Tensor]] = [None] * n
@@ -385,7 +397,7 @@ def affine_schedule(
         history = getattr(s, "model_outputs", None)
         if isinstance(history, list) and history and isinstance(history[-1], Tensor) \
                 and history[-1].shape == probe_shape:
-            stored_raw[k] = history[-1].float().flatten()
+            stored_raw[k] = history[-1].double().flatten()
 
     basis = _replay(scheduler, timesteps, lambda k: (eye[k], eye[n + k]), fresh_generator(), kwargs,
                     takes_generator, watch_basis)
@@ -394,14 +406,14 @@ def affine_schedule(
     def watch_zero(k, s, scaled, before):
         history = getattr(s, "model_outputs", None)
         if stored_raw[k] is not None:
-            stored_zero[k] = history[-1].float().flatten()
+            stored_zero[k] = history[-1].double().flatten()
 
     offset = _replay(scheduler, timesteps, lambda k: (zeros_probe, zeros_probe), fresh_generator(), kwargs,
                      takes_generator, watch_zero)
     A = [[0.0] * n for _ in range(n)]
     B = [[0.0] * n for _ in range(n)]
     for k in range(n):
-        diff = (basis[k].float() - offset[k].float()).flatten().double().cpu()
+        diff = (basis[k].double() - offset[k].double()).flatten().cpu()
         for j in range(k + 1):
             A[k][j], B[k][j] = float(diff[j]), float(diff[n + j])
         if any(abs(float(x)) > 0 for x in diff[k + 1:n]) or any(abs(float(x)) > 0 for x in diff[n + k + 1:]):
@@ -436,21 +448,30 @@ def affine_schedule(
         consts_model = [c.float() for c in _replay(scheduler, timesteps, lambda k: (low, low), fresh_generator(),
                                                    kwargs, takes_generator)]
 
-    # 3. check the affine model against the stock scheduler on random inputs (same noise)
+    # 3. check the affine model against the stock scheduler on random inputs (same noise), the steps run in
+    # float64 like the probes (their outputs kept in float32: the check's sums are elementwise).  Where the steps
+    # add noise (from the generator, or a Brownian tree), the constant is a float64 replay on zeros with the same
+    # generator: ``consts`` drew theirs in float32, which are other numbers.
     if check:
         probe_gen = seeded_generator(1234)
         zs = [draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32) for _ in range(n)]
         ms = [draw_noise(latent_shape, probe_gen, device=device, dtype=torch.float32) for _ in range(n)]
-        got = _replay(scheduler, timesteps, lambda k: (zs[k], ms[k]), fresh_generator(), kwargs, takes_generator)
+        got = _replay(scheduler, timesteps, lambda k: (zs[k].to(**f64), ms[k].to(**f64)), fresh_generator(), kwargs,
+                      takes_generator, out_dtype=torch.float32)
+        base = consts
+        if any(bool(c.abs().max() > 0) for c in consts):
+            zeros64 = torch.zeros(latent_shape, **f64)
+            base = _replay(scheduler, timesteps, lambda k: (zeros64, zeros64), fresh_generator(), kwargs,
+                           takes_generator, out_dtype=torch.float32)
         for k in range(n):
-            expected = consts[k]
+            expected = base[k]
             for j in range(k + 1):
                 expected = expected + A[k][j] * zs[j] + B[k][j] * ms[j]
             if not bool(torch.isfinite(got[k]).all()):
                 raise UnsupportedSchedulerError(f"{name} as configured returns NaN/Inf at step {k} on finite inputs "
                                                 "(a diffusers limitation); change its configuration (e.g. UniPC bh1: "
                                                 "final_sigmas_type='sigma_min', or solver_type='bh2')")
-            err = float((got[k].float() - expected).abs().max())
+            err = float((got[k] - expected).abs().max())
             if not err <= 1e-4 * (1.0 + float(expected.abs().max())):
                 raise UnsupportedSchedulerError(
                     f"{name} step {k} is not affine in (sample, model_output) "
