@@ -10,6 +10,10 @@ call, so ``overhead = wall / (NFE x forward)`` is a ratio measured on one machin
 fastest of their runs, and the call is timed again just before each timed row (the fastest call so far
 kept): on a loaded machine a median call timed in a busy moment against inversions timed in a quiet one
 gave ratios below 1; the fastest inversion cannot beat NFE times the fastest call (:func:`overhead_ratio`).
+``wall_over_network`` needs no separate call: in each timed inversion, hooks on the network's forward add up
+the time spent inside it (:class:`~nrinv.bench.measure.NetworkTime`), and the inversion's wall time over it,
+the median over the repeats, is what the inversion costs beyond its network calls (encoding excluded, as
+in ``wall_s``); empty where the hooks saw other than ``nfe`` calls (CUDA graph replays bypass them).
 Peak memory: CUDA max allocated on GPU; on CPU the growth of the resident set over the run,
 sampled every 2 ms by a thread.
 """
@@ -35,7 +39,7 @@ from ..io.files import save_json
 from ..io.images import to_tensor
 from ..metrics import as_numpy, psnr, ssim
 from .images import BenchImage
-from .measure import PeakMemory, machine_info, sync
+from .measure import NetworkTime, PeakMemory, machine_info, sync
 from .report import make_plots, read_rows, write_rows
 
 __all__ = ["run_bench", "forward_time", "overhead_ratio", "parse_method", "inversion_options", "perceptual_scores",
@@ -47,8 +51,8 @@ def _row_key(row: dict) -> tuple:
 
 
 COLUMNS = ["image", "method", "iterations", "steps", "guidance", "nfe", "grad_evals", "psnr", "ssim", "lpips",
-           "clip_score", "latent_error", "vae_ceiling_psnr", "wall_s", "forward_s", "overhead", "peak_mem_mb", "status",
-           "step_statuses", "timed"]
+           "clip_score", "latent_error", "vae_ceiling_psnr", "wall_s", "forward_s", "overhead", "network_s",
+           "wall_over_network", "peak_mem_mb", "status", "step_statuses", "timed"]
 
 
 
@@ -211,12 +215,15 @@ def run_bench(
         if timed:
             t_forward = min(t_forward, forward_time(pipe, images[0].prompt, size, steps, guidance, repeats=5))
             invert(pipe, img.image, img.prompt, **kwargs)  # warm-up
-            walls = []
+            walls, network = [], []
             for _ in range(repeats):
                 sync(adapter.device)
-                result = invert(pipe, img.image, img.prompt, **kwargs)
+                with NetworkTime(adapter.network, adapter.device) as inside:
+                    result = invert(pipe, img.image, img.prompt, **kwargs)
                 sync(adapter.device)
                 walls.append(result.wall_time)
+                if inside.calls == result.nfe > 0:  # the calls it counts, each through the forward (none replayed)
+                    network.append((inside.seconds, result.wall_time / inside.seconds))
             wall = statistics.median(walls)
         with PeakMemory(adapter.device) as mem:
             result = invert(pipe, img.image, img.prompt, **kwargs)
@@ -235,6 +242,8 @@ def run_bench(
             # the overhead ratio needs a timed run (a warm-up, then repeats); empty without one
             "forward_s": round(t_forward, 5),
             "overhead": round(overhead_ratio(walls, result.nfe, t_forward), 3) if timed else "",
+            "network_s": round(statistics.median(n for n, _ in network), 4) if timed and network else "",
+            "wall_over_network": round(statistics.median(r for _, r in network), 3) if timed and network else "",
             "peak_mem_mb": round(mem.peak_mb, 1), "status": result.status.value,
             "step_statuses": step_status_counts(result.steps), "timed": int(timed),
         }

@@ -11,7 +11,7 @@ import torch
 from .._version import __version__
 from ..core.adapters import adapter_for
 
-__all__ = ["PeakMemory", "sync", "machine_info", "median_seconds"]
+__all__ = ["PeakMemory", "NetworkTime", "sync", "machine_info", "median_seconds"]
 
 
 class PeakMemory:
@@ -54,6 +54,37 @@ class PeakMemory:
             self.thread.join()
             self.peak = max(self.peak, self.proc.memory_info().rss)
             self.peak_mb = (self.peak - self.base) / 2**20
+        return False
+
+
+class NetworkTime:
+    """Seconds spent inside a network's forward during a block, and its number of calls: forward hooks
+    on the module (on CUDA the device is synchronised around each call, so the time is the call's).
+    Calls replayed from captured CUDA graphs never enter the module's forward and are not counted:
+    compare ``calls`` with the calls made before using ``seconds``."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        self.network, self.device = network, device
+        self.seconds, self.calls = 0.0, 0
+        self._started: list[float] = []
+
+    def _pre(self, module, args) -> None:
+        sync(self.device)
+        self._started.append(time.perf_counter())
+
+    def _post(self, module, args, output) -> None:
+        sync(self.device)
+        self.seconds += time.perf_counter() - self._started.pop()
+        self.calls += 1
+
+    def __enter__(self):
+        self._hooks = [self.network.register_forward_pre_hook(self._pre),
+                       self.network.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
         return False
 
 

@@ -49,6 +49,8 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "vae_ceiling_psnr": statistics.mean(float(r["vae_ceiling_psnr"]) for r in rs),
             "wall_s": float(timed[0]["wall_s"]),
             "overhead": float(timed[0]["overhead"]) if timed[0].get("overhead") not in (None, "") else None,
+            "wall_over_network": float(timed[0]["wall_over_network"])
+            if timed[0].get("wall_over_network") not in (None, "") else None,
             "peak_mem_mb": max(float(r["peak_mem_mb"]) for r in rs), "statuses": statuses, "n": len(rs),
             **{k: mean_present(rs, k) for k in ("lpips", "clip_score")},
         })
@@ -65,11 +67,13 @@ def markdown_table(summary: list[dict]) -> str:
     titles = {"lpips": "LPIPS", "clip_score": "CLIP score"}
     extra = [k for k in titles if any(s.get(k) is not None for s in summary)]
     head = "| method | iterations | NFE | PSNR dB | SSIM | " + "".join(f"{titles[k]} | " for k in extra)
-    lines = [head + "wall s | overhead vs NFE x forward | peak mem MB |", "|---" * (8 + len(extra)) + "|"]
+    lines = [head + "wall s | overhead vs NFE x forward | wall / network time | peak mem MB |",
+             "|---" * (9 + len(extra)) + "|"]
+    ratio = lambda s, k: "" if s.get(k) is None else format(s[k], ".2f")  # noqa: E731
     for s in summary:
         cells = "".join("n/a | " if s.get(k) is None else f"{s[k]:.3f} | " for k in extra)
         lines.append(f"| {s['method']} | {s['iterations']} | {s['nfe']:.0f} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
-                     f"{cells}{s['wall_s']:.3f} | {'' if s['overhead'] is None else format(s['overhead'], '.2f')} | "
+                     f"{cells}{s['wall_s']:.3f} | {ratio(s, 'overhead')} | {ratio(s, 'wall_over_network')} | "
                      f"{s['peak_mem_mb']:.0f} |")
     return "\n".join(lines)
 

@@ -7,17 +7,19 @@ classifier-free-guidance branches in one batched call.  Outputs are float32 what
 network runs in.
 
 An adapter is also the persistent object of a pipeline: it keeps the prompt embeddings and probed
-schedules it computed (and, on CUDA, captured graphs of the network call), so a caller that keeps
-it (``adapter = nrinv.core.adapter_for(pipe)``, passed wherever a pipeline is accepted) pays for them
-once.  It never writes onto the pipeline.
+schedules it computed (the most recently used few) and, on CUDA, captured graphs of the network call, so a
+caller that keeps it (``adapter = nrinv.core.adapter_for(pipe)``, passed wherever a pipeline is accepted)
+pays for them once.  It never writes onto the pipeline.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -93,16 +95,53 @@ class Conditioning:
                             f"lerp({self.prompt!r}, {other.prompt!r}, {weight:.3f})", self.negative_prompt)
 
 
+class _LRU:
+    """A small thread-safe least-recently-used cache: a long-running app meets ever new prompts and seeds,
+    and must not keep the embeddings and schedules of all of them."""
+
+    def __init__(self, max_size: int):
+        self.max_size = int(max_size)
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: prompt conditionings and probed schedules kept per pipeline (least recently used dropped first)
+MAX_CONDITIONINGS = 32
+MAX_SCHEDULES = 16
+#: the key of a schedule that records no noise, in place of the seed / generator it was probed with
+_NO_NOISE = "no noise"
+
+
 @dataclass
 class _PipeState:
     """What every adapter of one pipeline shares: caches, graphs and the lock of its model work."""
 
     lock: threading.RLock = field(default_factory=threading.RLock)
-    conditionings: dict = field(default_factory=dict)
-    schedules: dict = field(default_factory=dict)
+    conditionings: _LRU = field(default_factory=lambda: _LRU(MAX_CONDITIONINGS))
+    schedules: _LRU = field(default_factory=lambda: _LRU(MAX_SCHEDULES))
     graphs: Optional[GraphedNetwork] = None
-    #: a video pipeline's clip length (frames), set by the last clip encoded (``WanAdapter.encode``)
-    frames: Optional[int] = None
+    #: the network's (device, dtype) and the stamp they were read at (``Adapter._placement``)
+    placement: Optional[tuple] = None
+    #: per thread, a video pipeline's clip length (frames) of the last clip that thread encoded
+    #: (``WanAdapter.encode``): two threads inverting clips of different lengths must not see each other's
+    frames: threading.local = field(default_factory=threading.local)
 
 
 #: id(pipeline) -> (weak reference to it, its state).  The state holds nothing of the pipeline or its
@@ -232,6 +271,9 @@ class Adapter:
         """Where the computation runs: the network's device, or with ``enable_model_cpu_offload()`` /
         ``enable_sequential_cpu_offload()`` (weights kept on the CPU and moved in for each call) the
         pipeline's execution device, as the stock pipeline computes there."""
+        placed = self._placement()
+        if placed is not None:
+            return placed[0]
         network = self.network
         if network is not None and self._offload_hooks(network):
             execution = getattr(self.pipe, "_execution_device", None)
@@ -248,12 +290,46 @@ class Adapter:
     @property
     def offloaded(self) -> bool:
         """Whether the network's weights are offloaded (moved onto the execution device per call)."""
+        if self._placement() is not None:
+            return False
         network = self.network
         return network is not None and self._offload_hooks(network)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.network.dtype
+        placed = self._placement()
+        return placed[1] if placed is not None else self.network.dtype
+
+    def _placement(self) -> Optional[tuple[torch.device, torch.dtype]]:
+        """The network's ``(device, dtype)``, read from diffusers once per placement of its weights.
+
+        diffusers' ``unet.device`` / ``unet.dtype`` walk every module, and the denoiser path asks for them
+        at every network call, so they are read again only when a stamp read per call (no walk) changes:
+        the network's identity (a swapped-in network), its first parameter's identity, device and dtype
+        (``pipe.to(...)`` moves or casts it; sequential offload replaces it with a meta tensor) and its
+        last parameter's device and dtype (a cast that spares the first module, which diffusers keeps in
+        float32 for some models).  ``None`` (read per call, as diffusers answers) while hooks are on the
+        network: offloaded weights (the execution device is the pipeline's), group offloading or
+        layerwise casting (diffusers answers from its hooks)."""
+        network = self.network
+        if not isinstance(network, torch.nn.Module) or hasattr(network, "_hf_hook") \
+                or hasattr(network, "_diffusers_hook"):
+            return None
+        first = next(network.parameters(), None)
+        if first is None or first.device.type == "meta":
+            return None
+        known = self._state.placement
+        if known is not None:
+            refs, stamp, answer = known
+            last = refs[2]()
+            if refs[0]() is network and refs[1]() is first and last is not None \
+                    and stamp == (first.device, first.dtype, last.device, last.dtype):
+                return answer
+        last = list(network.parameters())[-1]
+        answer = (network.device, network.dtype)
+        self._state.placement = ((weakref.ref(network), weakref.ref(first), weakref.ref(last)),
+                                 (first.device, first.dtype, last.device, last.dtype), answer)
+        return answer
 
     @property
     def vae_scale_factor(self) -> int:
@@ -313,14 +389,23 @@ class Adapter:
         return z.to(dtype=self.dtype)
 
     def schedule(self, num_inference_steps: int, size: tuple[int, int], *, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> Schedule:
+                 generator: Optional[torch.Generator] = None, frames: Optional[int] = None) -> Schedule:
         """The probed affine schedule for ``num_inference_steps`` at image ``size``, with the noise
-        of ``generator`` (else of ``seed``); computed once per adapter."""
+        of ``generator`` (else of ``seed``); ``frames``: a video model's clip length (None: the clip
+        this thread encoded last).  Computed once per pipeline and kept (the least recently used of
+        more than ``MAX_SCHEDULES`` dropped); the seed or generator is part of the key only where the
+        scheduler draws noise, which the probe finds out: a schedule that recorded none (DDIM, UniPC,
+        flow matching) is kept without it, so one probe serves every seed."""
+        shape = self.latent_shape(*size) if frames is None else self.latent_shape(*size, frames=frames)
+        key = (num_inference_steps, tuple(size), _scheduler_key(self.pipe.scheduler), str(self.dtype),
+               str(self.device), shape)  # the shape: a video's frame count too
+        schedule = self._schedules.get(key + (_NO_NOISE,))
+        if schedule is not None:
+            return schedule
         noise_key = (generator.device.type, bytes(generator.get_state().cpu().numpy())) if generator is not None \
             else seed
-        key = (num_inference_steps, tuple(size), noise_key, _scheduler_key(self.pipe.scheduler), str(self.dtype),
-               str(self.device), self.latent_shape(*size))  # the shape: a video's frame count too
-        if key not in self._schedules:
+        schedule = self._schedules.get(key + (noise_key,))
+        if schedule is None:
             try:
                 scheduler = self.prepare_scheduler(num_inference_steps, *size)
             except (ValueError, IndexError) as exc:  # diffusers' own limit on the step count
@@ -328,11 +413,14 @@ class Adapter:
                                  f"{str(exc).splitlines()[0]}") from None
             self._check_timesteps(scheduler, num_inference_steps)
             with torch.inference_mode(False):  # cached: normal tensors, as for the conditioning
-                self._schedules[key] = affine_schedule(
-                    scheduler, self.latent_shape(*size), generator=generator,
+                schedule = affine_schedule(
+                    scheduler, shape, generator=generator,
                     seed=None if generator is not None else seed, device=self.device, noise_dtype=self.dtype,
                     step_kwargs=self.step_kwargs())
-        return self._schedules[key]
+            if all(noise is None for noise in schedule.noises):  # it draws no noise: no seed of its own
+                schedule, noise_key = dataclasses.replace(schedule, seed=None), _NO_NOISE
+            self._schedules.put(key + (noise_key,), schedule)
+        return schedule
 
     # -- VAE ----------------------------------------------------------------------------------
     def _vae_scale(self, latent: Tensor) -> Tensor:
@@ -369,14 +457,17 @@ class Adapter:
     def conditioning(self, prompt: str, negative_prompt: Optional[str], guidance_scale: float,
                      size: tuple[int, int]) -> Conditioning:
         """Prompt embeddings for images of ``size = (height, width)``; computed once per pipeline (for
-        its text encoders' current weights)."""
+        its text encoders' current weights) and kept (the least recently used of more than
+        ``MAX_CONDITIONINGS`` dropped)."""
         key = (prompt, negative_prompt, float(guidance_scale), tuple(size), id(self.network), str(self.dtype),
                str(self.device), self._text_encoders_stamp())
-        if key not in self._conditionings:
+        cond = self._conditionings.get(key)
+        if cond is None:
             # normal tensors even under torch.inference_mode(): cached, they may meet autograd later
             with self.lock, torch.inference_mode(False), torch.no_grad():
-                self._conditionings[key] = self._embed(prompt, negative_prompt, float(guidance_scale), tuple(size))
-        return self._conditionings[key]
+                cond = self._embed(prompt, negative_prompt, float(guidance_scale), tuple(size))
+            self._conditionings.put(key, cond)
+        return cond
 
     def _text_encoders_stamp(self) -> tuple:
         """Which text encoders, where, with a LoRA or not: cached embeddings are shared by every call on
@@ -667,7 +758,8 @@ class WanAdapter(StableDiffusion3Adapter):
     T5 prompts padded to the stock pipeline's ``max_sequence_length`` of 512.
 
     Images here are the frames of one clip, ``(F, 3, H, W)``: ``encode`` takes a clip and ``decode``
-    returns its frames.  The clip length is the pipeline's last encoded clip (``latent_shape`` needs it).
+    returns its frames.  ``latent_shape`` and ``schedule`` need the clip length: pass ``frames=``, else they
+    take the last clip the calling thread encoded on this pipeline.
     """
 
     family = "wan"
@@ -709,13 +801,14 @@ class WanAdapter(StableDiffusion3Adapter):
 
     @property
     def num_frames(self) -> int:
-        """Frames of the clip being inverted (the last one encoded; WanPipeline's default 81 before any)."""
-        return self._state.frames or 81
+        """Frames of the clip being inverted: the last one this thread encoded on this pipeline (per thread:
+        threads inverting clips of other lengths do not see it); WanPipeline's default 81 before any."""
+        return getattr(self._state.frames, "value", None) or 81
 
     @num_frames.setter
     def num_frames(self, frames: int) -> None:
         self.check_frames(frames)
-        self._state.frames = int(frames)
+        self._state.frames.value = int(frames)
 
     def check_frames(self, frames: int) -> None:
         k = self.temporal_factor
@@ -724,10 +817,13 @@ class WanAdapter(StableDiffusion3Adapter):
             raise InputError(f"a clip of {frames} frames cannot go through this model: it takes {k}k+1 frames; "
                              f"drop or repeat frames, e.g. to {near}")
 
-    def latent_shape(self, height, width, batch=1):
+    def latent_shape(self, height, width, batch=1, *, frames: Optional[int] = None):
+        """``frames``: the clip's length (None: ``num_frames``, the clip this thread encoded last)."""
         f = self.vae_scale_factor
-        frames = (self.num_frames - 1) // self.temporal_factor + 1
-        return (batch, self.network.config.in_channels, frames, height // f, width // f)
+        if frames is not None:
+            self.check_frames(frames)
+        latent_frames = ((self.num_frames if frames is None else int(frames)) - 1) // self.temporal_factor + 1
+        return (batch, self.network.config.in_channels, latent_frames, height // f, width // f)
 
     def prepare_scheduler(self, num_inference_steps, height, width):
         return Adapter.prepare_scheduler(self, num_inference_steps, height, width)  # set_timesteps(n), as WanPipeline
