@@ -1,4 +1,4 @@
-"""The adapter's per-pipeline state (issue 26, items 9 and 10): caches keyed on what matters and bounded, the
+"""The adapter's per-pipeline state: caches keyed on what matters and bounded, the
 network's device and dtype read once per placement (and read again after ``pipe.to()``), and a video's clip
 length per call and per thread, never shared between threads."""
 import threading

@@ -261,9 +261,10 @@ class InversionResult:
 
 def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_steps: Optional[int] = None,
             guidance_scale: Optional[float] = None, seed: Optional[int] = 0, negative_prompt: Optional[str] = None,
-            generator: Optional[torch.Generator] = None) -> Setup:
+            generator: Optional[torch.Generator] = None, frames: Optional[int] = None) -> Setup:
     """Adapter, probed schedule (with the recorded noise of ``generator``, else of ``seed``) and prompt
-    conditioning; ``None`` steps / guidance take the model's defaults."""
+    conditioning; ``None`` steps / guidance take the model's defaults; ``frames``: a video model's clip
+    length (None: the clip this thread encoded last)."""
     adapter = adapter_for(pipe)
     steps = int(adapter.defaults.num_inference_steps if num_inference_steps is None else num_inference_steps)
     guidance = check_guidance(adapter.defaults.guidance_scale if guidance_scale is None else guidance_scale)
@@ -273,7 +274,8 @@ def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_step
         raise InputError("prompt must be a string")
     adapter.check_size(*size)
     seed = None if generator is not None else seed
-    schedule = adapter.schedule(steps, size, seed=seed, generator=generator)
+    schedule = adapter.schedule(steps, size, seed=seed, generator=generator,
+                                **({} if frames is None else {"frames": int(frames)}))
     cond = adapter.conditioning(prompt, negative_prompt, guidance, size)
     return Setup(adapter, schedule, cond, tuple(size), steps, guidance, seed)
 
@@ -421,7 +423,8 @@ def _predicted_output(implied: list[tuple[float, Tensor]], t: float) -> Tensor:
 
 def _auto_warm(warm_start: Any, setup: Setup, iterations: Optional[int] = None) -> Optional[str]:
     """The warm start mode, or None for off.  ``None`` = on without classifier-free guidance, off with
-    it (a multistep family's ``guided_warm_start`` where its row has one): measured on the built-in
+    it (a multistep family's ``guided_warm_start`` where its row has one; on a single-step sampler at
+    the model's step count or more, ``ModelDefaults.guided_warm_start`` where it has one): measured on the built-in
     model, the warm start helps at guidance 1 and can hurt at guidance 3-7.5 with few steps
     (benchmarks/README.md, section 4).  ``True`` / on: the model's mode at this
     many ``iterations`` per step (``ModelDefaults.warm_start_by_iterations``, else ``warm_start``);
@@ -435,8 +438,12 @@ def _auto_warm(warm_start: Any, setup: Setup, iterations: Optional[int] = None) 
         row = scheduler_defaults(setup.adapter.pipe)  # a multistep family measured with it under guidance
         if row.guided_warm_start is not None:
             return row.guided_warm_start
-    on = (not guided) if warm_start is None else warm_start
     defaults = setup.adapter.defaults
+    guided_mode = getattr(defaults, "guided_warm_start", None)  # a model measured with it under guidance
+    if warm_start is None and guided and setup.schedule.coupling is None and guided_mode is not None \
+            and len(setup.schedule) >= defaults.num_inference_steps:
+        return guided_mode
+    on = (not guided) if warm_start is None else warm_start
     by_budget = dict(getattr(defaults, "warm_start_by_iterations", ()) or ())
     return by_budget.get(iterations, defaults.warm_start) if on else None
 
@@ -673,10 +680,16 @@ def invert_tensor(
     encode_time = time.perf_counter() - t0
     notes = list(notes) + [n for n in size_notes(*size, adapter.default_size()) if n not in notes]
 
+    # a video model's clip length, per call (the adapter's is per thread): the clip's frames, or the latent's
+    frames = None
+    if getattr(adapter, "video", False):
+        frames = int(images.shape[0]) if images is not None else \
+            (int(encoded.shape[2]) - 1) * adapter.temporal_factor + 1
+    clip = {} if frames is None else {"frames": frames}
     setup = prepare(adapter, prompt, size=size, num_inference_steps=inversion.num_inference_steps,
                     guidance_scale=inversion.guidance_scale, seed=inversion.seed, negative_prompt=negative_prompt,
-                    generator=generator)
-    expected = adapter.latent_shape(*size, batch=encoded.shape[0])
+                    generator=generator, **clip)
+    expected = adapter.latent_shape(*size, batch=encoded.shape[0], **clip)
     if tuple(encoded.shape) != tuple(expected):
         raise InputError(f"latent has shape {tuple(encoded.shape)}, expected {tuple(expected)} for size {size}")
 
