@@ -40,7 +40,11 @@ def _edit(pipe, image, targets, **kw):
 @pytest.mark.parametrize("kind", KINDS)
 def test_edit_same_prompt_full_strength_regenerates_input(tiny, astronaut32, kind):
     pipe = tiny(kind)
-    res = _edit(pipe, astronaut32, [SRC, TGT], strength=1.0)
+    # the tiny random LCM inverts to a noise of rms ~1900, where the default rtol (relative to the iterate) stops
+    # the first step at an absolute residual of ~0.2 on one path or 1e-3 on another (a 1e-7 change of the probed
+    # coefficients picks the path: 2.4e-2 or 6e-4 here); a tolerance that pins the solve
+    options = {"rtol": 1e-7} if kind == "lcm" else None
+    res = _edit(pipe, astronaut32, [SRC, TGT], strength=1.0, options=options)
     inv = res.inversion
     assert res.settings["start_step"] == 0 and res.settings["rerun_steps"] == STEPS
     # target == source, strength 1: exactly the reconstruction from the inverted noise ...

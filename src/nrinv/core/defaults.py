@@ -50,6 +50,9 @@ class ModelDefaults(Options):
     #: the warm start per iteration budget where it differs from ``warm_start``: ((iterations, mode), ...),
     #: measured per model (a budget of ``iterations x steps`` network calls)
     warm_start_by_iterations: tuple = ()
+    #: the warm start under classifier-free guidance on single-step samplers at the model's own step count or
+    #: more, where it was measured (None: off under guidance; a multistep family's row has its own)
+    guided_warm_start: Optional[str] = None
     height: Optional[int] = None
     width: Optional[int] = None
 
@@ -107,20 +110,25 @@ MODEL_KINDS: list[tuple[str, Callable[[Any], bool], ModelDefaults]] = [
     # built-in, distilled for 4 steps (LCM); guidance enters through the w-embedding, at no extra cost.
     # Chosen from benchmarks/README.md section 0 (builtin:shapes-lcm, held-out scenes, dB below the VAE
     # ceiling of the stock regeneration): 3 Anderson iterations (12 NFE) with "last" by default, "linear" at
-    # 2 iterations; the learned inverter does not pay for its own cost on this model.  Edits: edit-friendly
+    # 2 iterations.  The learned inverter shipped beside the model won on 8 choosing scenes (1.48 vs 1.95 dB)
+    # but tied on 8 held-out ones (1.79 vs 1.72) and costs ~0.12 call per step in time (not counted as a
+    # call): not the default (benchmarks/README.md section 10).  Edits: edit-friendly
     # inversion (exact by construction: the stock pipeline regenerates through result.pipeline_kwargs()),
     # strength 1, masked at 0.5 (chosen on 12 sweep items of edit-set seed 1; README "Preservation")
     ("shapes-lcm", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is not None
      and "LatentConsistencyModelPipeline" in _classes(p),
      ModelDefaults("shapes-lcm", 4, 6.0, edit_strength=1.0, mask_threshold=0.5, edit_method="edit_friendly",
-                   max_iterations=3, warm_start="last", warm_start_by_iterations=((2, "linear"),), height=64,
-                   width=64, keep_object=True)),
+                   max_iterations=3, warm_start="last", warm_start_by_iterations=((2, "linear"),),
+                   height=64, width=64, keep_object=True)),
     # built-in, 20 DDIM steps; edits measured by benchmarks/edit_eval.py (README): strength 0.6,
     # guidance 2, guided from the source prompt.  Both built-in models: background edits keep the object
-    # (benchmarks/own_images.py edits: object-region PSNR +4.5 to +6.4 dB on drawn images and renders)
+    # (benchmarks/own_images.py edits: object-region PSNR +4.5 to +6.4 dB on drawn images and renders).
+    # Under guidance the "linear" warm start at 20 steps (benchmarks/README.md "Defaults by measurement",
+    # 8 choosing scenes, dB below the VAE ceiling at 40 calls: guidance 3 0.48 vs 1.17 off; 7.5 10.71 vs 12.47);
+    # not below 20 steps: at 10 steps and guidance 7.5 it measured worse (15.57 vs 14.63)
     ("shapes", lambda p: _is_shapes(p) and _config(p.unet).get("time_cond_proj_dim") is None,
      ModelDefaults("shapes", 20, 1.0, edit_strength=0.6, edit_guidance_scale=2.0, guide_from_source=True,
-                   warm_start="linear", height=64, width=64, keep_object=True)),
+                   warm_start="linear", guided_warm_start="linear", height=64, width=64, keep_object=True)),
     ("sdxl-turbo", _sdxl_turbo, ModelDefaults("sdxl-turbo", 4, 0.0)),
     ("lcm", lambda p: "LatentConsistencyModelPipeline" in _classes(p), ModelDefaults("lcm", 4, 8.5)),
     ("flux-schnell", lambda p: _flux(p, False), ModelDefaults("flux-schnell", 4, 0.0)),
@@ -194,7 +202,9 @@ SCHEDULER_FAMILIES: list[tuple[str, Callable[[Any], bool], SchedulerDefaults]] =
     # with the warm start (linearly: 0.03 dB at 2.26).  Under guidance the steps need more iterations, and the warm
     # start only saves calls: 8 with it, guidance 3: 1.65 -> 0.77 dB below the ceiling at 4.0 -> 1.94 calls per
     # step; guidance 7.5: 10.24 -> 8.77 dB.  DPM-Solver++ 3M likewise: 20 steps -0.01 dB at 2.50 calls per step
-    # (the generic row: 0.27 dB at 7.97)
+    # (the generic row: 0.27 dB at 7.97).  Since the truth check (one call per entry after the pass) every figure
+    # here costs one call per step more; on 16 new scenes (benchmarks/README.md section 10) the row is 0.05 dB at
+    # 2.48 calls per step, where 3 / 2 iterations save 0.06 / 0.23 call for 1.4x / 2x the latent error
     ("dpm-solver++", _dpm_solver_multistep, SchedulerDefaults("dpm-solver++", 0, "newton", max_iterations=4,
                                                               guided_max_iterations=8, guided_warm_start="linear",
                                                               history_order=2)),
@@ -204,7 +214,8 @@ SCHEDULER_FAMILIES: list[tuple[str, Callable[[Any], bool], SchedulerDefaults]] =
     ("sde-dpm-solver", _sde_dpm_solver, SchedulerDefaults("sde-dpm-solver", 15, "newton", max_iterations=4)),
     # UniPC (whose corrector ties every step to all earlier ones) and DEIS: 4 iterations per step in the pass, then
     # up to 6 sweeps: within 0.1 dB of the VAE ceiling at 10 and 20 UniPC steps (~10 calls per step; 2 iterations:
-    # 0.29-0.50 dB at 8), DEIS 20 steps 0.12 dB at 5.25 (2 iterations: 0.23 dB at 5.0)
+    # 0.29-0.50 dB at 8), DEIS 20 steps 0.12 dB at 5.25 (2 iterations: 0.23 dB at 5.0); with the truth check,
+    # UniPC 20 steps on 16 new scenes: 0.07 dB at 10.9 (3 iterations: 0.22 dB at 10.0, 1.4x the latent error)
     ("unipc-deis", _unipc_deis, SchedulerDefaults("unipc-deis", 6, "newton", max_iterations=4)),
     # the rest (PNDM, LMS, EDM DPM-Solver, Heun / KDPM2, which never sweep, ...): up to 6
     # whole-trajectory sweeps, stopping when every step's residual meets tolerance
