@@ -108,14 +108,16 @@ def test_builtin_colour_edit_with_a_full_mask(shapes_pipe, monkeypatch, family):
 # ------------------------------------------------------------------------------- the warm start that ran
 @pytest.fixture(scope="module")
 def tiny_inverter(tmp_path_factory):
-    """A (barely) trained inverter for the tiny SD's network, and the folder it is saved in."""
+    """A (barely) trained inverter for a tiny SD's network, the folder it is saved in, and that pipeline (its own:
+    the session's shared tiny SD may have been changed by other tests, and the inverter fits one network)."""
     from nrinv.core.inverter import train_initial_guess
     from nrinv.testing import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("inverter")
-    train_initial_guess(tiny_pipeline("sd"), folder, prompts=[PROMPT], max_updates=1, batch_trajectories=2,
+    pipe = tiny_pipeline("sd")
+    train_initial_guess(pipe, folder, prompts=[PROMPT], max_updates=1, batch_trajectories=2,
                         batch_size=4, width=16, guidance=[1.0], log=None)
-    return folder
+    return folder, pipe
 
 
 @pytest.mark.parametrize("family", ["dpm++2m", "heun"])
@@ -126,8 +128,9 @@ def test_learned_warm_start_on_a_coupled_sampler_records_what_ran(tiny, astronau
     "learned", with no note, while the coupled solve ran the "last" warm start."""
     import nrinv.core.inverter as inverter
 
-    monkeypatch.setattr(inverter, "inverter_dir", lambda pipe: tiny_inverter)
-    with scheduler(tiny("sd"), family) as pipe:
+    folder, own = tiny_inverter
+    monkeypatch.setattr(inverter, "inverter_dir", lambda pipe: folder)
+    with scheduler(own, family) as pipe:
         assert inverter.load_inverter(pipe, strict=True) is not None  # the inverter fits this network
         kw = dict(num_inference_steps=4, guidance_scale=1.0, seed=3, max_iterations=2)
         learned = nrinv.invert(pipe, astronaut32, PROMPT, warm_start="learned", **kw)
