@@ -274,8 +274,7 @@ def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_step
         raise InputError("prompt must be a string")
     adapter.check_size(*size)
     seed = None if generator is not None else seed
-    schedule = adapter.schedule(steps, size, seed=seed, generator=generator,
-                                **({} if frames is None else {"frames": int(frames)}))
+    schedule = adapter.schedule(steps, size, seed=seed, generator=generator, frames=frames)
     cond = adapter.conditioning(prompt, negative_prompt, guidance, size)
     return Setup(adapter, schedule, cond, tuple(size), steps, guidance, seed)
 

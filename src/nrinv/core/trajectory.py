@@ -158,6 +158,11 @@ class _Evaluation:
         """(B,): every entry of the sample meets its tolerance."""
         return self.settled_entries.all(0)
 
+    def nonfinite(self, groups: list[tuple[int, int]]) -> list[int]:
+        """The first entries ``a`` of the groups ``(a, b)`` whose residual is NaN/Inf in some sample."""
+        bad = ~torch.isfinite(self.norms)
+        return [a for a, b in groups if bool(bad[a:b + 1].any())]
+
     @property
     def total(self) -> Tensor:
         """(B,): the sum of the entries' rms residuals, inf where any is NaN/Inf."""
@@ -400,9 +405,7 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
                 events[a] = Status.NONFINITE
             return best, events
         ev = evaluate(list(Z))
-        for a, b in cp.groups:
-            if not bool(torch.isfinite(ev.norms[a:b + 1]).all()):
-                events[a] = Status.NONFINITE
+        events.update(dict.fromkeys(ev.nonfinite(cp.groups), Status.NONFINITE))
         return _better(best, ev), events
 
     def newton_sweeps(count: int, current: _Evaluation) -> tuple[_Evaluation, dict[int, Status]]:
@@ -429,28 +432,25 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         best, first = current, current.total
         events: dict[int, Status] = {}
         size = Z[0][0].numel()
+        flat = lambda zs: torch.cat([z.flatten(1) for z in zs], 1)  # noqa: E731
         for _ in range(count):
             if bool(best.settled.all()):
                 break
             stepped = [current.Z[i] - sum(W[i][k] * current.R[k] for k in range(n) if W[i][k] != 0.0)
                        for i in range(n)]
-            flat = lambda zs: torch.cat([z.flatten(1) for z in zs], 1)  # noqa: E731
             mixed = mixer.step(flat(current.Z[:n]), flat(stepped))
             # per sample: a settled sample keeps its best trajectory, so a batch gives each image its own answer
             hold = best.settled.reshape((-1,) + (1,) * (Z[0].dim() - 1))
             moved = [torch.where(hold, best.Z[i], part.reshape(Z[i].shape))
                      for i, part in enumerate(mixed.split(size, dim=1))]
             current = evaluate(moved + [current.Z[n]])
-            bad = ~torch.isfinite(current.norms)
+            nonfinite = current.nonfinite(cp.groups)
             # diverged: a sample's total residual past ``divergence_factor`` times the pass's (the solvers' test)
-            far = bool((current.total > options.divergence_factor * first.clamp_min(1e-30)).any())
-            for a, b in cp.groups:
-                if bool(bad[a:b + 1].any()):
-                    events[a] = Status.NONFINITE
-                elif far:
-                    events[a] = _worst(events.get(a, Status.DIVERGED), Status.DIVERGED)
+            if bool((current.total > options.divergence_factor * first.clamp_min(1e-30)).any()):
+                events.update({a: _worst(events.get(a, Status.DIVERGED), Status.DIVERGED) for a, _ in cp.groups})
+            events.update(dict.fromkeys(nonfinite, Status.NONFINITE))
             best = _better(best, current)
-            if bool(bad.any()) or any(s is Status.DIVERGED for s in events.values()):
+            if nonfinite or any(s is Status.DIVERGED for s in events.values()):
                 break
             # diverging: every sample still moving is at twice its best total residual
             if bool((current.total > 2 * best.total)[~best.settled].all()):
@@ -461,17 +461,16 @@ def solve_trajectory(setup, encoded: Tensor, method: str, options: SolverOptions
         """The true residual of every entry at the pass's trajectory, the sweeps, and the per-group status
         of the best trajectory (converged exactly when every entry's residual meets the tolerance)."""
         ev = evaluate(list(Z))  # type: ignore[arg-type]
-        events: dict[int, Status] = {}
-        if sweeps > 0 and not bool(ev.settled.all()) and bool(torch.isfinite(ev.norms).all()):
+        events: dict[int, Status]
+        nonfinite = ev.nonfinite(cp.groups)
+        if sweeps > 0 and not bool(ev.settled.all()) and not nonfinite:
             if sweep_mode == "gauss_seidel":
                 ev, events = gauss_seidel(sweeps, ev)
             else:
                 with torch.no_grad():
                     ev, events = newton_sweeps(sweeps, ev)
-        elif not bool(torch.isfinite(ev.norms).all()):
-            for a, b in cp.groups:
-                if not bool(torch.isfinite(ev.norms[a:b + 1]).all()):
-                    events[a] = Status.NONFINITE
+        else:
+            events = dict.fromkeys(nonfinite, Status.NONFINITE)
         # the best trajectory and the outputs at it: a re-run from any entry matches a full run
         Z[:n] = ev.Z[:n]
         M[:] = ev.M
