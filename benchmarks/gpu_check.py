@@ -15,13 +15,16 @@ cached inversion; batch-8 inversion throughput; and, at the end, the graphs' cap
 and fallbacks.  Flux runs one text length (``max_sequence_length``, recorded) in the inversion and the
 stock timing.  Writes ``results.json`` and ``results.md`` to ``--out`` (default ``benchmarks/gpu``; a new
 temporary folder with ``--tiny``) after the cuda tests and after each model; a model that fails is
-recorded as failed and the next one runs.  Without a GPU and without ``--tiny``/``--meta`` it says so
-and exits 0: GPU numbers are measured, never estimated.
+recorded as failed and the next one runs.  Each model's graphs, their memory pools and its pipeline
+are released before the next model is built.  A fatal CUDA error is sticky for its process: once one
+is seen, every later model runs in a process of its own.  Without a GPU and without
+``--tiny``/``--meta`` it says so and exits 0: GPU numbers are measured, never estimated.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -255,13 +258,62 @@ def graph_stats(adapter) -> dict:
     return graphs.stats() if graphs is not None else {}
 
 
+def release(pipe, device: torch.device, log) -> None:
+    """Free a measured model's graphs (and their memory pools) and cached memory now, not when Python's
+    cycle collector gets to its pipeline: the next model is measured without them."""
+    from nrinv.core.adapters import release_pipeline
+
+    try:
+        release_pipeline(pipe)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    except Exception as exc:  # noqa: BLE001 - a sticky CUDA error: main sees it and isolates the next models
+        log(f"  releasing the model failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def cuda_usable(device: torch.device) -> bool:
+    """Whether this process can still use the GPU (a fatal CUDA error fails every later call)."""
+    if device.type != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def run_isolated(name: str, tiny: bool, repeats: int, log) -> dict:
+    """``check_model`` for one model in a new process (after a sticky CUDA error in this one)."""
+    with tempfile.TemporaryDirectory(prefix="nrinv-gpu-model-") as folder:
+        command = [sys.executable, str(Path(__file__).resolve()), "--models", name, "--skip-tests", "--out", folder,
+                   "--repeats", str(repeats)] + (["--tiny"] if tiny else [])
+        done = subprocess.run(command, cwd=ROOT)
+        written = Path(folder) / "results.json"
+        rows = json.loads(written.read_text())["models"] if written.is_file() else []
+    if rows:
+        return dict(rows[0], process="own")
+    log(f"{name}: its own process wrote no results (exit status {done.returncode})")
+    return {"model": name, "error": f"its own process wrote no results (exit status {done.returncode})",
+            "process": "own"}
+
+
 def check_model(name: str, tiny: bool, device: torch.device, repeats: int, log) -> dict:
+    pipe, size = build(name, tiny, device)
+    try:
+        return measure(name, pipe, size, device, repeats, log)
+    finally:
+        release(pipe, device, log)
+
+
+def measure(name: str, pipe, size: int, device: torch.device, repeats: int, log) -> dict:
     from PIL import Image
     from skimage import data
 
     import nrinv
+    import nrinv.core  # a subpackage: not imported by `import nrinv`
 
-    pipe, size = build(name, tiny, device)
     pipe.set_progress_bar_config(disable=True)
     base_mb = weights_mb(device)
     image = Image.fromarray(data.astronaut()).resize((size, size), Image.LANCZOS)
@@ -345,6 +397,7 @@ def meta_check(log, models=None) -> dict:
     import copy
 
     import nrinv
+    import nrinv.core  # a subpackage: not imported by `import nrinv`
 
     meta, out = torch.device("meta"), {}
     for name in models or MODELS:
@@ -461,19 +514,24 @@ def main(argv=None) -> int:
     if not args.skip_tests and not args.tiny:
         results["cuda_tests"] = run_cuda_tests(log)
         write(out, results)
-    failed = False
+    failed = isolate = False
     for name in models:
+        # everything of one model is guarded: one model's failure must not lose the others' results
         try:
-            row = check_model(name, args.tiny, device, repeats, log)
-        except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the others' results
-            failed = True
+            if isolate:
+                row = run_isolated(name, args.tiny, repeats, log)
+            else:
+                row = check_model(name, args.tiny, device, repeats, log)
+        except Exception as exc:  # noqa: BLE001
             row = {"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             log(f"{name}: failed: {row['error']}")
+        if not isolate and not cuda_usable(device):
+            isolate = True
+            log("  CUDA is unusable in this process now (a sticky error): each later model runs in its own")
+        failed = failed or "error" in row
         results["models"].append(row)
         results["wall_s"] = round(time.perf_counter() - t0, 1)
         write(out, results)  # after each model: a later crash keeps what was measured
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # the model of check_model is gone with its frame
     log(f"wrote {out}/results.json and results.md ({results['wall_s']} s)")
     return 1 if failed or results.get("cuda_tests", {}).get("returncode", 0) != 0 else 0
 

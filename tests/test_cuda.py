@@ -116,3 +116,55 @@ def test_graph_replay_gives_the_eager_answers(astronaut32, kind):
     assert _rel(replayed.scheduler_latents, eager.scheduler_latents) < 1e-3
     again = nrinv.invert(adapter, astronaut32, PROMPT, **kw)  # captured once, replayed after
     assert adapter.graphs.captures == 1 and again.capture_time == 0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a CUDA device")
+def test_graphs_capture_again_after_a_clear_a_failed_capture_and_beside_another_thread():
+    """PyTorch's capture rules on the device (simulated on the CPU in tests/test_gpu_round3.py): a cache
+    emptied or a capture failed midway does not stop later captures; two threads capture in turn;
+    calls under autocast run eagerly.  Last in this file: a failed capture is the riskiest thing here."""
+    import threading
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8).to(DEVICE, torch.float16)
+    fail = {"once": True}
+
+    def forward(x, t, kw, shared):
+        out = layer(x) * t
+        if torch.cuda.is_current_stream_capturing() and fail.pop("once", False):
+            out.sum().item()  # a host read: not permitted in a capture, which it invalidates
+        return out
+
+    x = torch.randn(4, 8, device=DEVICE, dtype=torch.float16)
+    t = torch.tensor(2.0, device=DEVICE, dtype=torch.float16)
+    g = GraphedNetwork(forward, capture_after=1, retry_after=1)
+    with torch.no_grad():
+        expected = forward(x, t, {}, {})
+        for _ in range(3):  # fails, then captured on the retry, then replayed
+            assert _rel(g(x, t, {}, {}), expected) < 1e-3
+        assert g.captures == 1 and len(g.fallbacks) == 1, g.fallbacks
+        g.clear()
+        for _ in range(2):
+            assert _rel(g(x, t, {}, {}), expected) < 1e-3
+        assert g.captures == 2 and len(g.fallbacks) == 1, g.fallbacks
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            g(x.float(), t.float(), {}, {})
+        assert g.captures == 2
+
+        others = [GraphedNetwork(forward, capture_after=1) for _ in range(2)]
+        errors = []
+
+        def work(graphs):
+            try:
+                with torch.no_grad():
+                    for _ in range(3):
+                        graphs(x * 0.5, t, {}, {})
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=work, args=(o,)) for o in others]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors and all(o.captures == 1 and not o.fallbacks for o in others), \
+            (errors, [o.fallbacks for o in others])

@@ -86,3 +86,72 @@ def test_one_model_failing_keeps_the_others_results(monkeypatch, capsys):
     assert rows[1]["model"] == "flux-schnell" and rows[1]["max_sequence_length"] == 16
     assert "Failed: RuntimeError" in (tmp_path / "results.md").read_text()
     shutil.rmtree(tmp_path)
+
+
+def test_tiny_gpu_check_with_graphs_forced_through_a_stand_in_capture_releases_each_model(monkeypatch, tmp_path):
+    """The graph-replayed path of gpu_check on the CPU; each model's graphs are released before the next model
+    is built, even when its pipeline sits in a reference cycle (freed only by the cycle collector)."""
+    import gc
+
+    from cuda_rules import force_graphs
+
+    module = _module()
+    made = force_graphs(monkeypatch)
+    build, seen_at_build = module.build, []
+
+    def cyclic_build(name, tiny, device):
+        seen_at_build.append(sum(len(g.entries) for g in made))  # graphs of earlier models still held
+        pipe, size = build(name, tiny, device)
+        pipe._cycle = [pipe]  # a reference cycle: the pipeline outlives its last name
+        return pipe, size
+    monkeypatch.setattr(module, "build", cyclic_build)
+    threads = torch.get_num_threads()
+    gc.disable()
+    try:
+        assert module.main(["--tiny", "--out", str(tmp_path)]) == 0
+    finally:
+        gc.enable()
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "results.json").read_text())["models"]
+    for row in rows:
+        g = row["graphs"]
+        assert row["cuda_graphs"] and g["captures"] >= 1 and g["replays"] > 0 and not g["fallbacks"], g
+        assert row["batch8_replayed"]
+    assert len(made) == 2 and seen_at_build == [0, 0]
+    assert all(not g.entries for g in made)  # released with the run, not left to the cycle collector
+
+
+def test_a_sticky_cuda_error_loses_no_later_model(monkeypatch, tmp_path):
+    """After a fatal CUDA error every CUDA call of the process fails (the cleanup after the model too): the
+    next models run in processes of their own."""
+    module = _module()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a simulated GPU")
+    sticky = []
+
+    def cuda_call(*args, **kwargs):
+        if sticky:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    for name in ("empty_cache", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, cuda_call)
+
+    def check_model(name, *args):
+        if sticky:
+            raise AssertionError(f"{name} measured in the broken process")
+        sticky.append(name)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+    isolated = []
+    monkeypatch.setattr(module, "check_model", check_model)
+    monkeypatch.setattr(module, "run_isolated", lambda name, *a: isolated.append(name) or
+                        {"model": name, "error": "stub"}, raising=False)
+    assert module.main(["--skip-tests", "--out", str(tmp_path)]) == 1
+    rows = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert rows[0] == {"model": "sdxl-turbo", "error": "RuntimeError: CUDA error: an illegal memory access was "
+                                                       "encountered"}
+    assert isolated == ["flux-schnell"] and rows[1]["model"] == "flux-schnell"
+
+
+def test_a_model_runs_in_a_process_of_its_own(capfd):
+    row = _module().run_isolated("flux-schnell", True, 1, print)
+    assert row["model"] == "flux-schnell" and row["process"] == "own" and "error" not in row
+    assert row["max_sequence_length"] == 16 and {m["method"] for m in row["methods"]} >= {"ddim", "anderson"}

@@ -80,3 +80,66 @@ def test_the_shipped_inverter_is_found_beside_the_builtin_model():
     img = load_image_set("shapes", size=(64, 64), n=1, seed=7000)[0]
     res = nrinv.invert(pipe, img.image, img.prompt, warm_start="learned", max_iterations=2)
     assert res.settings["warm_start"] == "learned" and res.nfe == 8 and res.finite
+
+
+def test_training_back_propagates_without_the_cudnn_attention_kernel(tiny):
+    """The pass differentiated through the network keeps to gnri_grad's attention kernels (cuDNN's backward
+    ended in an illegal memory access on an H100)."""
+    pipe = tiny("lcm")
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_grad_enabled(), torch.backends.cuda.cudnn_sdp_enabled())))
+    try:
+        train_inverter(pipe, None, prompts=[PROMPT], max_updates=1, batch_trajectories=2, batch_size=2, width=16,
+                       log=None)
+    finally:
+        hook.remove()
+    backward = [cudnn for grad, cudnn in seen if grad]
+    assert backward and not any(backward)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after
+
+
+def test_training_keeps_its_data_on_the_pipelines_device(tiny, monkeypatch):
+    """Nothing of the training is moved to the CPU (on a GPU it trained there, one transfer per update)."""
+    pipe = tiny("lcm")
+    import sys
+
+    moved = []
+    real = torch.Tensor.cpu
+
+    def cpu(self, *args, **kwargs):  # the training's own transfers (not the pipeline's or the scheduler's)
+        if sys._getframe(1).f_code.co_filename.endswith("inverter.py"):
+            moved.append(tuple(self.shape))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    seen = []
+    monkeypatch.setattr(InitialGuessNet, "__call__", lambda self, *a: seen.append(
+        {next(self.parameters()).device} | {v.device for v in a}) or torch.nn.Module.__call__(self, *a))
+    guess = train_inverter(pipe, None, prompts=[PROMPT], max_updates=2, batch_trajectories=2, batch_size=2, width=16,
+                           log=None)
+    assert not moved, moved
+    device = adapter_for(pipe).device
+    assert seen and all(devices == {device} for devices in seen)
+    assert next(guess.net.parameters()).device == device
+
+
+@pytest.mark.parametrize("kind, shape", [("flux", "packed tokens"), ("wan", "video")])
+def test_training_refuses_packed_and_video_latents_in_one_line(tiny, kind, shape):
+    from nrinv.errors import InputError
+
+    with pytest.raises(InputError, match=r"image latents \(B, C, H, W\)") as caught:
+        train_inverter(tiny(kind), None, prompts=[PROMPT], max_updates=1, batch_trajectories=1, batch_size=1,
+                       width=16, log=None)
+    assert shape in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_train_inverter_command_shows_progress_with_the_loss(model_dir, tmp_path, capsys):
+    from nrinv.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\na photo of a dog\n")
+    assert main(["train-inverter", "--model", str(model_dir), "-o", str(tmp_path / "inv"), "--prompts", str(prompts),
+                 "--time-budget-min", "0.0001", "--batch-size", "2", "--width", "16", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "training:" in err and "updates, loss " in err  # the bar, with the current loss
+    assert (tmp_path / "inv" / "inverter.safetensors").is_file()

@@ -55,10 +55,36 @@ def _cmd(args) -> int:
         raise UsageError("the model was not loaded from a local folder: pass --output FOLDER")
     if (out / "inverter.safetensors").exists() and not args.force:
         raise UsageError(f"{out}/inverter.safetensors exists; pass --force to replace it")
-    guess = train_inverter(adapter, out, prompts=prompts, steps=steps or [adapter.defaults.num_inference_steps],
-                           guidance=guidance, time_budget_s=args.time_budget_min * 60, width=args.width,
-                           batch_size=args.batch_size, seed=args.seed, log=None if args.quiet else print)
+    bar = None if args.quiet else _ProgressBar(args.time_budget_min * 60)
+    try:
+        guess = train_inverter(adapter, out, prompts=prompts, steps=steps or [adapter.defaults.num_inference_steps],
+                               guidance=guidance, time_budget_s=args.time_budget_min * 60, width=args.width,
+                               batch_size=args.batch_size, seed=args.seed, log=bar and bar.write,
+                               progress=bar and bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
     if not args.quiet:
         print(json.dumps({k: v for k, v in guess.info["training"].items() if k != "history"}))
         print(f"wrote {guess.path}")
     return 0
+
+
+class _ProgressBar:
+    """The training's progress on stderr: time spent of the budget, updates and the running loss."""
+
+    def __init__(self, budget_s: float):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=max(1, round(budget_s)), unit="s", desc="training", mininterval=1.0,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+
+    def update(self, state: dict) -> None:
+        self.bar.set_postfix_str(f"{state['updates']} updates, loss {state['loss']:.4f}", refresh=False)
+        self.bar.update(min(float(self.bar.total), state["elapsed_s"]) - self.bar.n)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()

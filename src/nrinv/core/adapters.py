@@ -33,7 +33,7 @@ from .graphs import GraphedNetwork
 from .schedulers import Schedule, affine_schedule
 
 __all__ = ["Adapter", "Conditioning", "adapter_for", "adapter_class", "require_images", "FAMILIES",
-           "SUPPORTED_PIPELINES", "size_error", "size_notes"]
+           "SUPPORTED_PIPELINES", "size_error", "size_notes", "release_pipeline"]
 
 
 def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) -> Optional[str]:
@@ -121,6 +121,10 @@ class _LRU:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
 
 #: prompt conditionings and probed schedules kept per pipeline (least recently used dropped first)
 MAX_CONDITIONINGS = 32
@@ -170,6 +174,26 @@ def _state_of(pipe: Any) -> _PipeState:
         except TypeError:  # an object without weak references: its adapters keep their own state
             pass
         return state
+
+
+def release_pipeline(pipe: Any) -> None:
+    """Drop what this pipeline's adapters share now: its captured CUDA graphs with their memory pools,
+    its prompt embeddings and schedules.  Without this they go with the pipeline, which a reference cycle
+    keeps until Python's cycle collector runs; call it when done with a pipeline (before loading or
+    measuring the next one).  Takes a pipeline or one of its adapters; a later call starts afresh."""
+    pipe = pipe.pipe if isinstance(pipe, Adapter) else pipe
+    with _STATES_LOCK:
+        known = _STATES.get(id(pipe))
+        if known is None or known[0]() is not pipe:
+            return
+        del _STATES[id(pipe)]
+    state = known[1]
+    with state.lock:
+        if state.graphs is not None:
+            state.graphs.clear()
+        state.graphs = None
+        state.conditionings.clear()
+        state.schedules.clear()
 
 
 def _scheduler_key(scheduler: Any) -> tuple:
@@ -869,6 +893,12 @@ class WanAdapter(StableDiffusion3Adapter):
 
     def _forward(self, x, t, kw, shared):
         return self.network(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **kw)[0]
+
+    def to_pipeline_latents(self, z_T, init_noise_sigma):
+        """Float32, whatever the network's dtype: WanPipeline steps its latents in float32 (it casts given
+        latents to float32), so rounding them to the network's dtype would only lose precision."""
+        z = z_T / init_noise_sigma if self.scales_initial_latents else z_T
+        return z.to(dtype=torch.float32)
 
 
 #: the model families, one adapter class each (its pipelines, precision and geometry on the class)

@@ -23,6 +23,17 @@ What a graph may never do is change an answer, so:
   needs :meth:`GraphedNetwork.clear`;
 * capture, copy-in, replay and copy-out hold one lock (a graph's buffers are shared state: two
   threads must not interleave them), and run on the tensors' own device;
+* one capture at a time in the process (PyTorch's rule, whatever the pipeline or device): a capture
+  holds a process-wide lock besides its pipeline's, and warms up and captures on one persistent side
+  stream of its device (``torch.cuda.graph``'s own stream is made once, on the first device used);
+* a cache's graphs share one memory pool while one of them lives; once none does (cleared,
+  invalidated, an inexact capture discarded) or after a capture that failed midway, the next capture
+  takes a fresh pool handle: PyTorch's caching allocator asserts on a released pool reused
+  ("INTERNAL ASSERT FAILED ... use_count > 0") and refuses one it still counts as recording ("already
+  recording to mempool_id");
+* calls under ``torch.autocast`` run eagerly: a graph records the kernels and dtypes autocast chose at
+  capture (and the addresses of its weight-cast cache, freed when autocast exits), so it must neither
+  be captured there nor serve those calls;
 * buffers are made outside inference mode (a tensor made inside ``torch.inference_mode()`` cannot
   be written outside it), and inference tensors, which keep no version counter, are always copied.
 
@@ -42,7 +53,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["GraphedNetwork", "cuda_capture", "Capture"]
+__all__ = ["GraphedNetwork", "cuda_capture", "Capture", "CAPTURE_LOCK"]
 
 #: ``capture(run)`` -> (static output, replay(), eager output of a warm-up run with the same inputs);
 #: called on the inputs' device (``torch.cuda.device``), with the graph lock held
@@ -50,21 +61,44 @@ Capture = Callable[[Callable[[], Tensor]], tuple[Tensor, Callable[[], None], Ten
 Forward = Callable[[Tensor, Tensor, dict, dict], Tensor]
 
 
+#: PyTorch allows one CUDA-graph capture underway per process: every capture (of any pipeline, on any
+#: device, by any capture function) holds this lock, after its pipeline's
+CAPTURE_LOCK = threading.RLock()
+#: device index -> the side stream that warm-ups and captures run on (made once per device, under
+#: ``CAPTURE_LOCK``; a stream left capturing by a failed capture is replaced)
+_SIDE_STREAMS: dict[int, Any] = {}
+
+
+def _side_stream(device: int) -> Any:
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
+    return stream
+
+
 def cuda_capture(run: Callable[[], Tensor], pool: Any = None) -> tuple[Tensor, Callable[[], None], Tensor]:
-    """Warm up ``run`` on a side stream (as the PyTorch CUDA-graphs guide prescribes), then capture it,
-    all on the current CUDA device (the caller makes it the inputs' device)."""
+    """Warm up ``run`` on a side stream (as the PyTorch CUDA-graphs guide prescribes), then capture it on
+    the same stream, all on the current CUDA device (the caller makes it the inputs' device)."""
     device = torch.cuda.current_device()
-    stream = torch.cuda.Stream(device=device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            eager = run()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: work that other threads queue meanwhile (they wait on our lock for the network,
-    # but not for everything) does not invalidate this capture
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        out = run()
+    with CAPTURE_LOCK:
+        stream = _side_stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        # our own stream context: it puts the caller's stream back even when ``torch.cuda.graph``'s exit
+        # raises midway (a failed capture_end skips its own restoring)
+        with torch.cuda.stream(stream):
+            try:
+                for _ in range(2):
+                    eager = run()
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: work that other threads queue meanwhile (they wait on our locks for the
+                # network, but not for everything) does not invalidate this capture
+                with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                    out = run()
+            except BaseException:
+                if torch.cuda.is_current_stream_capturing():  # never ended: no later capture could begin on it
+                    _SIDE_STREAMS.pop(device, None)
+                raise
+        torch.cuda.current_stream(device).wait_stream(stream)
     return out, graph.replay, eager  # the bound replay keeps the graph alive
 
 
@@ -146,6 +180,7 @@ class GraphedNetwork:
         self._weights_id = 0
         self._ends: Optional[tuple] = None      # weak references to the network, its first and last parameter
         self.capture_time = 0.0
+        self.attempts = 0       # captures tried (kept, inexact or raised)
         self.captures = 0
         self.replays = 0
         self.evictions = 0
@@ -153,22 +188,40 @@ class GraphedNetwork:
         self.fallbacks: list[str] = []
 
     def _cuda_capture(self, run: Callable[[], Tensor]):
-        if self._pool is None:
+        # one pool for the graphs of this cache while one of them lives (it holds the pool); a fresh one
+        # when none does, and after a capture that raised (the allocator may count it as still recording)
+        if self._pool is None or not self.entries:
             self._pool = torch.cuda.graph_pool_handle()
-        return cuda_capture(run, self._pool)
+        try:
+            return cuda_capture(run, self._pool)
+        except BaseException:
+            self._pool = None
+            raise
 
     def clear(self) -> None:
-        """Drop every graph (e.g. after changing the network in a way the key cannot see)."""
+        """Drop every graph and its memory pool (e.g. after changing the network in a way the key cannot
+        see, or when its pipeline goes: ``nrinv.core.adapters.release_pipeline``)."""
         with self.lock:
             self.entries.clear()
             self._calls.clear()
             self._failures.clear()
             self._stamp = self._weights = self._ends = None
+            self._pool = None
 
     def stats(self) -> dict[str, Any]:
         return {"captures": self.captures, "replays": self.replays, "capture_time_s": round(self.capture_time, 4),
                 "graphs": len(self.entries), "evictions": self.evictions, "invalidations": self.invalidations,
                 "fallbacks": list(self.fallbacks)}
+
+    def captured_shapes(self) -> set[tuple[int, ...]]:
+        """The latent shapes (of ``x``: the batch as the network sees it) that a graph serves now."""
+        with self.lock:
+            return {next(s for n, s, *_ in key[1:] if n == "x") for key in self.entries}
+
+    @property
+    def seconds_per_capture(self) -> float:
+        """Mean seconds of one capture so far, failed ones included (0.0 before any)."""
+        return self.capture_time / self.attempts if self.attempts else 0.0
 
     # -- the network's weights ----------------------------------------------------------------
     def _weights_key(self, network: Optional[torch.nn.Module]) -> int:
@@ -210,6 +263,8 @@ class GraphedNetwork:
         try:
             names, values = _flatten(x, t, kw, shared)
         except TypeError:
+            return forward(x, t, kw, shared)
+        if torch.is_autocast_enabled(x.device.type):
             return forward(x, t, kw, shared)
         with self.lock, _on(values[0].device), self._calling(forward):
             key = (self._weights_key(network),) + tuple(
@@ -266,6 +321,7 @@ class GraphedNetwork:
 
     def _capture(self, forward: Forward, names: list[str], values: list[Tensor], key: tuple) -> Optional[_Entry]:
         shape = tuple(values[0].shape)
+        self.attempts += 1
         t0 = time.perf_counter()
         try:
             # buffers and outputs are normal tensors even when the caller is in inference mode
@@ -273,7 +329,8 @@ class GraphedNetwork:
                 buffers = [v.detach().clone() for v in values]
                 this = weakref.ref(self)
                 run = lambda: this()._forward_now(*_unflatten(names, buffers))  # noqa: E731
-                output, replay, eager = self.capture(run)
+                with CAPTURE_LOCK:
+                    output, replay, eager = self.capture(run)
                 replay()
                 exact = _same(output, eager)
                 if exact:  # again at other inputs: an empty graph (nothing recorded) fails here

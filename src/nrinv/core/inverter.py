@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .adapters import Adapter, Conditioning, adapter_for
+from .solvers import _backprop_attention
 
 __all__ = ["InitialGuessNet", "LearnedGuess", "load_inverter", "inverter_dir", "network_fingerprint",
            "train_initial_guess", "INVERTER_FOLDER", "WEIGHTS_NAME", "CONFIG_NAME"]
@@ -277,8 +278,8 @@ def load_inverter(pipe: Any, folder: Union[str, Path, None] = None, *, strict: b
 def _trajectories(adapter: Adapter, prompts: Sequence[str], steps: int, guidance: float, seed: int,
                   size: tuple[int, int], prompt_dim: int = 64) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Sample ``len(prompts)`` trajectories with the stock step (recorded noise of ``seed``) and return per
-    step the solver's inputs and the root (one example per (sample, step), on the CPU), and what a network
-    call at those examples needs (timesteps, input scales, conditioning; on the model's device)."""
+    step the solver's inputs and the root (one example per (sample, step)), and what a network call at
+    those examples needs (timesteps, input scales, conditioning), all on the model's device."""
     schedule = adapter.schedule(steps, size, seed=seed)
     with torch.no_grad():  # not adapter.conditioning: its cache would keep every random prompt
         cond = Conditioning.cat([adapter._embed(p, None, float(guidance), size) for p in prompts])
@@ -294,30 +295,30 @@ def _trajectories(adapter: Adapter, prompts: Sequence[str], steps: int, guidance
             ms.append(m)
             z = step.apply(z, m)
     zs.append(z)
-    pv = _prompt_vector(cond, prompt_dim, batch).cpu()
+    pv = _prompt_vector(cond, prompt_dim, batch)
     out: dict[str, list] = {k: [] for k in ("y", "m", "m_prev", "has_prev", "m_prev2", "has_prev2", "t", "t_next",
                                             "a", "b", "root", "prompt", "guidance")}
     sched = schedule.steps
+    per_sample = lambda value: z.new_full((batch,), float(value))  # noqa: E731
     for i, step in enumerate(sched):
         y = zs[i + 1] - (0 if step.C is None else step.C)
-        out["y"].append(y.cpu())
-        out["m"].append(ms[i].cpu())
+        out["y"].append(y)
+        out["m"].append(ms[i])
         last = i + 1 == len(sched)
-        out["m_prev"].append((torch.zeros_like(ms[i]) if last else ms[i + 1]).cpu())
-        out["has_prev"].append(torch.full((batch,), 0.0 if last else 1.0))
+        out["m_prev"].append(torch.zeros_like(ms[i]) if last else ms[i + 1])
+        out["has_prev"].append(per_sample(0.0 if last else 1.0))
         last2 = i + 2 >= len(sched)
-        out["m_prev2"].append((torch.zeros_like(ms[i]) if last2 else ms[i + 2]).cpu())
-        out["has_prev2"].append(torch.full((batch,), 0.0 if last2 else 1.0))
-        out["t"].append(torch.full((batch,), step.t))
-        out["t_next"].append(torch.full((batch,), 0.0 if last else sched[i + 1].t))
-        out["a"].append(torch.full((batch,), step.A))
-        out["b"].append(torch.full((batch,), step.B))
-        out["root"].append(zs[i].cpu())
+        out["m_prev2"].append(torch.zeros_like(ms[i]) if last2 else ms[i + 2])
+        out["has_prev2"].append(per_sample(0.0 if last2 else 1.0))
+        out["t"].append(per_sample(step.t))
+        out["t_next"].append(per_sample(0.0 if last else sched[i + 1].t))
+        out["a"].append(per_sample(step.A))
+        out["b"].append(per_sample(step.B))
+        out["root"].append(zs[i])
         out["prompt"].append(pv)
-        out["guidance"].append(torch.full((batch,), float(guidance)))
-    device = schedule.device
-    call = {"timestep": torch.cat([step.timestep.reshape(1).expand(batch) for step in sched]).to(device),
-            "scale": torch.cat([torch.full((batch,), step.input_scale) for step in sched]).to(device),
+        out["guidance"].append(per_sample(guidance))
+    call = {"timestep": torch.cat([step.timestep.reshape(1).expand(batch) for step in sched]).to(z.device),
+            "scale": torch.cat([z.new_full((batch,), step.input_scale) for step in sched]),
             "cond": Conditioning.cat([cond] * len(sched))}
     return {k: torch.cat(v) for k, v in out.items()}, call
 
@@ -328,7 +329,13 @@ def _take(cond: Conditioning, idx: Tensor) -> Conditioning:
 
 
 def _denoise_at(adapter: Adapter, z: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
-    """The guided model output at per-sample timesteps (``Adapter.denoise`` takes one timestep)."""
+    """The guided model output at per-sample timesteps (``Adapter.denoise`` takes one timestep); called
+    where it is back-propagated, so with the attention kernels of ``gnri_grad``'s backward pass."""
+    with _backprop_attention():
+        return _guided(adapter, z, timesteps, cond)
+
+
+def _guided(adapter: Adapter, z: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
     x = z.to(adapter.dtype)
     if cond.cfg:
         kw = {k: torch.cat([cond.uncond[k], cond.cond[k]]) for k in cond.cond}
@@ -356,6 +363,7 @@ def train_initial_guess(
     lr: float = 2e-3,
     seed: int = 0,
     log: Optional[Callable[[str], None]] = print,
+    progress: Optional[Callable[[dict], None]] = None,
 ) -> LearnedGuess:
     """Train an :class:`InitialGuessNet` for ``pipe`` on trajectories the pipeline samples itself; save it in
     ``out`` (default: beside the model, ``<model folder>/inverter``) and return it.
@@ -364,6 +372,8 @@ def train_initial_guess(
     defaults to random captions of the shapes world for the built-in models); ``steps``/``guidance``: the step
     counts and guidance scales to draw (default: the model's).  Runs until ``time_budget_s`` or ``max_updates``;
     the learning rate follows the clock (cosine to 5%), so a run cut by its budget ends at the low rate.
+    Trains on the pipeline's device.  ``progress``: called after every update with ``{"updates",
+    "max_updates", "elapsed_s", "time_budget_s", "loss"}`` (the running root-mean-square relative residual).
     """
     adapter = adapter_for(pipe)
     rng = random.Random(seed)
@@ -371,10 +381,15 @@ def train_initial_guess(
     size = tuple(size) if size else adapter.default_size()
     if not prompts:
         raise InputError("train_inverter needs prompts: a list of prompts or a callable(random.Random) -> str")
+    shape = adapter.latent_shape(*size)
+    if len(shape) != 4:
+        kind = "a video's (B, C, F, H, W)" if len(shape) == 5 else "packed tokens (B, L, C)"
+        raise InputError(f"the learned inverter takes image latents (B, C, H, W), and {type(adapter.pipe).__name__}'s "
+                         f"are {kind}; invert this model with another warm start")
     draw_prompt = prompts if callable(prompts) else (lambda r: r.choice(list(prompts)))
     guidance = list(guidance) if guidance else [adapter.defaults.guidance_scale]
-    channels = adapter.latent_shape(*size)[1]
-    net = InitialGuessNet(channels=channels, width=width)
+    channels = shape[1]
+    net = InitialGuessNet(channels=channels, width=width).to(adapter.device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.perf_counter()
     gen_time = train_time = 0.0
@@ -390,25 +405,23 @@ def train_initial_guess(
         trajectories += batch_trajectories
         n = fresh["y"].shape[0]
         trajectory_steps += n
-        dev = call["timestep"].device
         tt = time.perf_counter()
         for _ in range(min(updates_per_batch, max_updates - updates)):
             frac = min(1.0, (time.perf_counter() - t0) / time_budget_s, updates / max_updates)
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, (updates + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-            idx = torch.randperm(n)[:batch_size]
+            idx = torch.randperm(n)[:batch_size].to(fresh["y"].device)
             f = {k: v[idx] for k, v in fresh.items()}
             # the outputs implied by the steps solved before are themselves approximate in use:
             # perturb them by up to ``prev_noise`` of their size
             for key in ("m_prev", "m_prev2"):
-                jitter = torch.rand(idx.shape[0], 1, 1, 1) * prev_noise * f[key].std()
+                jitter = torch.rand_like(f[key][:, :1, :1, :1]) * prev_noise * f[key].std()
                 f[key] = f[key] + jitter * torch.randn_like(f[key])
             m_hat = net(f["y"], f["m_prev"], f["has_prev"], f["m_prev2"], f["has_prev2"], f["t"], f["t_next"],
                         f["guidance"], f["prompt"])
             z_hat = (f["y"] - f["b"].view(-1, 1, 1, 1) * m_hat) / f["a"].view(-1, 1, 1, 1)
-            didx = idx.to(dev)
-            m_at = _denoise_at(adapter, call["scale"][didx].view(-1, 1, 1, 1) * z_hat.to(dev), call["timestep"][didx],
-                               _take(call["cond"], idx)).cpu()
+            m_at = _denoise_at(adapter, call["scale"][idx].view(-1, 1, 1, 1) * z_hat, call["timestep"][idx],
+                               _take(call["cond"], idx))
             # the residual r(z_hat) = z_hat - f(z_hat) = (B / A) (m(z_hat) - m_hat), relative to the root's size
             res = (f["b"] / f["a"]).view(-1, 1, 1, 1) * (m_at - m_hat)
             loss = (res.pow(2).mean(dim=(1, 2, 3)) / f["root"].pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-6)).mean()
@@ -421,6 +434,9 @@ def train_initial_guess(
             updates += 1
             value = float(loss.detach())
             running = value if running is None else 0.98 * running + 0.02 * value
+            if progress is not None:
+                progress({"updates": updates, "max_updates": max_updates, "time_budget_s": time_budget_s,
+                          "elapsed_s": time.perf_counter() - t0, "loss": math.sqrt(max(running, 0.0))})
         train_time += time.perf_counter() - tt
         if log and (trajectories // batch_trajectories) % 10 == 0:
             rec = {"elapsed_s": round(time.perf_counter() - t0, 1), "updates": updates, "trajectories": trajectories,

@@ -107,28 +107,39 @@ SWEEP_HISTORY = 3
 
 class _Anderson:
     """Anderson mixing of an iteration ``x -> g(x)`` on whole trajectories (per sample, type II, least
-    squares over the last ``history`` differences); returns ``g(x)`` until it has a difference."""
+    squares over the last ``history`` differences); returns ``g(x)`` until it has a difference.
+
+    A whole trajectory is large (Wan's default clip: ~0.4 GB per float32 copy), so what is kept is bounded:
+    float32 copies of the last ``g(x)`` and residual ``g(x) - x`` and of ``history`` differences of each
+    (``2 + 2 history`` copies); the small least-squares system is formed and solved in float64."""
 
     def __init__(self, history: int):
         self.history = history
-        self.xs: list[Tensor] = []
-        self.gs: list[Tensor] = []
+        self.last: Optional[tuple[Tensor, Tensor]] = None   # (g(x), g(x) - x) of the last step
+        self.df: list[Tensor] = []                         # differences of successive residuals
+        self.dg: list[Tensor] = []                         # differences of successive g(x)
 
     def step(self, x: Tensor, gx: Tensor) -> Tensor:
         if self.history < 1:
             return gx
-        self.xs = (self.xs + [x.double()])[-(self.history + 1):]
-        self.gs = (self.gs + [gx.double()])[-(self.history + 1):]
-        if len(self.xs) < 2:
+        g = gx.float()
+        f = g - x.float()
+        if self.last is not None:
+            self.df = (self.df + [f - self.last[1]])[-self.history:]
+            self.dg = (self.dg + [g - self.last[0]])[-self.history:]
+        self.last = (g, f)
+        if not self.df:
             return gx
-        f = [g - x for g, x in zip(self.gs, self.xs)]
-        df = torch.stack([f[i + 1] - f[i] for i in range(len(f) - 1)], dim=2)  # (B, D, m)
-        dg = torch.stack([self.gs[i + 1] - self.gs[i] for i in range(len(f) - 1)], dim=2)
-        gram = df.transpose(1, 2) @ df
+        m = len(self.df)
+        dot = lambda a, b: (a * b).sum(1, dtype=torch.float64)  # noqa: E731 - per sample, (B,)
+        gram = torch.stack([torch.stack([dot(self.df[i], self.df[j]) for j in range(m)], 1) for i in range(m)], 1)
+        rhs = torch.stack([dot(self.df[i], f) for i in range(m)], 1)[:, :, None]  # (B, m, 1)
         scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-        eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-        gamma = torch.linalg.solve(gram + 1e-10 * scale[:, None, None] * eye, df.transpose(1, 2) @ f[-1][:, :, None])
-        out = self.gs[-1] - (dg @ gamma).squeeze(2)
+        eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+        gamma = torch.linalg.solve(gram + 1e-10 * scale[:, None, None] * eye, rhs)[:, :, 0].to(g.dtype)  # (B, m)
+        out = g.clone()
+        for i in range(m):
+            out -= gamma[:, i:i + 1] * self.dg[i]
         return out.to(gx.dtype) if bool(torch.isfinite(out).all()) else gx
 
 
