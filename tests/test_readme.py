@@ -102,3 +102,21 @@ def test_readme_command_lines_run(workdir, monkeypatch):
     assert (workdir / "circle.png").is_file() and (workdir / "anim.gif").is_file()
     assert len(list((workdir / "latents").glob("*.latent.safetensors"))) == 2
     assert (workdir / "bench-results" / "results.csv").is_file()
+
+
+def test_the_readme_says_where_the_command_is():
+    """``make install`` puts ``nrinv`` in ``.venv/bin``, which a new user's shell does not search."""
+    text = " ".join(README.read_text().split())
+    assert "source .venv/bin/activate" in text and "`.venv/bin/nrinv`" in text
+
+
+def test_the_readme_gives_a_first_image(tmp_path, monkeypatch):
+    """The examples open ``photo.png``, which a new user does not have: the first Python block makes it,
+    the drawing the examples' prompts describe."""
+    monkeypatch.chdir(tmp_path)
+    first = next(code for lang, code, reason in _blocks() if lang == "python" and not reason)
+    namespace: dict = {}
+    exec(compile(first, str(README), "exec"), namespace)
+    assert Image.open(tmp_path / "photo.png").size == (64, 64)
+    assert namespace["star"].caption() == "a large red star on the left, blue striped background"
+    assert namespace["star"].caption() in README.read_text()

@@ -8,13 +8,17 @@ Serving it to others is safe by construction:
 * users pick a model from the operator's allow-list (``--models``; by default the built-in models and
   the one named with ``--model``): nothing a user types makes the server load a path or a hub id;
 * every request is capped (steps, iterations per step, network calls, upload pixels, frames, and its
-  estimated time: network calls priced by what one call of that model, precision and method costs on
-  this server, measured when the model loads and refined by every request) and one queue with one
+  time: network calls priced by what one call of that model, precision and method costs on this
+  server, measured when the model loads, measured again when that price would refuse a request, and
+  refined by every request; a CUDA-graph capture priced for each image size not captured yet; and a
+  deadline checked between steps ends a request that runs past ``max_seconds`` with one line).  A
+  request no heavier than the model's default is never refused by the price (the deadline bounds it),
+  so a price measured while the machine was busy cannot lock users out.  One queue with one
   worker for every handler that runs or loads a model (one Gradio concurrency group) serialises the
   model work, holding at most ``queue_size`` waiting requests.  The worst wait
   of a light request is therefore about ``max_seconds`` behind one heavy request, and
-  ``queue_size * max_seconds`` behind a full queue (:meth:`Limits.worst_wait_s`); estimates, not
-  guarantees: a machine busy with other work runs every request slower;
+  ``queue_size * max_seconds`` behind a full queue (:meth:`Limits.worst_wait_s`), the deadline's
+  bound (a request stops at its first step boundary past ``max_seconds``);
 * user errors come back as one friendly line, with no server path, and are logged as one line; an
   unexpected error is logged as one line and shown as a generic message.
 """
@@ -24,18 +28,21 @@ import logging
 import re
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .core.options import PRECISIONS as DTYPE_CHOICES
-from .errors import InputError
-from .io.images import load_image, to_pil, to_tensor
+from .errors import InputError, one_line
+from .io.images import DEFAULT_MAX_PIXELS, load_image, to_pil, to_tensor
 
 DEFAULT_MAX_UPLOAD_MB = 20
 logger = logging.getLogger("nrinv.app")
 #: the concurrency group of every handler that runs a model (one worker for all of them)
 MODEL_WORK = "model"
+#: a refused request measures the call cost again at most this often (seconds; the first time always)
+REMEASURE_EVERY_S = 30.0
 #: the method dropdown's first choice: the selected model's own (its edit method in the Edit tab)
 MODEL_DEFAULT = "model default"
 
@@ -50,12 +57,13 @@ class Limits:
     #: x calls per iteration for a single-step sampler, more for a multistep or second-order one) plus the
     #: regeneration; bounds how long one request holds the worker
     max_nfe: int = 400
-    max_pixels: int = 1024 * 1024
+    #: the largest upload (the command line's default limit too: one input policy)
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_frames: int = 12
     #: requests waiting in the queue at most; more are refused at once ("busy, try again")
     queue_size: int = 8
-    #: estimated seconds of model work one request may cost (network calls x the measured cost of one
-    #: call of that model, precision and method here): what bounds how long one request holds the worker
+    #: seconds of model work one request may take: priced before it runs (network calls x the measured cost
+    #: of one call of that model, precision and method here) and ended by a deadline at the first step past it
     max_seconds: float = 20.0
 
     def worst_wait_s(self, requests_ahead: Optional[int] = None) -> float:
@@ -69,12 +77,14 @@ class Limits:
 class CallCost:
     """Seconds one network call of a loaded model costs here (its precision, on its device, at
     ``pixels``): ``forward_s`` for the solvers and the regeneration, ``gradient_s`` (forward and
-    backward) for the solvers that differentiate through the network (``gnri_grad``).  Measured when
-    the model loads, then moved halfway towards what each request observed."""
+    backward) for the solvers that differentiate through the network (``gnri_grad``), ``capture_s``
+    the CUDA-graph capture of one new image size (0 without graphs).  Measured when the model loads,
+    then moved halfway towards what each request observed."""
 
     forward_s: float
     gradient_s: float
     pixels: int
+    capture_s: float = 0.0
 
     def per_call(self, needs_grad: bool) -> float:
         return self.gradient_s if needs_grad else self.forward_s
@@ -84,6 +94,31 @@ class CallCost:
             return
         name = "gradient_s" if needs_grad else "forward_s"
         setattr(self, name, 0.5 * getattr(self, name) + 0.5 * seconds / calls)
+
+
+class RequestTooLong(InputError):
+    """A request stopped at its deadline (the time one request may take here)."""
+
+
+class Deadline:
+    """``callback(info)`` for the steps of one request: raises :class:`RequestTooLong` at the first step
+    boundary past ``seconds`` from its creation (``clock``: a monotonic clock in seconds).  Records the
+    network calls done so far (``calls``), so a stopped request still refines the price."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.clock = float(seconds), clock
+        self.start = clock()
+        self.calls = 0
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def __call__(self, info: dict) -> None:
+        self.calls = max(self.calls, int(info.get("nfe") or 0))
+        elapsed = self.elapsed()
+        if elapsed > self.seconds:
+            raise RequestTooLong(f"stopped after {elapsed:.0f} s, the most one request may take here is "
+                                 f"{self.seconds:g} s; use fewer steps or iterations, or a smaller image")
 
 
 def _scrub(message: str) -> str:
@@ -123,6 +158,14 @@ class EditorApp:
         self.pipes: dict[tuple[str, str], Any] = {}
         #: the measured cost of one network call, per loaded (model, precision)
         self.costs: dict[tuple[str, str], CallCost] = {}
+        #: per loaded (model, precision), the image sizes (HxW) run lately: their CUDA graphs are captured
+        #: (a new size pays for a capture; as many as the graph cache keeps, least recently used dropped)
+        self.sizes: dict[tuple[str, str], OrderedDict] = {}
+        #: the clock of request deadlines (seconds, monotonic); a test may give its own
+        self.clock: Callable[[], float] = time.perf_counter
+        #: when each (model, precision)'s cost was last measured again (a refused request re-measures at most
+        #: once per ``REMEASURE_EVERY_S``: refusals cannot keep the worker measuring)
+        self.remeasured: dict[tuple[str, str], float] = {}
 
     # -- helpers --------------------------------------------------------------------------------
     def pipe(self, model: Optional[str], dtype: Optional[str] = None) -> Any:
@@ -146,11 +189,48 @@ class EditorApp:
             adapter = adapter_for(pipe, cuda_graphs=None if self.cuda_graphs else False)
             self.costs[(label, dtype)] = measure_call_cost(adapter)
             self.pipes[(label, dtype)] = adapter
+            self._ran((label, dtype), adapter, adapter.default_size())  # measured there: captured
         return self.pipes[(label, dtype)]
 
     def cost(self, model: Optional[str], dtype: Optional[str] = None) -> CallCost:
         """The measured cost of one network call of a loaded model (load it first with :meth:`pipe`)."""
         return self.costs[(model or self.default_model, dtype or self.dtype)]
+
+    def remeasure(self, model: Optional[str], dtype: Optional[str] = None) -> CallCost:
+        """Measure the cost of a loaded model's call again (the price measured while the machine was busy
+        would otherwise refuse requests for good); the capture's price is kept until one is measured.
+        The first time always, then at most once per ``REMEASURE_EVERY_S``."""
+        key = (model or self.default_model, dtype or self.dtype)
+        now = self.clock()
+        if key in self.remeasured and now - self.remeasured[key] < REMEASURE_EVERY_S:
+            return self.costs[key]
+        self.remeasured[key] = now
+        old, fresh = self.costs[key], measure_call_cost(self.pipes[key])
+        fresh.capture_s = fresh.capture_s or old.capture_s
+        logger.info("re-measured %s (%s): %.4f s a call (was %.4f s)", key[0], key[1], fresh.forward_s, old.forward_s)
+        self.costs[key] = fresh
+        return fresh
+
+    def _ran(self, key: tuple[str, str], pipe: Any, size: tuple[int, int]) -> None:
+        """``size`` (HxW) ran on ``pipe``: its graphs are captured (on a pipeline that captures any)."""
+        sizes = self.sizes.setdefault(key, OrderedDict())
+        sizes[tuple(size)] = True
+        sizes.move_to_end(tuple(size))
+        graphs = getattr(pipe, "graphs", None)
+        while len(sizes) > max(1, int(getattr(graphs, "max_graphs", 8))):
+            sizes.popitem(last=False)
+
+    def _needs_capture(self, model: Optional[str], dtype: Optional[str], size: tuple[int, int]) -> bool:
+        key = (model or self.default_model, dtype or self.dtype)
+        return tuple(size) not in self.sizes.get(key, {})
+
+    def _observe(self, cost: CallCost, method: str, seconds: float, calls: int, pixels: int,
+                 capture_s: float = 0.0) -> None:
+        """Refine ``cost`` from what a request took (at ``pixels``; captures apart)."""
+        scale = cost.pixels / max(1, pixels)
+        cost.observe(_method_facts(method)[2], seconds * scale, calls)
+        if capture_s > 0:
+            cost.capture_s = 0.5 * cost.capture_s + 0.5 * capture_s * scale if cost.capture_s else capture_s * scale
 
     def model_settings(self, model: Optional[str], dtype: Optional[str] = None) -> tuple[float, float]:
         """The edit controls of a model: its registry defaults (edit strength, edit guidance)."""
@@ -171,10 +251,14 @@ class EditorApp:
 
     def _check_request(self, pipe, method: str, steps: Any, iterations: Any, seed: Any, frames: int = 0,
                        inversions: int = 1, cost: Optional[CallCost] = None, pixels: Optional[int] = None,
-                       size: Optional[tuple[int, int]] = None) -> tuple[Optional[int], Optional[int], int]:
+                       size: Optional[tuple[int, int]] = None, capture: bool = False,
+                       remeasure: Optional[Callable[[], CallCost]] = None) -> tuple[Optional[int], Optional[int], int]:
         """Steps, iterations and seed checked against the limits; the request's network calls (at most, as
         ``nrinv.invert`` spends them on this model's sampler at ``size``, HxW) and its estimated time
-        (with ``cost``, at ``pixels``) bounded."""
+        (with ``cost``, at ``pixels``, plus a graph capture when ``capture``: a size not captured yet)
+        bounded.  A price above the limit is measured again (``remeasure()``) before it refuses; a
+        request no heavier than the model's default (``_light``) is never refused by its price: the
+        deadline bounds it."""
         from .core.inversion import planned_calls, sampler_calls
 
         lim = self.limits
@@ -199,7 +283,13 @@ class EditorApp:
             raise InputError(f"that request needs about {nfe} network calls, more than the {lim.max_nfe} allowed "
                              "here; use fewer steps or iterations")
         if cost is not None:
-            seconds = estimate_seconds(cost, needs_grad, solve_calls, plain_calls, pixels)
+            seconds = estimate_seconds(cost, needs_grad, solve_calls, plain_calls, pixels, capture)
+            if seconds > lim.max_seconds and self._light(pipe, nfe, pixels, size, frames, inversions):
+                logger.info("priced at %.0f s, accepted: no heavier than the model's default", seconds)
+                seconds = 0.0
+            if seconds > lim.max_seconds and remeasure is not None:
+                cost = remeasure()
+                seconds = estimate_seconds(cost, needs_grad, solve_calls, plain_calls, pixels, capture)
             if seconds > lim.max_seconds:
                 # half precision is 4-10x slower than float32 on a CPU (and faster on a GPU)
                 on_cpu = getattr(getattr(pipe, "device", None), "type", "") == "cpu"
@@ -209,6 +299,24 @@ class EditorApp:
                                  f"{lim.max_seconds:g} s one request may take; use fewer steps or iterations"
                                  f"{', another method' if needs_grad else ''}{faster}")
         return steps_i or None, (its_i or None) if iterates else None, seed_i
+
+    @staticmethod
+    def _light(pipe, nfe: int, pixels: Optional[int], size: Optional[tuple[int, int]], frames: int,
+               inversions: int) -> bool:
+        """Whether a request is no heavier than the model's default one (its default method, steps and
+        iterations: at most as many network calls) at no more than twice its native pixels (what an
+        upload is fitted to)."""
+        from .core.inversion import planned_calls, sampler_calls
+
+        if frames or inversions != 1:
+            return False
+        height, width = pipe.default_size()
+        if pixels is not None and pixels > 2 * height * width:
+            return False
+        defaults = pipe.defaults
+        method = defaults.edit_method or defaults.method
+        default = planned_calls(pipe, method, None, None, size=size) + sampler_calls(pipe, None, size=size)
+        return nfe <= default
 
     # -- handlers (each returns UI values; errors become one friendly line) -----------------------
     def _guarded(self, name: str, fn: Callable) -> Callable:
@@ -223,7 +331,7 @@ class EditorApp:
             except gr.Error:
                 raise
             except (InputError, ValueError) as exc:
-                message = _scrub(str(exc).splitlines()[0] if str(exc) else "invalid input")
+                message = _scrub(one_line(exc) or "invalid input")
                 logger.info("%s: refused: %s", name, message)
                 raise gr.Error(message, print_exception=False) from None
             except Exception as exc:  # noqa: BLE001 - the server stays up; the user gets no internals
@@ -253,13 +361,21 @@ class EditorApp:
         method = _resolve_method(pipe, method, editing=True)
         img, _ = self._image(path)
         img, notes = self._fit(pipe, img)
+        size, pixels = (img.height, img.width), img.width * img.height
+        steps, iterations, seed = self._check_request(
+            pipe, method, steps, iterations, seed, cost=self.cost(model, dtype), pixels=pixels, size=size,
+            capture=self._needs_capture(model, dtype, size), remeasure=lambda: self.remeasure(model, dtype))
         cost = self.cost(model, dtype)
-        steps, iterations, seed = self._check_request(pipe, method, steps, iterations, seed, cost=cost,
-                                                      pixels=img.width * img.height, size=(img.height, img.width))
-        result = invert(pipe, img, source_prompt, method=method, num_inference_steps=steps, max_iterations=iterations,
-                        seed=seed)
-        cost.observe(_method_facts(method)[2], result.wall_time * cost.pixels / (img.width * img.height), result.nfe)
-        rec = reconstruct(pipe, result, output_type="pt").images[0]
+        deadline = Deadline(self.limits.max_seconds, self.clock)
+        try:
+            result = invert(pipe, img, source_prompt, method=method, num_inference_steps=steps,
+                            max_iterations=iterations, seed=seed, callback=deadline)
+        except RequestTooLong:
+            self._observe(cost, method, deadline.elapsed(), deadline.calls, pixels)
+            raise
+        self._observe(cost, method, result.wall_time, result.nfe, pixels, result.capture_time)
+        self._ran((model or self.default_model, dtype or self.dtype), pipe, size)
+        rec = reconstruct(pipe, result, output_type="pt", callback=deadline).images[0]
         quality = image_psnr(rec[None], to_tensor(img))
         info = (f"inverted in {result.wall_time:.2f} s ({result.nfe} network calls, {result.status.value}); "
                 f"reconstruction PSNR {quality:.2f} dB")
@@ -283,16 +399,18 @@ class EditorApp:
             raise InputError("invert an image first (the edit reuses its inversion)")
         if not target_prompt or not target_prompt.strip():
             raise InputError("type a target prompt")
+        deadline = Deadline(self.limits.max_seconds, self.clock)
+        notes: list[str] = []  # an edit that changed (almost) nothing inside its mask says so
         t0 = time.perf_counter()
         _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
                                edit_guidance_scale=check_guidance(guidance, "guidance"),
                                guide_from_source=state.get("guide_from_source", False),
                                mask_threshold=state.get("mask_threshold"), keep_object=state.get("keep_object", False),
-                               output_type="pil")
+                               output_type="pil", callback=deadline, notes=notes)
         seconds = time.perf_counter() - t0
         edited = images[0]
-        return _display(edited), (_display(state["source"]), _display(edited)), \
-            f"edited in {seconds:.2f} s from the cached inversion"
+        info = f"edited in {seconds:.2f} s from the cached inversion" + ("; note: " + "; ".join(notes) if notes else "")
+        return _display(edited), (_display(state["source"]), _display(edited)), info
 
     def interpolate(self, path_a, path_b, model, dtype, method, prompt_a, prompt_b, n, iterations, seed, state):
         from .workflows import interpolate
@@ -309,7 +427,9 @@ class EditorApp:
         (a, _), (b, _) = self._fit(pipe, a), self._fit(pipe, b)
         _, iterations, seed = self._check_request(pipe, method, 0, iterations, seed, frames=frames, inversions=2,
                                                   cost=self.cost(model, dtype), pixels=a.width * a.height,
-                                                  size=(a.height, a.width))
+                                                  size=(a.height, a.width),
+                                                  capture=self._needs_capture(model, dtype, (a.height, a.width)),
+                                                  remeasure=lambda: self.remeasure(model, dtype))
         if a.size != b.size:
             raise InputError(f"images A and B differ in size ({a.height}x{a.width} and {b.height}x{b.width}, HxW); "
                              "resize them to match")
@@ -488,23 +608,23 @@ def quiet_when_idle(demo, poll_s: float = IDLE_POLL_S):
 def fit_to_model(img, multiple: int, native: tuple[int, int], max_area_ratio: float = 2.0):
     """An upload at a size the model takes, its aspect ratio kept, and notes saying what was done.
 
-    Refused, in the command line's words: an image with a side under the model's size multiple (1x1: it
-    cannot hold one latent pixel; ``size_error``) and an extreme aspect ratio (a side 4x the other or
-    more; ``size_notes``), which the model cannot represent.  Kept as it is: a size that is a multiple
-    and within ``max_area_ratio`` of the native pixel count.  Otherwise scaled, aspect kept, to about
-    the native pixel count, then centre-cropped by under ``multiple`` pixels per side to a multiple.
-    (The app used to squash every upload of a built-in model to 64x64.)"""
+    The command line's policy: refused, in its words, an image with a side under the model's size
+    multiple (1x1: it cannot hold one latent pixel; ``size_error``); taken with its note an extreme
+    aspect ratio (a side 4x the other or more; ``size_notes``).  Kept as it is: a size that is a
+    multiple and within ``max_area_ratio`` of the native pixel count.  Otherwise scaled, aspect kept, to
+    about the native pixel count, then centre-cropped by under ``multiple`` pixels per side to a
+    multiple.  (The app used to squash every upload of a built-in model to 64x64.)"""
     from PIL import Image
 
     from .core.adapters import size_error, size_notes
 
     h, w = img.height, img.width
     if min(h, w) < multiple:
-        raise InputError(size_error(h, w, multiple, native) or f"image size {h}x{w} (HxW) is too small")
-    if max(h, w) >= 4 * min(h, w):
-        extreme = [n for n in size_notes(h, w, native) if "aspect" in n][0]
-        raise InputError(f"{extreme}; crop it to a shape nearer that")
-    notes = []
+        problem = size_error(h, w, multiple, native) or f"image size {h}x{w} (HxW) is too small"
+        size = f"{native[0]}x{native[1]}"  # the nearest multiple may be the native size: named once
+        raise InputError(problem.replace(f"{size} (the model's native size) or {size}",
+                                         f"{size} (the model's native size)"))
+    notes = [n for n in size_notes(h, w, native) if "aspect" in n]
     area, native_area = h * w, native[0] * native[1]
     if not (1 / max_area_ratio <= area / native_area <= max_area_ratio):
         scale = (native_area / area) ** 0.5
@@ -552,11 +672,13 @@ def _method_facts(method: str) -> tuple[bool, int, bool]:
 
 
 def estimate_seconds(cost: CallCost, needs_grad: bool, solve_calls: int, plain_calls: int,
-                     pixels: Optional[int] = None) -> float:
+                     pixels: Optional[int] = None, capture: bool = False) -> float:
     """Seconds a request of ``solve_calls`` solver calls (with a backward pass when ``needs_grad``) and
-    ``plain_calls`` forward calls should take, at ``pixels`` (the cost grows with the pixel count)."""
+    ``plain_calls`` forward calls should take, at ``pixels`` (the cost grows with the pixel count),
+    plus one CUDA-graph capture when ``capture`` (a size whose graphs are not captured yet)."""
     scale = 1.0 if not pixels else pixels / cost.pixels
-    return scale * (solve_calls * cost.per_call(needs_grad) + plain_calls * cost.forward_s)
+    return scale * (solve_calls * cost.per_call(needs_grad) + plain_calls * cost.forward_s
+                    + (cost.capture_s if capture else 0.0))
 
 
 def measure_call_cost(pipe, steps: int = 2) -> CallCost:
@@ -575,6 +697,7 @@ def measure_call_cost(pipe, steps: int = 2) -> CallCost:
     height, width = pipe.default_size()
     image = Image.new("RGB", (width, height), (128, 128, 128))
     seconds = {}
+    capture = 0.0
     for method in (forward, backward):
         its = 1 if SOLVERS[method].iterates else None
         for _ in range(2):
@@ -585,9 +708,10 @@ def measure_call_cost(pipe, steps: int = 2) -> CallCost:
                 steps = pipe.defaults.num_inference_steps
                 result = invert(pipe, image, "a grey image", method=method, num_inference_steps=steps,
                                 max_iterations=its)
+            capture = max(capture, result.capture_time)  # the first run of a new size captures its graphs
         seconds[method] = result.wall_time / max(1, result.nfe)
     return CallCost(forward_s=seconds[forward], gradient_s=max(seconds[backward], seconds[forward]),
-                    pixels=height * width)
+                    pixels=height * width, capture_s=capture)
 
 
 def default_models(named: Sequence[str] = ()) -> list[str]:

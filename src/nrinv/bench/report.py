@@ -8,7 +8,10 @@ from typing import Iterable, Optional, Sequence
 
 from ..io.files import atomic_write
 
-__all__ = ["read_rows", "write_rows", "summarize", "mean_present", "markdown_table", "make_plots"]
+__all__ = ["read_rows", "write_rows", "summarize", "mean_present", "markdown_table", "make_plots", "claim_folder"]
+
+#: the settings a bench folder's rows were run with, beside results.csv
+SETTINGS_FILE = "settings.json"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -27,6 +30,38 @@ def write_rows(rows: list[dict], path: Path, columns: Sequence[str]) -> None:
                 w.writerow({k: r.get(k, "") for k in columns})
 
     atomic_write(path, write)
+
+
+def claim_folder(out: Path, settings: dict) -> None:
+    """Before a bench runs into ``out``: rows there (a run to resume) must come from the same ``settings``
+    (model, precision, images, size, seed, repeats, method options; methods, iterations, steps and
+    guidance may differ: they are columns of every row), else ``InputError`` says what differs;
+    otherwise ``settings`` are recorded there.  Rows of other settings were merged into one table."""
+    import json
+
+    from ..errors import InputError
+    from ..io.files import save_json
+
+    out = Path(out)
+    recorded = out / SETTINGS_FILE
+    if read_rows(out / "results.csv"):
+        old = None
+        if recorded.is_file():
+            try:
+                old = json.loads(recorded.read_text())
+            except (OSError, ValueError):
+                old = None
+        if not isinstance(old, dict):
+            raise InputError(f"{out} holds bench rows whose settings are not recorded; pass another --out (rows of "
+                             "other settings would be merged into one table)")
+        differ = [f"{key} {old.get(key)!r}, now {value!r}" for key, value in settings.items()
+                  if old.get(key) != value]
+        if differ:
+            raise InputError(f"{out} holds rows run with other settings ({'; '.join(differ)}); pass another --out, "
+                             "or the same settings to resume")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(settings, recorded)
 
 
 def summarize(rows: Iterable[dict]) -> list[dict]:

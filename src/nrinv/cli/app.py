@@ -22,7 +22,8 @@ def cmd_app(args) -> int:
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the app "
               "(no authentication)", file=sys.stderr)
     print(f"nrinv app on http://{args.host}:{args.port} serving {', '.join(models)} (Ctrl-C to stop); each "
-          f"request is capped at about {limits.max_seconds:g} s of model work (estimated from measured call costs), "
+          f"request is capped at {limits.max_seconds:g} s of model work (priced from measured call costs before it "
+          "runs, ended at a step past the cap), "
           f"so a request waits about {limits.worst_wait_s(1):g} s at most behind one other and "
           f"{limits.worst_wait_s():g} s behind a full queue of {limits.queue_size}", flush=True)
     launch(models, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, limits=limits,
@@ -48,8 +49,9 @@ def register(sub) -> None:
     p.add_argument("--max-iterations", type=int, default=d.max_iterations, help="iterations per step at most")
     p.add_argument("--max-nfe", type=int, default=d.max_nfe, help="network calls one request may cost at most")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds,
-                   help="estimated seconds of model work one request may cost at most (network calls priced by "
-                        "what one call of that model, precision and method measured here)")
+                   help="seconds of model work one request may take: priced before it runs (network calls at what "
+                        "one call of that model, precision and method measured here) and ended at the first step "
+                        "past it")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="requests that may wait; more are refused")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",

@@ -38,6 +38,15 @@ def cmd_bench(args) -> int:
     if args.edit_strength is not None and not 0 < args.edit_strength <= 1:
         raise UsageError(f"--edit-strength must be in (0, 1], got {args.edit_strength}")
     check_folder(Path(args.out), "--out")
+    from ..bench.report import claim_folder
+
+    settings = {"model": args.model, "dtype": args.dtype, "images": args.images, "n_images": args.n_images,
+                "size": list(args.size) if args.size else None, "seed": args.seed, "repeats": args.repeats,
+                "method_options": options}
+    try:  # before any work: rows of other settings are never merged into one table
+        claim_folder(Path(args.out), json.loads(json.dumps(settings)))
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
     from ..bench.perceptual import load_clip_score, load_lpips
 
     try:  # before the model loads: a wrong folder fails in a second, and nothing is downloaded

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 from ..core.options import PRECISIONS as DTYPE_CHOICES  # torch-free: the CLI parses before importing torch
 from ..core.options import parse_key_values
+from ..errors import one_line
 
 DEFAULT_MODEL = "builtin:shapes"
 
@@ -106,8 +107,20 @@ def _check_model_size(path: str, height: int, width: int, model: Optional[str], 
         return []
     problem = size_error(height, width, geometry["multiple"], geometry["native"])
     if problem:
+        problem = once_native(problem, geometry["native"])
         raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
     return size_notes(height, width, geometry["native"]) if with_notes else []
+
+
+def once_native(problem: str, native: Sequence[int]) -> str:
+    """A size advice that names the native size once (the nearest multiple may be the native size)."""
+    size = f"{native[0]}x{native[1]}"
+    return problem.replace(f"{size} (the model's native size) or {size}", f"{size} (the model's native size)")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 frame``, ``2 frames``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 #: what a clip's output may be: an animated GIF, a video file, or a folder of frames (a name without a suffix)
@@ -191,7 +204,10 @@ def load_model(model: str, dtype: str, device: str, cuda_graphs: bool = True) ->
     try:
         return adapter_for(load_pipeline(model, dtype=dtype, device=device), cuda_graphs=None if cuda_graphs else False)
     except (InputError, OSError, ValueError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+        raise UsageError(one_line(exc)) from None
+    except (KeyError, AttributeError, TypeError) as exc:  # a folder whose files diffusers cannot read
+        raise UsageError(f"could not load the model {model}: its files are not a pipeline diffusers can read "
+                         f"({type(exc).__name__}: {one_line(exc)})") from None
 
 
 #: --warm-start's values -> InversionOptions.warm_start
@@ -237,7 +253,7 @@ def run(fn, **kwargs) -> Any:
     try:
         return fn(**kwargs)
     except (InputError, ValueError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+        raise UsageError(one_line(exc)) from None
 
 
 def validate(fn, *values) -> Any:
@@ -308,3 +324,41 @@ def image_size(text: str) -> tuple[int, int]:
 def note(message: str, quiet: bool) -> None:
     if not quiet:
         print(f"note: {message}", file=sys.stderr)
+
+
+def run_notes(record: Any) -> list[str]:
+    """Every note a run's JSON record holds (``settings["notes"]`` of the run and of its inversions),
+    each once, in order."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "notes" and isinstance(item, list):
+                    found.extend(str(n) for n in item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(record)
+    return list(dict.fromkeys(found))
+
+
+def report_notes(record: Any, printed: Sequence[str], quiet: bool) -> None:
+    """Print, one line each, the notes of a run (a fallback it took, an edit that changed nearly
+    nothing) not printed already: the sidecar is not the only place a user hears of them."""
+    for text in run_notes(record):
+        if text not in printed and not any(text in p for p in printed):
+            note(text, quiet)
+
+
+def negative_prompt_note(negative_prompt: Optional[str], guidances: Sequence[Optional[float]], quiet: bool,
+                         flags: str = "--guidance") -> None:
+    """``--negative-prompt`` enters only through classifier-free guidance: at guidance 1 or less (every
+    guidance the run used) it has no effect, which is said in one line."""
+    used = [g for g in guidances if g is not None]
+    if negative_prompt and used and max(used) <= 1:
+        note(f"--negative-prompt has no effect at guidance {max(used):g} (it enters through classifier-free "
+             f"guidance); pass {flags} above 1 to use it", quiet)

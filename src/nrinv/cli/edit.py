@@ -13,8 +13,8 @@ from typing import Any, Optional, Sequence
 
 from .._version import __version__
 from .common import (UsageError, add_inversion_args, add_model_args, check_clip_target, check_device, check_target,
-                     image_size, input_is_clip, inversion_args, load_model, note, open_image, open_input, run,
-                     save_clip_output, validate)
+                     image_size, input_is_clip, inversion_args, load_model, negative_prompt_note, note, open_image,
+                     open_input, plural, report_notes, run, save_clip_output, validate)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -65,7 +65,8 @@ def cmd_edit(args) -> int:
         validate(checks.check_strength, args.strength)
     validate(checks.check_steps, args.steps)
     validate(checks.check_adjust, args.encode_adjust)
-    validate(checks.check_mask_threshold, args.mask_threshold)
+    if args.mask_threshold != MASK_OFF:
+        validate(checks.check_mask_threshold, args.mask_threshold)
     inversion = inversion_args(args)
     image_path = Path(args.image)
     clip = input_is_clip(args.image)
@@ -79,18 +80,25 @@ def cmd_edit(args) -> int:
             check_target(png, args.force, (".png",), "edited image")
         check_target(_sidecar(png), args.force)
     check_device(args.device)
-    image, pixels, _ = open_input(args.image, args.max_pixels, args.model, args.quiet, args.resize)
+    image, pixels, printed = open_input(args.image, args.max_pixels, args.model, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
+    mask_threshold = args.mask_threshold
+    if mask_threshold == MASK_OFF:  # this run's adapter: the model's defaults without their mask
+        pipe = type(pipe)(pipe.pipe, pipe.defaults.replace(mask_threshold=None), cuda_graphs=pipe.cuda_graphs)
+        mask_threshold = None
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
                   strength=args.strength, edit_guidance_scale=args.edit_guidance, inversion=inversion,
-                  guide_from_source=args.guide_from_source, mask_threshold=args.mask_threshold,
+                  guide_from_source=args.guide_from_source, mask_threshold=mask_threshold,
                   keep_object=args.keep_object,
                   encode_adjust=args.encode_adjust, max_pixels=args.max_pixels, progress=not args.quiet)
     ceiling = vae_ceiling_psnr(result.inversion.setup.adapter, pixels)
     low = vae_ceiling_note(ceiling)
     if low:
         note(low, args.quiet)
+    report_notes(result.stats(), printed, args.quiet)  # a fallback taken, an edit that changed nearly nothing
+    guidances = [result.settings["guidance_scale"], result.settings["edit_guidance_scale"]]
+    negative_prompt_note(args.negative_prompt, guidances, args.quiet, "--guidance or --edit-guidance")
     for i, png in enumerate(pngs):
         record = _base_record(args, result.stats(i))
         record["vae_ceiling_psnr_db"] = round(ceiling, 2)
@@ -107,6 +115,31 @@ def cmd_edit(args) -> int:
         print(f"warning: inversion ended with status {result.inversion.status.value}; see {_sidecar(pngs[0])}",
               file=sys.stderr)
     return 0
+
+
+#: ``--mask-threshold off`` (or 0): no mask, whatever the model's default
+MASK_OFF = 0.0
+
+
+def mask_threshold(text: str) -> float:
+    """``--mask-threshold``: ``off`` or 0 (no mask), else a number in (0, 1), checked before any work."""
+    if text.strip().lower() in ("off", "none", "no"):
+        return MASK_OFF
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'off', got {text!r}") from None
+    if value != MASK_OFF and not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), or 0 or 'off' for no mask, got {text}")
+    return value
+
+
+def _mask_defaults() -> str:
+    """The model kinds' default masks, as ``--mask-threshold``'s help says them (from the registry)."""
+    from ..core.defaults import MODEL_KINDS  # torch-free
+
+    masked = [f"{kind} {d.mask_threshold:g}" for kind, _, d in MODEL_KINDS if d.mask_threshold is not None]
+    return ", ".join(masked + ["off for the others" if masked else "off"])
 
 
 # --------------------------------------------------------------------------------------- interpolate
@@ -189,13 +222,14 @@ def cmd_interpolate(args) -> int:
                   max_pixels=args.max_pixels, progress=not args.quiet)
     strip, pils = _strip(result.images)
     record = _base_record(args, result.stats())
+    report_notes(record, [], args.quiet)
     record.update(inputs=[str(args.image_a), str(args.image_b)], output=str(out), gif=args.gif)
     save_png(strip, out, force=args.force)
     if args.gif:
         _save_gif(pils, Path(args.gif), args.force, args.gif_ms)
     save_json(record, _sidecar(out), force=args.force)
     if not args.quiet:
-        print(f"wrote {out}" + (f" and {args.gif}" if args.gif else "") + f" ({len(pils)} frames)")
+        print(f"wrote {out}" + (f" and {args.gif}" if args.gif else "") + f" ({plural(len(pils), 'frame')})")
     return 0
 
 
@@ -233,11 +267,12 @@ def cmd_seed(args) -> int:
                   height=size[0], width=size[1], max_pixels=args.max_pixels, progress=not args.quiet)
     grid = _grid(result.images, args.columns)
     record = _base_record(args, result.stats())
+    report_notes(record, [], args.quiet)
     record.update(inputs=[str(p) for p in args.images], output=str(out))
     save_png(grid, out, force=args.force)
     save_json(record, _sidecar(out), force=args.force)
     if not args.quiet:
-        print(f"wrote {out} ({len(result.images)} samples)")
+        print(f"wrote {out} ({plural(len(result.images), 'sample')})")
     return 0
 
 
@@ -259,9 +294,10 @@ def register(sub) -> None:
     p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
                    help="guide the regeneration away from the source prompt instead of the empty one "
                         "(default: the model's)")
-    p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+    p.add_argument("--mask-threshold", type=mask_threshold, default=None, metavar="T",
                    help="local edit: keep the latent on the inverted trajectory where the target and source "
-                        "predictions differ less than T of their maximum, e.g. 0.3 (default: off)")
+                        "predictions differ less than T of their maximum, T in (0, 1), e.g. 0.3; 'off' or 0: no "
+                        f"mask (default: the model kind's: {_mask_defaults()})")
     p.add_argument("--keep-object", action=argparse.BooleanOptionalAction, default=None,
                    help="when a target changes the background, keep the object as it is in the image "
                         "(default: the model's; on for the built-in models)")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .._version import __version__
 from .common import (DEFAULT_MODEL, UsageError, add_inversion_args, add_model_args, check_clip_target, check_device,
-                     check_target, image_size, inversion_args, load_model, note, open_input, run, save_clip_output)
+                     check_target, image_size, inversion_args, load_model, negative_prompt_note, note, open_input,
+                     report_notes, run, save_clip_output)
 
 #: tensors of a latent file: the noise in scheduler units, what pipe(latents=...) takes, the encoded image
 LATENT_KEYS = ("scheduler_latents", "latents", "encoded")
@@ -37,6 +38,8 @@ def cmd_invert(args) -> int:
     if low:
         notes = notes + [low]
         note(low, args.quiet)
+    report_notes(stats, notes, args.quiet)  # a fallback the inversion took (e.g. no learned inverter)
+    negative_prompt_note(args.negative_prompt, [stats["settings"]["guidance_scale"]], args.quiet)
     stats["settings"]["notes"] = notes + [n for n in stats["settings"]["notes"] if n not in notes]
     stats["vae_ceiling_psnr_db"] = round(ceiling, 2)
     stats["model"] = args.model

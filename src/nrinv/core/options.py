@@ -5,6 +5,8 @@ import dataclasses
 import json
 from typing import Any, Mapping, TypeVar
 
+from ..errors import InputError
+
 T = TypeVar("T", bound="Options")
 
 #: the network precisions a user may ask for, by name ("auto": the model family's choice for the device;
@@ -14,12 +16,13 @@ PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 def parse_key_values(items: Any, what: str = "an option") -> dict[str, Any]:
     """``["KEY=VALUE", ...]`` -> ``{KEY: VALUE}``, each value read as JSON (``0.01``, ``true``, ``[1, 2]``)
-    or else kept as a string; the one parser of the CLI's ``--option`` and the bench's ``gnri[lam=0.01]``."""
+    or else kept as a string; the one parser of the CLI's ``--option`` and the bench's ``gnri[lam=0.01]``.
+    A malformed item raises ``InputError``."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
+            raise InputError(f"{what} expects KEY=VALUE, got {item!r}")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -28,7 +31,8 @@ def parse_key_values(items: Any, what: str = "an option") -> dict[str, Any]:
 
 
 class Options:
-    """Mixin for frozen dataclasses: ``from_dict`` rejects unknown keys, ``to_dict`` is JSON-ready."""
+    """Mixin for frozen dataclasses: ``from_dict`` rejects unknown keys and values of the wrong kind
+    (``InputError``: options are what a user passes), ``to_dict`` is JSON-ready."""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -40,7 +44,7 @@ class Options:
         merged.update(overrides)
         unknown = sorted(set(merged) - set(cls.field_names()))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{cls.__name__} got unknown option(s) {', '.join(unknown)}; "
                 f"valid options are: {', '.join(cls.field_names())}"
             )
@@ -69,8 +73,8 @@ def _check_numbers(cls: type, values: Mapping[str, Any]) -> None:
         if value is None and ("Optional" in str(f.type) or "None" in str(f.type)):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"option {f.name} must be a number, got {value!r}")
+            raise InputError(f"option {f.name} must be a number, got {value!r}")
         if not math.isfinite(value):
-            raise ValueError(f"option {f.name} must be a finite number, got {value!r}")
+            raise InputError(f"option {f.name} must be a finite number, got {value!r}")
         if kind == "int" and not float(value).is_integer():
-            raise ValueError(f"option {f.name} must be a whole number, got {value!r}")
+            raise InputError(f"option {f.name} must be a whole number, got {value!r}")

@@ -15,7 +15,7 @@ from PIL import Image
 from ..errors import InputError, OutputExistsError
 from .images import to_pil
 
-__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "load_latent",
+__all__ = ["atomic_write", "OutputExistsError", "save_png", "save_json", "save_latent", "save_tensors", "load_latent",
            "writable_target", "name_too_long", "strict_json"]
 
 
@@ -141,13 +141,20 @@ def save_json(data: Any, path, *, force: bool = True) -> Path:
 
 
 def save_latent(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path, *, force: bool = True) -> Path:
-    from safetensors.torch import save
-
     # copies: safetensors refuses tensors that share memory (a flow model's latents are its scheduler latents)
     tensors = {k: v.detach().float().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
     metadata = {k: json.dumps(strict_json(json.loads(v)), allow_nan=False) if k == "nrinv" else v
                 for k, v in metadata.items()}
-    data = save(tensors, metadata=metadata)  # bytes: safetensors' save_file would make the file 0600
+    return save_tensors(tensors, path, metadata=metadata, force=force)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path, *, metadata: Optional[dict[str, str]] = None,
+                 force: bool = True) -> Path:
+    """A safetensors file written atomically with the user's umask (safetensors' ``save_file`` makes
+    every file 0600, unreadable to the other users of a shared model folder)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
 
     def write(tmp):
         with open(tmp, "wb") as fh:

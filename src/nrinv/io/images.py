@@ -16,7 +16,14 @@ from ..errors import InputError
 __all__ = ["load_image", "load_pixels", "open_frames", "resolve_size", "check_resize", "to_tensor", "to_pil",
            "ImageLike", "DEFAULT_MAX_PIXELS"]
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+#: the most pixels an image may have unless the caller (``--max-pixels``, ``max_pixels=``) allows more: SDXL's
+#: and Flux's native 1024x1024; the web app's upload limit too (a 4096x4096 input sat minutes at its first step)
+DEFAULT_MAX_PIXELS = 1024 * 1024
+#: the most pixels of a file that is resized on loading (``size=``, ``--resize``): the pixel limit holds the
+#: resized image; this bounds only the decoding (a 12-megapixel photo resized to 1024x768 is fine)
+DECODE_MAX_PIXELS = 8192 * 8192
+#: formats whose multi-frame files are animations (a clip), not one image with extras (MPO, TIFF pages)
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
 _KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
                 "I;16N"}
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
@@ -36,8 +43,17 @@ def check_resize(size: Optional[tuple[int, int]], max_pixels: int = DEFAULT_MAX_
 
 
 def _open_file(path: Path, max_pixels: int) -> Image.Image:
-    """Decode a file completely; any failure of the decoder is an unreadable image (one line)."""
-    return _decode(path, max_pixels, lambda img: img.copy())
+    """Decode a file completely; any failure of the decoder is an unreadable image (one line).  An
+    animation (an animated GIF, PNG or WebP) is refused: it is a clip, which an image model does not
+    take (the command line and the app refuse it alike)."""
+    def one_image(img: Image.Image) -> Image.Image:
+        frames = int(getattr(img, "n_frames", 1))
+        if frames > 1 and img.format in _ANIMATED_FORMATS:
+            raise InputError(f"{path} is an animated {img.format} ({frames} frames), a clip: an image model takes "
+                             "one image; save the frame you want as a PNG")
+        return img.copy()
+
+    return _decode(path, max_pixels, one_image)
 
 
 def open_frames(path: Path, max_pixels: int) -> list[Image.Image]:
@@ -64,7 +80,7 @@ def _decode(path: Path, max_pixels: int, read: Any) -> Any:
                 w, h = probe.size
                 if w * h > max_pixels:
                     raise InputError(f"{path} is {h}x{w} (HxW) = {w * h} pixels, over the limit of {max_pixels}; "
-                                     "downscale it or raise --max-pixels")
+                                     "downscale it (--resize HxW) or raise --max-pixels")
                 probe.load()
                 return read(probe)
     except InputError:
@@ -96,16 +112,18 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
     """Open and validate an image, returning 8-bit RGB.
 
     RGBA (composited on white), grayscale and 16-bit images are converted, with a note appended to
-    ``notes``; unreadable, truncated, empty or oversized files raise ``InputError``.  ``size=(h, w)``
-    resizes (and is held to ``max_pixels`` too).
+    ``notes``; unreadable, truncated, empty, animated or oversized files raise ``InputError``.
+    ``size=(h, w)`` resizes; then ``max_pixels`` holds the resized image, and a file up to
+    ``DECODE_MAX_PIXELS`` may be read.
     """
     notes = notes if notes is not None else []
     check_resize(size, max_pixels)
+    source_limit = max_pixels if size is None else max(max_pixels, DECODE_MAX_PIXELS)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"image file not found: {path}")
-        img = _open_file(path, max_pixels)
+        img = _open_file(path, source_limit)
     elif isinstance(source, Image.Image):
         img = source
     elif isinstance(source, np.ndarray):
@@ -132,8 +150,9 @@ def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, notes
 
     if img.width * img.height == 0:
         raise InputError(f"the image is empty ({img.height}x{img.width}, HxW)")
-    if img.width * img.height > max_pixels:
-        raise InputError(f"image is {img.height}x{img.width} (HxW), over the limit of {max_pixels} pixels")
+    if img.width * img.height > source_limit:
+        raise InputError(f"image is {img.height}x{img.width} (HxW), over the limit of {max_pixels} pixels; resize it "
+                         "or raise max_pixels")
     mode = img.mode
     if mode not in _KNOWN_MODES:
         raise InputError(f"unsupported image mode {mode}; convert the image to 8-bit RGB first")
