@@ -25,6 +25,9 @@ def test_train_save_load_and_fingerprint(tiny, tmp_path):
                            batch_size=4, width=16, log=None)
     assert guess.info["training"]["updates"] == 2 and guess.info["training"]["trajectories"] == 2
     assert (tmp_path / "inv" / "inverter.safetensors").is_file()
+    # the weights take the user's umask like the config beside them (not safetensors' own 0600)
+    mode = lambda name: (tmp_path / "inv" / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("inverter.safetensors") == mode("inverter.json") and mode("inverter.safetensors") & 0o044
     loaded = load_inverter(pipe, tmp_path / "inv")
     assert loaded is not None and loaded.info["fingerprint"] == network_fingerprint(adapter_for(pipe))
     for a, b in zip(loaded.net.parameters(), guess.net.parameters()):

@@ -226,12 +226,14 @@ class LearnedGuess:
                        _prompt_vector(cond, net.config["prompt_dim"], batch).to(y.device)).float()
 
     def save(self, folder: Union[str, Path]) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME))
+        # written as bytes, so the file takes the user's umask (safetensors' save_file makes it 0600,
+        # unreadable to the other users of a shared model folder)
+        (folder / WEIGHTS_NAME).write_bytes(save(state))
         (folder / CONFIG_NAME).write_text(json.dumps(dict(self.info, architecture=self.net.config,
                                                            format=FORMAT_VERSION), indent=1) + "\n")
         return folder
