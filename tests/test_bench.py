@@ -193,6 +193,7 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
         assert r["target"] in (0.0, 1.0) and r["preserved"] in (0.0, 1.0)
         assert 15 < r["psnr_target"] < 50 and r["lpips_target"] > 0 and r["clip_target"] == ""
         assert r["nfe"] == (20 if r["method"] == "ddim" else 40)
+        assert r["batch_rows"] >= r["nfe"]  # counted by a hook on the denoiser: the inversion's and the edit's
         d = edit_defaults(pipe)
         assert (r["strength"], r["guidance"], r["guide_from_source"]) == (d["strength"], d["edit_guidance_scale"],
                                                                            d["guide_from_source"])
@@ -207,6 +208,23 @@ def test_edit_bench_rows_scores_and_resume(edit_run, monkeypatch):
     monkeypatch.setattr(nrinv.api, "invert", forbidden)
     again = run_edit_bench(pipe, out=out, methods=["ddim", "anderson"], iterations=[2], n=3, lpips=lp, progress=False)
     assert len(again) == len(rows)
+
+
+def test_edit_bench_baseline_rows_count_the_denoisers_calls(edit_run, tmp_path):
+    """DiffEdit as a baseline row of the edit bench, at its tuned settings (inpaint strength 0.6 of 20 steps):
+    1 mask call carrying 40 rows, 12 inversion calls of 1 row, 12 guided sampling calls of 2 rows."""
+    import pytest
+
+    from nrinv.bench.edits import run_edit_bench
+    from nrinv.errors import InputError
+
+    pipe = edit_run[0]
+    rows = run_edit_bench(pipe, out=tmp_path, methods=[], iterations=[2], n=1, baselines=["diffedit"], progress=False)
+    (row,) = rows
+    assert (row["method"], row["nfe"], row["batch_rows"], row["strength"]) == ("diffedit", 25, 76, 0.6)
+    assert row["target"] == 1.0 and row["preserved"] == 1.0 and 20 < row["psnr_target"] < 50
+    with pytest.raises(InputError, match="unknown edit baseline"):
+        run_edit_bench(pipe, out=tmp_path, methods=[], iterations=[2], n=1, baselines=["pix2pix"], progress=False)
 
 
 def test_bench_cli_edits_need_the_builtin_model(tmp_path, capsys):

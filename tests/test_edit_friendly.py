@@ -159,12 +159,12 @@ def test_command_line_round_trip(tmp_path, model_dir):
 
 def test_builtin_lcm_defaults_by_measurement(shapes_lcm):
     """The registry's few-step choices (benchmarks/README.md section 0): edits invert edit-friendly (4 calls,
-    masked at 0.5, strength 1); inversion warm-starts "last" at 3 iterations and "linear" at 2."""
+    masked at 0.5, strength 0.75); inversion warm-starts "last" at 3 iterations and "linear" at 2."""
     from nrinv.bench.images import load_image_set
 
     img = load_image_set("shapes", size=(64, 64), n=1, seed=7000)[0]
     out = nrinv.edit(shapes_lcm, img.image, img.prompt, img.prompt.replace("background", "backdrop"))
     assert out.inversion.settings["method"] == "edit_friendly" and out.inversion.nfe == 4
-    assert out.settings["mask_threshold"] == 0.5 and out.settings["strength"] == 1.0
+    assert out.settings["mask_threshold"] == 0.5 and out.settings["strength"] == 0.75 and out.settings["mask_paste"]
     assert nrinv.invert(shapes_lcm, img.image, img.prompt).settings["warm_start"] == "last"
     assert nrinv.invert(shapes_lcm, img.image, img.prompt, max_iterations=2).settings["warm_start"] == "linear"

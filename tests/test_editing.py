@@ -82,7 +82,7 @@ def test_local_edit_keeps_the_unmasked_latent_on_the_inverted_trajectory(tiny, a
     inv = res.inversion
     # same prompt: the predictions agree everywhere, the mask is empty, the edit is the encoded latent
     assert torch.equal(res.latents[0], inv.encoded)
-    k = res.settings["start_step"]
+    k = editing.mask_step(len(inv.setup.schedule), res.settings["start_step"])  # read at the middle or later
     cond = inv.setup.adapter.conditioning(TGT, SRC, 3.0, inv.setup.size)
     mask = editing.local_edit_mask(inv.setup, inv.trajectory[k], k, cond, 0.3)
     assert mask.shape == (1, 1) + inv.encoded.shape[2:] and set(mask.unique().tolist()) <= {0.0, 1.0}
@@ -93,6 +93,34 @@ def test_local_edit_keeps_the_unmasked_latent_on_the_inverted_trajectory(tiny, a
     assert float((res.latents[1][inside] - inv.encoded[inside]).abs().mean()) > 1e-3
     with pytest.raises(InputError, match="mask threshold"):
         _edit(pipe, astronaut32, TGT, mask_threshold=1.5)
+
+
+def test_mask_paste_keeps_the_reconstructions_pixels_outside_the_mask(tiny, astronaut32):
+    """With ``mask_paste`` the pixels outside the (widened) mask are the reconstruction's exactly; inside, the
+    edit's.  Without it the decoder mixes the edited latents into their neighbours."""
+    pipe = tiny("sd")
+    kw = dict(strength=0.5, guidance_scale=1.0, edit_guidance_scale=3.0, guide_from_source=True, mask_threshold=0.3,
+              output_type="pt")
+    pasted = _edit(pipe, astronaut32, TGT, mask_paste=True, **kw)
+    plain = _edit(pipe, astronaut32, TGT, mask_paste=False, **kw)
+    assert pasted.settings["mask_paste"] is True and plain.settings["mask_paste"] is False
+    assert torch.equal(pasted.latents[0], plain.latents[0])  # the lever acts on pixels only
+    inv = pasted.inversion
+    setup = inv.setup
+    recon = setup.adapter.decode(inv.trajectory[-1].float(), setup.size).float().detach()
+    k = editing.mask_step(len(setup.schedule), pasted.settings["start_step"])
+    cond = setup.adapter.conditioning(TGT, SRC, 3.0, setup.size)
+    mask = editing.local_edit_mask(setup, inv.trajectory[k], k, cond, 0.3)
+    assert 0 < float(mask.mean()) < 1
+    scale = recon.shape[-1] // mask.shape[-1]
+    wide = torch.nn.functional.max_pool2d(mask, 5, 1, 2)  # the feather reaches one more latent pixel
+    outside = torch.nn.functional.interpolate(wide, scale_factor=scale, mode="nearest") == 0
+    inside = torch.nn.functional.interpolate(mask, scale_factor=scale, mode="nearest") == 1
+    image, before = (im.images[0].detach().float().reshape(recon.shape) for im in (pasted, plain))
+    out3 = outside.expand_as(recon)
+    assert bool(out3.any()) and torch.allclose(image[out3], recon[out3], atol=1e-6)
+    assert float((before[out3] - recon[out3]).abs().max()) > 1e-3  # the decoder's bleed that the paste removes
+    assert torch.allclose(image[inside.expand_as(recon)], before[inside.expand_as(recon)], atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))

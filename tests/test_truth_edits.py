@@ -43,7 +43,8 @@ def _rms(x):
 def _masked(monkeypatch, inversion, fill, **kw):
     """``regenerate`` with the local edit's mask replaced by a constant one (``fill``: 1 everywhere, or 0)."""
     with monkeypatch.context() as m:
-        m.setattr(editing, "local_edit_mask", lambda setup, z, step, cond, threshold: torch.full_like(z[:, :1], fill))
+        m.setattr(editing, "local_edit_mask",
+                  lambda setup, z, step, cond, threshold, memo=None: torch.full_like(z[:, :1], fill))
         return nrinv.regenerate(inversion, kw.pop("target"), mask_threshold=0.5, **kw)
 
 
@@ -212,3 +213,44 @@ def test_a_result_owns_its_recorded_noise(tiny, astronaut32):
     kept = [n for n in second.noises if n is not None]
     assert len(kept) == 4 and all(torch.equal(a, b) for a, b in zip(kept, drawn))
     assert len(batch[1].noises) == 4 and second.noises is not batch[1].noises
+
+
+def _wide_star(color):
+    """A user's drawing, 96x64 (width x height): a large star on the left, blue diagonal stripes."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (96, 64), (25, 70, 225))
+    draw = ImageDraw.Draw(img)
+    for k in range(-64, 96 + 64, 12):
+        draw.polygon([(k, 0), (k + 6, 0), (k + 6 - 64, 64), (k - 64, 64)], fill=(76, 99, 176))
+    cx, cy, r = 0.31 * 96, 32.0, 14.0
+    points = [(cx + r * (1.15 if k % 2 == 0 else 0.48) * math.cos(-math.pi / 2 + k * math.pi / 5),
+               cy + r * (1.15 if k % 2 == 0 else 0.48) * math.sin(-math.pi / 2 + k * math.pi / 5) + 1.1)
+              for k in range(10)]
+    draw.polygon(points, fill=color)
+    return img
+
+
+@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+def test_lcm_default_edit_of_a_wide_drawing_changes_the_colour():
+    """builtin:shapes-lcm's default edit (edit-friendly, strength 1, masked) of a 96x64 drawing: red -> green.
+    Before the fix the mask was read at the first re-run step (pure noise at strength 1), where the
+    predictions differ where the model would draw a star (the middle of a wide image), not where the drawing
+    has it: the judge read the result as red.  The edit now also says when it changed nothing."""
+    import numpy as np
+    from PIL import Image
+
+    from nrinv.shapes.editeval import judge_confident
+
+    pipe = nrinv.load_pipeline("builtin:shapes-lcm", device="cpu")
+    source = "a large red star on the left, blue striped background"
+    result = nrinv.edit(pipe, _wide_star((225, 25, 30)), source, source.replace("red", "green"))
+    edited = result.images[0]
+    assert edited.size == (96, 64)
+    read, _ = judge_confident([np.asarray(edited.resize((64, 64), Image.BILINEAR))])[0]
+    assert read["color"] == "green", read
+    assert not any("changed almost nothing" in n for n in result.settings["notes"])
+    same = nrinv.edit(pipe, _wide_star((225, 25, 30)), source, source)  # target = source: nothing to change
+    assert any("changed almost nothing" in n for n in same.settings["notes"]), same.settings["notes"]

@@ -25,7 +25,7 @@ __all__ = ["EDIT_COLUMNS", "run_edit_bench", "summarize_edits", "markdown_edit_t
 
 EDIT_COLUMNS = ["item", "changed", "source_caption", "target_caption", "method", "iterations", "steps", "strength",
                 "guidance", "guide_from_source", "mask_threshold", "keep_object", "nfe", "target", "preserved",
-                "all_kept", "psnr_target", "preservation", "lpips_target", "clip_target", "wall_s"]
+                "all_kept", "psnr_target", "preservation", "lpips_target", "clip_target", "wall_s", "batch_rows"]
 
 
 def _flag(value: Any) -> bool:
@@ -62,8 +62,14 @@ def run_edit_bench(
     lpips: Any = None,
     clip: Any = None,
     progress: bool = True,
+    baselines: Sequence[str] = (),
 ) -> list[dict]:
     """Run (or resume) the edit benchmark on ``n`` items into ``out/edits.csv``; returns all rows.
+
+    ``baselines``: also edit every item with these pipelines diffusers ships, built from ``pipe``'s
+    components at their settings tuned on other items (``nrinv.bench.baselines.TUNED``: "diffedit",
+    "ledits++", "ledits++sigma_min"); their rows' ``method`` is the name, ``nfe`` the denoiser calls and
+    ``batch_rows`` the rows those calls carried (counted by a hook, as for nrinv's rows).
 
     ``strength`` / ``edit_guidance_scale`` / ``guide_from_source`` default to
     :func:`nrinv.edit_defaults`; inversion
@@ -72,6 +78,7 @@ def run_edit_bench(
     from tqdm.auto import tqdm
 
     from ..api import invert
+    from .baselines import TUNED, build_baseline, count_calls, run_baseline
     from ..core.adapters import adapter_for
     from ..workflows import edit_defaults, regenerate
     from ..shapes.editeval import judge_confident, score_edit
@@ -103,10 +110,11 @@ def run_edit_bench(
         inversion = inversion_options(parsed[method], its, steps=steps, guidance=inv_guidance, seed=seed,
                                       method_options=method_options)
         t0 = time.perf_counter()
-        inv = invert(adapter, item["source_image"], item["source_caption"], inversion=inversion, progress=False)
-        _, images = regenerate(inv, item["target_caption"], strength=strength, edit_guidance_scale=target_guidance,
-                               guide_from_source=contrast, mask_threshold=threshold, keep_object=keep,
-                               output_type="pt")
+        with count_calls(pipe.unet) as count:
+            inv = invert(adapter, item["source_image"], item["source_caption"], inversion=inversion, progress=False)
+            _, images = regenerate(inv, item["target_caption"], strength=strength,
+                                   edit_guidance_scale=target_guidance, guide_from_source=contrast,
+                                   mask_threshold=threshold, keep_object=keep, output_type="pt")
         wall = time.perf_counter() - t0
         edited = as_numpy(images[0])
         as_uint8 = (edited * 255).round().astype(np.uint8)
@@ -122,10 +130,48 @@ def run_edit_bench(
             "target": scores["target"],
             "preserved": scores["preserved"], "all_kept": scores["all_kept"], "psnr_target": round(scores["psnr"], 3),
             "preservation": round(scores["preservation"], 3), "lpips_target": extra["lpips"],
-            "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
+            "clip_target": extra["clip_score"], "wall_s": round(wall, 4), "batch_rows": count.rows,
         })
         write_rows(rows, out / "edits.csv", EDIT_COLUMNS)
+    for name in baselines:
+        if name not in TUNED:
+            from ..errors import InputError
+
+            raise InputError(f"unknown edit baseline {name!r}; one of {', '.join(TUNED)}")
+        kind, settings = TUNED[name]
+        built = build_baseline(pipe, kind, settings)
+        strength_b, guidance_b, steps_b = _baseline_knobs(settings)
+        for i in range(n):
+            if (i, name, 0, steps_b, strength_b, guidance_b, False, None, False) in done:
+                continue
+            item = items[i]
+            t0 = time.perf_counter()
+            image, count = run_baseline(built, kind, item["source_image"], item["source_caption"],
+                                        item["target_caption"], settings, seed=seed)
+            wall = time.perf_counter() - t0
+            read, _ = judge_confident([image])[0]
+            scores = score_edit(image, item, read)
+            extra = perceptual_scores(lpips, clip, image.astype(np.float64) / 255,
+                                      item["target_image"].astype(np.float64) / 255, item["target_caption"])
+            rows.append({
+                "item": i, "changed": item["changed"], "source_caption": item["source_caption"],
+                "target_caption": item["target_caption"], "method": name, "iterations": 0, "steps": steps_b,
+                "strength": strength_b, "guidance": guidance_b, "guide_from_source": False, "mask_threshold": "",
+                "keep_object": False, "nfe": count.calls, "target": scores["target"],
+                "preserved": scores["preserved"], "all_kept": scores["all_kept"],
+                "psnr_target": round(scores["psnr"], 3), "preservation": round(scores["preservation"], 3),
+                "lpips_target": extra["lpips"], "clip_target": extra["clip_score"], "wall_s": round(wall, 4),
+                "batch_rows": count.rows,
+            })
+            write_rows(rows, out / "edits.csv", EDIT_COLUMNS)
     return rows
+
+
+def _baseline_knobs(settings: Any) -> tuple[float, float, int]:
+    """(strength, guidance, steps) of a baseline's settings, for the table's columns."""
+    if hasattr(settings, "inpaint_strength"):
+        return float(settings.inpaint_strength), float(settings.guidance_scale), int(settings.num_inference_steps)
+    return 1.0 - float(settings.skip), float(settings.edit_guidance_scale), int(settings.num_inversion_steps)
 
 
 def summarize_edits(rows: Sequence[dict]) -> list[dict]:

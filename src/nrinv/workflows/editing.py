@@ -28,7 +28,7 @@ from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_th
 from .encoding import adjust_encoding
 
 __all__ = ["EditResult", "edit", "regenerate", "local_edit_mask", "changes_background", "object_pixels",
-           "start_step"]
+           "start_step", "mask_step", "unchanged_note", "UNCHANGED_CHANGE"]
 
 
 def start_step(num_steps: int, strength: float) -> tuple[int, int]:
@@ -37,19 +37,45 @@ def start_step(num_steps: int, strength: float) -> tuple[int, int]:
     return num_steps - rerun, rerun
 
 
-def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, threshold: float) -> Tensor:
+def mask_step(num_steps: int, start: int) -> int:
+    """The step whose latent on the inverted trajectory the local edit's mask is read at: the first re-run
+    step, but not before the middle of the schedule.
+
+    DiffEdit reads its mask from the image noised to half strength; at a higher noise level the two
+    predictions differ where the *model* would draw the object, not where the image has it (an image of
+    another size or layout than the training images: a 96x64 drawing's star on the left, the 4-step
+    model at strength 1, got a mask over the middle of the image and the edit missed the star).
+    """
+    return max(int(start), int(num_steps) // 2)
+
+
+def _prediction(setup: Setup, step_index: int, z: Tensor, cond: Any, memo: Optional[dict]) -> Tensor:
+    """The model's output at ``z`` on step ``step_index`` (``cond`` None: the source prompt's), kept in
+    ``memo`` (keyed by step and prompt) so that the masks of one edit share their network calls."""
+    key = (step_index, "source" if cond is None else "target")
+    if memo is not None and key in memo:
+        return memo[key]
+    with torch.no_grad():
+        out = setup.denoiser(setup.schedule.steps[step_index], cond)(z).float()
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
+def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, threshold: float,
+                    memo: Optional[dict] = None) -> Tensor:
     """Where an edit may change the latent: the target and source predictions differ there.
 
-    As in DiffEdit (Couairon et al. 2022, sec. 3.1), from ``|m(z, target) - m(z, source)|`` at the
-    first re-run step, averaged over channels, smoothed (3x3), scaled to [0, 1] per image and
-    thresholded; then dilated by one latent pixel.  Returns a (B, 1, h, w) 0/1 mask.
+    As in DiffEdit (Couairon et al. 2022, sec. 3.1), from ``|m(z, target) - m(z, source)|`` at step
+    ``step_index`` (``mask_step``; ``z`` the trajectory's latent there), averaged over channels, smoothed
+    (3x3), scaled to [0, 1] per image and thresholded; then dilated by one latent pixel.  Returns a
+    (B, 1, h, w) 0/1 mask.  ``memo``: predictions already made at ``z`` for this target
+    (``changes_background`` fills it).
     """
     if z.dim() != 4:
         raise InputError("local edits need image-shaped (B, C, H, W) latents; this pipeline's are not")
-    step = setup.schedule.steps[step_index]
-    with torch.no_grad():
-        source = setup.denoiser(step)(z).float()
-        diff = setup.denoiser(step, target_cond)(z).float() - source
+    source = _prediction(setup, step_index, z, None, memo)
+    diff = _prediction(setup, step_index, z, target_cond, memo) - source
     d = torch.nn.functional.avg_pool2d(diff.abs().mean(1, keepdim=True), 3, 1, 1)
     # scale by the largest difference, but never below 1e-4 of the prediction's own size: equal
     # prompts (differences at float rounding) give an empty mask, not amplified noise
@@ -87,7 +113,7 @@ def _probe_steps(n: int, start: int, probes: int = 3) -> list[int]:
 
 
 def changes_background(setup: Setup, trajectory: Sequence[Tensor], start: int, target_cond: Any,
-                       probes: int = 3) -> bool:
+                       probes: int = 3, memo: Optional[dict] = None) -> bool:
     """Whether an edit toward ``target_cond`` changes the background: the target and source predictions
     differ along the image's border.
 
@@ -100,13 +126,11 @@ def changes_background(setup: Setup, trajectory: Sequence[Tensor], start: int, t
         return False  # packed (Flux) latents: no image grid to read a border from
     picks = _probe_steps(len(setup.schedule), start, probes)
     total = None
-    with torch.no_grad():
-        for j in picks:
-            step = setup.schedule.steps[j]
-            z = trajectory[j].float()
-            d = (setup.denoiser(step, target_cond)(z).float() - setup.denoiser(step)(z).float()).abs().mean(1, True)
-            d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-            total = d if total is None else total + d
+    for j in picks:
+        z = trajectory[j].float()
+        d = (_prediction(setup, j, z, target_cond, memo) - _prediction(setup, j, z, None, memo)).abs().mean(1, True)
+        d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        total = d if total is None else total + d
     d = torch.nn.functional.avg_pool2d(total / len(picks), 3, 1, 1, count_include_pad=False)
     high = (d > _otsu(d.flatten(1)).view(-1, 1, 1, 1)).float()[:, 0]
     border = torch.cat([high[:, 0], high[:, -1], high[:, :, 0], high[:, :, -1]], dim=1)
@@ -141,10 +165,63 @@ def _keep_object(setup: Setup, trajectory: Sequence[Tensor]) -> Optional[tuple[T
     return 1.0 - inside.float(), alpha, recon
 
 
+#: an edit "changes almost nothing" when its latent moved less than this fraction (RMS) of the source
+#: latent's own size inside its mask (or the whole image without one).  Measured on builtin:shapes-lcm's
+#: default edit of 6 drawings (3 scenes at 64x64 and 96x64): 18 colour, shape and background edits moved
+#: it 0.26-1.12, the identity edit (target = source) 0.000
+UNCHANGED_CHANGE = 0.08
+
+
+def latent_change(edited: Tensor, source: Tensor, mask: Optional[Tensor] = None) -> float:
+    """RMS of ``edited - source`` over RMS of ``source``, inside ``mask`` (0/1, broadcast) or everywhere;
+    0 for an empty mask."""
+    region = torch.ones_like(source[:, :1]) if mask is None else mask.to(source.dtype)
+    weight = region.expand_as(source)
+    if float(weight.sum()) == 0:
+        return 0.0
+    diff = ((edited.float() - source.float()) ** 2 * weight).sum()
+    size = (source.float() ** 2 * weight).sum().clamp_min(1e-30)
+    return float((diff / size).sqrt())
+
+
+def unchanged_note(target: str, change: float, masked: bool) -> Optional[str]:
+    """One line when an edit toward ``target`` changed (almost) nothing (``latent_change`` below
+    ``UNCHANGED_CHANGE``), else None."""
+    if change >= UNCHANGED_CHANGE:
+        return None
+    where = "inside its mask" if masked else "in the image"
+    return (f"the edit toward {target!r} changed almost nothing {where} (latent change {change:.1%}); "
+            "try a higher strength or edit guidance, or another method (e.g. method='anderson')")
+
+
+def _outside_mask(setup: Setup, trajectory: Sequence[Tensor], mask: Tensor) -> Optional[tuple[Tensor, Tensor, str]]:
+    """For a local edit: (pixel alpha of what stays, the reconstruction, "mask"): outside the latent ``mask``,
+    widened by one latent pixel and feathered over it, the pixels are the reconstruction's (the VAE's
+    decoder mixes neighbouring latents, so kept latents alone come out tinted by the edit beside them)."""
+    if trajectory[-1].dim() != 4:
+        return None
+    with torch.no_grad():
+        recon = setup.adapter.decode(trajectory[-1].float(), setup.size).float()
+    h, w = mask.shape[-2:]
+    fy, fx = recon.shape[-2] // h, recon.shape[-1] // w
+    if fy < 1 or fx < 1 or recon.shape[-2] != fy * h or recon.shape[-1] != fx * w:
+        return None
+    wide = torch.nn.functional.max_pool2d(mask.float(), 3, 1, 1)
+    edit = torch.nn.functional.interpolate(wide, scale_factor=(fy, fx), mode="nearest")
+    edit = torch.nn.functional.avg_pool2d(edit, (2 * fy + 1, 2 * fx + 1), 1, (fy, fx), count_include_pad=False)
+    edit = torch.maximum(edit, torch.nn.functional.interpolate(mask.float(), scale_factor=(fy, fx), mode="nearest"))
+    return 1.0 - edit, recon, "mask"
+
+
+def _mask_paste(adapter: Any, value: Optional[bool]) -> bool:
+    return bool(adapter.defaults.mask_paste if value is None else value)
+
+
 def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, guidance: float,
                 negative_prompt: Optional[str], progress: bool, mask_threshold: Optional[float] = None,
                 guide_from_source: bool = False, callback: Optional[StepCallback] = None,
-                nfe: int = 0, keep_object: bool = False, pastes: Optional[list] = None) -> list[Tensor]:
+                nfe: int = 0, keep_object: bool = False, pastes: Optional[list] = None,
+                notes: Optional[list] = None, paste_outside: bool = False) -> list[Tensor]:
     """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule;
     ``callback`` after each step (``StepCallback``, with ``"target"``: the target's index), counting
     network calls from ``nfe``.
@@ -152,10 +229,13 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     ``keep_object``: an edit that changes the background (``changes_background``) keeps the object:
     the latent pixels inside it stay on the inverted trajectory, and after decoding its pixels are
     taken from the reconstruction (the VAE's decoder mixes neighbouring latents, so a kept latent
-    alone comes out tinted by the new background).  ``pastes`` (a list) receives, per target, that
-    ``(alpha, reconstruction)`` or None.
+    alone comes out tinted by the new background).  ``pastes`` (a list) receives, per target,
+    ``(alpha, reconstruction, "object")``, or with ``paste_outside`` and a local mask ``(..., "mask")``
+    (``_outside_mask``), or None.  ``notes`` (a list) receives one line per target that changed
+    (almost) nothing inside its mask (``unchanged_note``).
     """
     pastes = [] if pastes is None else pastes
+    notes = [] if notes is None else notes
     setup = inversion.setup
     traj = inversion.trajectory
     if guide_from_source and negative_prompt is None:  # contrast with the prompt the image was inverted with
@@ -164,17 +244,19 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     for index, target in enumerate(targets):
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
         mask = paste = None
-        calls = 0  # network calls before the re-run: the predictions the masks compare
+        memo: dict = {}  # the predictions the masks compare, one network call each
         if keep_object:
-            calls += 2 * len(_probe_steps(len(setup.schedule), start))
-            if changes_background(setup, traj, start, cond):  # the object stays as it is
+            if changes_background(setup, traj, start, cond, memo=memo):  # the object stays as it is
                 kept = _keep_object(setup, traj)
                 if kept is not None:
                     mask, alpha, recon = kept
-                    paste = (alpha, recon)
+                    paste = (alpha, recon, "object")
         if mask is None and mask_threshold is not None:
-            mask = local_edit_mask(setup, traj[start].float(), start, cond, mask_threshold)
-            calls += 2
+            at = mask_step(len(setup.schedule), start)
+            mask = local_edit_mask(setup, traj[at].float(), at, cond, mask_threshold, memo=memo)
+            if paste_outside:
+                paste = _outside_mask(setup, traj, mask)
+        calls = len(memo)
         pastes.append(paste)
         if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt (reported
             from ..core.edit_friendly import edit_sample  # to the callback once, at the end)
@@ -182,6 +264,7 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
             z = edit_sample(setup, traj, inversion.corrections, start, cond,
                             float(inversion.settings.get("options", {}).get("pseudo_guidance", 1.0)), mask)
             latents.append(z)
+            _note_unchanged(notes, target, z, traj[-1], mask)
             nfe += len(setup.schedule) - start + calls
             if callback is not None:
                 last = setup.schedule.steps[-1]
@@ -202,7 +285,14 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
             z = _masked_sample(setup, traj, start, cond, mask, inversion.corrections, report, seen)
         nfe = seen[0]
         latents.append(z)
+        _note_unchanged(notes, target, z, traj[-1], mask)
     return latents
+
+
+def _note_unchanged(notes: list, target: str, edited: Tensor, source: Tensor, mask: Optional[Tensor]) -> None:
+    note = unchanged_note(target, latent_change(edited, source, mask), mask is not None)
+    if note is not None and note not in notes:
+        notes.append(note)
 
 
 def _masked_sample(setup: Setup, traj: Sequence[Tensor], start: int, cond: Any, mask: Tensor,
@@ -254,7 +344,7 @@ def _images(setup: Setup, latents: list[Tensor], output_type: str, pastes: Optio
         paste = next(queue)
         if paste is None:
             return image
-        alpha, recon = paste
+        alpha, recon = paste[:2]
         return alpha * recon + (1 - alpha) * image.float()
 
     with torch.no_grad():
@@ -264,12 +354,15 @@ def _images(setup: Setup, latents: list[Tensor], output_type: str, pastes: Optio
 def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength: float, edit_guidance_scale: float,
                negative_prompt: Optional[str] = None, guide_from_source: bool = False,
                mask_threshold: Optional[float] = None, keep_object: bool = False, output_type: str = "pil",
-               progress: bool = False, callback: Optional[StepCallback] = None) -> tuple[list[Tensor], list[Any]]:
+               progress: bool = False, callback: Optional[StepCallback] = None,
+               notes: Optional[list] = None, mask_paste: Optional[bool] = None) -> tuple[list[Tensor], list[Any]]:
     """The second half of ``edit``: re-run the last ``strength`` of ``inversion``'s schedule per target.
 
     Returns ``(latents, images)``, images as ``output_type`` asks.  Useful to sweep strength and
     guidance over one inversion.  ``guide_from_source``, ``mask_threshold`` and ``callback`` as in
-    ``edit`` (the source prompt is the one ``inversion`` was made with).
+    ``edit`` (the source prompt is the one ``inversion`` was made with).  ``notes`` (a list) receives a
+    line per target that changed (almost) nothing inside its mask, as ``edit``'s ``settings["notes"]``.
+    ``mask_paste`` as in ``edit`` (None: the model's).
     """
     if inversion.setup is None:
         raise InputError("this inversion result carries no setup; run nrinv.invert in this process")
@@ -279,7 +372,8 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     pastes: list = []
     latents = _regenerate(inversion, targets, start, check_guidance(edit_guidance_scale, "edit_guidance_scale"),
                           negative_prompt, progress, check_mask_threshold(mask_threshold), guide_from_source, callback,
-                          0, bool(keep_object), pastes)
+                          0, bool(keep_object), pastes, notes,
+                          _mask_paste(inversion.setup.adapter, mask_paste))
     return latents, _images(inversion.setup, latents, output_type, pastes)
 
 
@@ -318,6 +412,7 @@ def edit(
     guide_from_source: Optional[bool] = None,
     mask_threshold: Optional[float] = None,
     keep_object: Optional[bool] = None,
+    mask_paste: Optional[bool] = None,
     encode_adjust: Optional[float] = DEFAULT_ENCODE_ADJUST,
     inversion: InversionOptions,
     height: Optional[int] = None,
@@ -347,9 +442,14 @@ def edit(
     ``"edit_friendly"`` regenerates with the same solved noises (``nrinv.core.edit_friendly``).
 
     ``mask_threshold`` (e.g. 0.3): a local edit.  A mask of where the target and source predictions
-    differ (``local_edit_mask``, as in DiffEdit) is taken at the first re-run step, and after every
+    differ (``local_edit_mask``, as in DiffEdit) is taken at ``mask_step`` (the first re-run step, not
+    before the middle of the schedule), and after every
     step the latent outside it is put back on the inverted trajectory, so unchanged content is the
     inversion's (exact with an exact inversion).
+
+    ``mask_paste`` (default: the model's): with a mask, the pixels outside it (widened by one latent
+    pixel, feathered) are the reconstruction's: the VAE's decoder mixes neighbouring latents, so the
+    kept latents alone come out tinted by the edit beside them.
 
     ``keep_object`` (default: the model's; on for the built-in models): when the edit changes the
     background (the target and source predictions differ along the image's border), the object is kept:
@@ -379,6 +479,11 @@ def edit(
 
     if inversion.method is None and adapter.defaults.edit_method is not None:  # the model's edit inversion
         inversion = inversion.replace(method=adapter.defaults.edit_method)
+    if inversion.num_inference_steps is None and adapter.defaults.edit_steps is not None:  # the model's edit
+        inversion = inversion.replace(num_inference_steps=adapter.defaults.edit_steps)  # inversion budget
+    if inversion.max_iterations is None and inversion.method is None and adapter.defaults.edit_iterations is not None:
+        inversion = inversion.replace(max_iterations=adapter.defaults.edit_iterations)
+    mask_paste = _mask_paste(adapter, mask_paste)
     if inversion.method not in TRAJECTORY_METHODS:  # edit_friendly's options are checked by invert
         solver_options(adapter, inversion)  # bad solver arguments fail before any work
     negative_prompt = inversion.negative_prompt
@@ -411,7 +516,7 @@ def edit(
     t0 = time.perf_counter()
     pastes: list = []
     latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
-                          guide_from_source, callback, inverted.nfe, keep_object, pastes)
+                          guide_from_source, callback, inverted.nfe, keep_object, pastes, notes, mask_paste)
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     images = _images(setup, latents, output_type, pastes)
@@ -426,7 +531,8 @@ def edit(
         "guide_from_source": guide_from_source,
         "mask_threshold": mask_threshold,
         "keep_object": keep_object,
-        "object_kept": [p is not None for p in pastes],
+        "mask_paste": mask_paste,
+        "object_kept": [p is not None and p[2] == "object" for p in pastes],
         "strength": strength,
         "start_step": start,
         "rerun_steps": rerun,
