@@ -223,6 +223,29 @@ def test_the_mask_flag_agrees_with_its_help_and_switches_the_mask_off(tmp_path, 
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_the_library_switches_a_models_mask_off_with_0():
+    """``nrinv.edit(mask_threshold=0)`` (or "off") is the flag's "off": no mask, whatever the model's default
+    (it was refused: "must be in (0, 1)"); None keeps the model's."""
+    import nrinv
+
+    shapes_lcm = nrinv.load_pipeline("builtin:shapes-lcm")
+    img = Image.new("RGB", (64, 64), (40, 60, 200))
+    caption = "a large red circle in the center, blue plain background"
+    for value, expected in ((None, nrinv.edit_defaults(shapes_lcm)["mask_threshold"]), (0, None), ("off", None)):
+        out = nrinv.edit(shapes_lcm, img, caption, caption.replace("red", "green"), mask_threshold=value)
+        assert out.settings["mask_threshold"] == expected
+    assert expected is None and nrinv.edit_defaults(shapes_lcm)["mask_threshold"] is not None
+    with pytest.raises(InputError, match="0 / 'off' for no mask"):
+        nrinv.edit(shapes_lcm, img, caption, caption, mask_threshold=1.5)
+
+
+def test_size_advice_names_each_size_once():
+    from nrinv.core.adapters import size_error
+
+    assert size_error(62, 62, 8, (64, 64)).endswith("to 64x64 (the model's native size)")
+    assert size_error(62, 100, 8, (64, 64)).endswith("to 64x64 (the model's native size) or 64x96")
+
+
 # -- quiet fallbacks -------------------------------------------------------------------------------------
 def test_a_fallback_and_a_flag_without_effect_are_said_on_stderr(tmp_path, capsys):
     """``--warm-start learned`` without an inverter ran "linear" and said so only in the JSON sidecar; a

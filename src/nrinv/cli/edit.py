@@ -65,8 +65,7 @@ def cmd_edit(args) -> int:
         validate(checks.check_strength, args.strength)
     validate(checks.check_steps, args.steps)
     validate(checks.check_adjust, args.encode_adjust)
-    if args.mask_threshold != MASK_OFF:
-        validate(checks.check_mask_threshold, args.mask_threshold)
+    validate(checks.check_mask_threshold, args.mask_threshold)
     inversion = inversion_args(args)
     image_path = Path(args.image)
     clip = input_is_clip(args.image)
@@ -83,10 +82,7 @@ def cmd_edit(args) -> int:
     image, pixels, printed = open_input(args.image, args.max_pixels, args.model, args.quiet, args.resize)
 
     pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
-    mask_threshold = args.mask_threshold
-    if mask_threshold == MASK_OFF:  # this run's adapter: the model's defaults without their mask
-        pipe = type(pipe)(pipe.pipe, pipe.defaults.replace(mask_threshold=None), cuda_graphs=pipe.cuda_graphs)
-        mask_threshold = None
+    mask_threshold = args.mask_threshold  # MASK_OFF (0): the library's "no mask", whatever the model's default
     result = run(edit, pipe=pipe, image=image, source_prompt=args.source, target_prompts=args.target,
                   strength=args.strength, edit_guidance_scale=args.edit_guidance, inversion=inversion,
                   guide_from_source=args.guide_from_source, mask_threshold=mask_threshold,

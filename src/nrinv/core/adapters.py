@@ -43,8 +43,9 @@ def size_error(height: int, width: int, multiple: int, native: tuple[int, int]) 
         return None
     near_w = max(multiple, round(width / multiple) * multiple)
     near_h = max(multiple, round(height / multiple) * multiple)
+    nearby = "" if (near_h, near_w) == tuple(native) else f" or {near_h}x{near_w}"
     return (f"image size {height}x{width} (HxW) is not a multiple of {multiple} for this model; resize it, e.g. to "
-            f"{native[0]}x{native[1]} (the model's native size) or {near_h}x{near_w}")
+            f"{native[0]}x{native[1]} (the model's native size){nearby}")
 
 
 def size_notes(height: int, width: int, native: tuple[int, int]) -> list[str]:

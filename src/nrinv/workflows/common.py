@@ -82,9 +82,16 @@ def check_spread(spread: Any) -> Any:
 
 
 def check_mask_threshold(threshold: Optional[float]) -> Optional[float]:
-    if threshold is not None and not 0 < float(threshold) < 1:
-        raise InputError(f"mask threshold must be in (0, 1), got {threshold}")
-    return None if threshold is None else float(threshold)
+    """A mask threshold in (0, 1); ``0`` (or ``"off"``) switches a model's default mask off: ``None``."""
+    if isinstance(threshold, str) and threshold.strip().lower() == "off" or threshold == 0:
+        return None
+    try:
+        value = None if threshold is None else float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if value is not None and not 0 < value < 1:
+        raise InputError(f"mask threshold must be in (0, 1), or 0 / 'off' for no mask; got {threshold!r}")
+    return value
 
 
 def prompt_list(prompts: Prompts, what: str) -> list[str]:
