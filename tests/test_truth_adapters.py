@@ -23,13 +23,13 @@ def fresh_sd():
 
 def _count_probes(monkeypatch) -> list:
     probes = []
-    real = adapters.affine_schedule
+    real = adapters.base.affine_schedule
 
     def counting(scheduler, latent_shape, **kw):
         probes.append((tuple(latent_shape), kw.get("seed")))
         return real(scheduler, latent_shape, **kw)
 
-    monkeypatch.setattr(adapters, "affine_schedule", counting)
+    monkeypatch.setattr(adapters.base, "affine_schedule", counting)  # where Adapter.schedule looks it up
     return probes
 
 
