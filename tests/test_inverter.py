@@ -146,3 +146,22 @@ def test_train_inverter_command_shows_progress_with_the_loss(model_dir, tmp_path
     err = capsys.readouterr().err
     assert "training:" in err and "updates, loss " in err  # the bar, with the current loss
     assert (tmp_path / "inv" / "inverter.safetensors").is_file()
+
+
+def test_trainings_guided_output_is_denoise_at_each_samples_own_timestep(tiny):
+    """The training's back-propagated model output (per-sample timesteps, both guidance branches in one call)
+    is the adapter's guided output at each sample's timestep, computed one sample at a time."""
+    from nrinv.core.inverter import _denoise_at
+    from nrinv.core.inversion import prepare
+
+    adapter = adapter_for(tiny("sd"))
+    setup = prepare(adapter, PROMPT, size=(32, 32), num_inference_steps=4, guidance_scale=7.5)
+    cond = setup.cond
+    assert cond.cfg
+    z = torch.randn(3, *adapter.latent_shape(32, 32)[1:], generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([901.0, 501.0, 101.0])
+    together = _denoise_at(adapter, z, timesteps, cond)
+    for i in range(3):
+        alone = adapter.denoise(z[i:i + 1], timesteps[i:i + 1], cond)
+        assert torch.allclose(together[i:i + 1], alone, atol=1e-4), i
+    assert not torch.allclose(together[0], together[2], atol=1e-3)  # the timesteps matter

@@ -331,20 +331,10 @@ def _take(cond: Conditioning, idx: Tensor) -> Conditioning:
 
 
 def _denoise_at(adapter: Adapter, z: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
-    """The guided model output at per-sample timesteps (``Adapter.denoise`` takes one timestep); called
-    where it is back-propagated, so with the attention kernels of ``gnri_grad``'s backward pass."""
+    """The guided model output at per-sample timesteps, back-propagated: the network's own forward (no
+    graphs), with the attention kernels of ``gnri_grad``'s backward pass."""
     with _backprop_attention():
-        return _guided(adapter, z, timesteps, cond)
-
-
-def _guided(adapter: Adapter, z: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
-    x = z.to(adapter.dtype)
-    if cond.cfg:
-        kw = {k: torch.cat([cond.uncond[k], cond.cond[k]]) for k in cond.cond}
-        uncond, text = adapter._forward(torch.cat([x, x]), torch.cat([timesteps, timesteps]), kw, cond.shared
-                                        ).float().chunk(2)
-        return uncond + cond.guidance_scale * (text - uncond)
-    return adapter._forward(x, timesteps, dict(cond.cond), cond.shared).float()
+        return adapter.denoise(z, timesteps, cond, network=adapter._forward)
 
 
 def train_initial_guess(

@@ -399,14 +399,19 @@ class Adapter:
     def _forward(self, x: Tensor, t: Tensor, kw: dict[str, Tensor], shared: dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
-    def denoise(self, z: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        """The guided model output at (already input-scaled) latent ``z``, float32."""
+    def denoise(self, z: Tensor, t: Tensor, cond: Conditioning, *, network: Any = None) -> Tensor:
+        """The guided model output at (already input-scaled) latent ``z``, float32: with classifier-free
+        guidance ``u + w (c - u)`` of both branches from one batched call.  ``t``: one timestep, or one per
+        sample.  ``network``: the forward ``(x, t, kw, shared)`` to call (default the graphed one; the learned
+        inverter's training passes ``_forward``, which it back-propagates through)."""
+        network = self._network if network is None else network
         batch = z.shape[0]
         x = z.to(self.dtype)
         if cond.cfg:
             kw = {k: torch.cat([_expand(cond.uncond[k], batch), _expand(cond.cond[k], batch)]) for k in cond.cond}
-            out = self._network(torch.cat([x, x]), t, kw, cond.shared).float()
+            both = torch.cat([t, t]) if t.dim() and t.shape[0] == batch > 1 else t  # per-sample timesteps
+            out = network(torch.cat([x, x]), both, kw, cond.shared).float()
             uncond, text = out.chunk(2)
             return uncond + cond.guidance_scale * (text - uncond)
         kw = {k: _expand(v, batch) for k, v in cond.cond.items()}
-        return self._network(x, t, kw, cond.shared).float()
+        return network(x, t, kw, cond.shared).float()
