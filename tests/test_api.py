@@ -2,6 +2,7 @@
 of them, with the same names, defaults and meaning: a signature that drops or renames one fails here."""
 import dataclasses
 import inspect
+import json
 
 import pytest
 import torch
@@ -49,8 +50,15 @@ def test_flat_keywords_and_the_options_object_are_one_parameter_set(tiny, astron
     assert (flat.settings["method"], flat.settings["guidance_scale"], flat.nfe) == ("gnri", 2.0, 6)
     with pytest.raises(ValueError, match="unknown option"):
         InversionOptions.from_dict({"inversion_guidance": 2.0})
-    json_ready = InversionOptions(generator=torch.Generator().manual_seed(5), options={"lam": 0.0}).to_dict()
-    assert json_ready["generator"] == {"device": "cpu", "initial_seed": 5} and json_ready["options"] == {"lam": 0.0}
+    generator = torch.Generator().manual_seed(5)
+    torch.randn(3, generator=generator)  # advanced past its seed: the state, not the seed, must survive
+    json_ready = InversionOptions(generator=generator, options={"lam": 0.0}).to_dict()
+    assert json.loads(json.dumps(json_ready)) == json_ready and json_ready["options"] == {"lam": 0.0}
+    assert json_ready["generator"]["device"] == "cpu" and json_ready["generator"]["initial_seed"] == 5
+    back = InversionOptions.from_dict(json.loads(json.dumps(json_ready)))
+    assert back.generator is not generator and back.options == {"lam": 0.0}
+    assert torch.equal(torch.randn(4, generator=back.generator), torch.randn(4, generator=generator))
+    assert InversionOptions.from_dict(back.to_dict()).to_dict() == back.to_dict()
 
 
 def test_workflows_invert_with_the_same_parameters_as_invert(tiny, astronaut32):

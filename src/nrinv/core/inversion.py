@@ -88,8 +88,13 @@ class InversionOptions(Options):
 
     @classmethod
     def from_dict(cls, values: Any = None, **overrides: Any) -> InversionOptions:
+        """The options of ``values`` (and ``overrides``); a ``generator`` written by :meth:`to_dict` (a dict of
+        its device and state) becomes a generator in that state again."""
+        values = dict(values or {}, **overrides)
+        if isinstance(values.get("generator"), dict):
+            values["generator"] = _generator_from_dict(values["generator"])
         try:
-            return super().from_dict(values, **overrides)
+            return super().from_dict(values)
         except ValueError as exc:  # a user's argument: InputError, as the entry points raise
             raise InputError(str(exc)) from None
 
@@ -113,8 +118,23 @@ class InversionOptions(Options):
         out = self.given()
         out["options"] = self.options.to_dict() if hasattr(self.options, "to_dict") else self.options
         g = self.generator
-        out["generator"] = None if g is None else {"device": str(g.device), "initial_seed": int(g.initial_seed())}
+        # plain data (JSON-safe) from which from_dict rebuilds a generator in this state
+        out["generator"] = None if g is None else {"device": str(g.device), "initial_seed": int(g.initial_seed()),
+                                                   "state": g.get_state().tolist()}
         return out
+
+
+def _generator_from_dict(data: dict) -> torch.Generator:
+    """A generator in the state :meth:`InversionOptions.to_dict` recorded (or seeded with its initial seed)."""
+    try:
+        generator = torch.Generator(device=data.get("device", "cpu"))
+        if data.get("state") is not None:
+            generator.set_state(torch.tensor(data["state"], dtype=torch.uint8))
+        else:
+            generator.manual_seed(int(data["initial_seed"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"generator: expected what InversionOptions.to_dict writes ({exc})") from None
+    return generator
 
 
 def inversion_parameters(fn: Callable) -> Callable:

@@ -13,14 +13,13 @@ import torch
 from torch import Tensor
 
 from ..core.adapters import Adapter, adapter_for
-from ..core.noising import add_noise  # the one forward-noising helper (workflows re-export it)
 from ..core.schedulers import draw_noise, seeded_generator
 from ..errors import InputError
 
 __all__ = [
     "Prompts", "check_prompt", "check_strength", "check_steps", "check_count", "check_adjust", "check_spread",
     "check_mask_threshold", "prompt_list", "slerp", "edit_defaults", "encode_pixels", "helper_generator",
-    "noise_like", "add_noise", "DEFAULT_ENCODE_ADJUST", "DEFAULT_SEED_SPREAD",
+    "noise_like", "DEFAULT_ENCODE_ADJUST", "DEFAULT_SEED_SPREAD",
 ]
 
 #: encoding adjustment strength; None = off (on only where ``benchmarks/edit_eval.py`` measures a gain)

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..core.adapters import adapter_for
 from ..core.inversion import prepare, sample
-from .common import add_noise, check_prompt, check_steps, check_strength, helper_generator, noise_like
+from ..core.noising import add_noise
+from .common import check_prompt, check_steps, check_strength, helper_generator, noise_like
 
 __all__ = ["adjust_encoding"]
 
