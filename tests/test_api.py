@@ -13,7 +13,7 @@ from nrinv.core.inversion import InversionOptions
 
 #: every public function that inverts an image
 ENTRY_POINTS = [nrinv.invert, nrinv.invert_batch, nrinv.edit, nrinv.interpolate, nrinv.seed_from_images,
-                engine.invert_tensor, engine.invert_tensor_batch]
+                nrinv.adjust_encoding, engine.invert_tensor, engine.invert_tensor_batch]
 #: old names with another meaning; none may come back
 RETIRED = {"inversion_guidance", "size", "decode", "latent", "torch_dtype"}
 

@@ -500,10 +500,8 @@ def edit(
     adjusted = None
     if encode_adjust is not None:
         t0 = time.perf_counter()
-        adjusted = adjust_encoding(adapter, encoded, source_prompt, strength=encode_adjust, seed=inversion.seed,
-                                   generator=inversion.generator, height=size[0], width=size[1],
-                                   num_inference_steps=inversion.num_inference_steps,
-                                   guidance_scale=inversion.guidance_scale, negative_prompt=negative_prompt)
+        adjusted = adjust_encoding(adapter, encoded, source_prompt, strength=encode_adjust, height=size[0],
+                                   width=size[1], inversion=inversion, negative_prompt=negative_prompt)
         timings["encode_adjust"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -120,11 +120,8 @@ def interpolate(
     t0 = time.perf_counter()
     for encoded, prompt in ((encoded_a, prompt_a), (encoded_b, prompt_b)):
         if encode_adjust is not None:
-            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, seed=inversion.seed,
-                                      generator=inversion.generator, height=size[0], width=size[1],
-                                      num_inference_steps=inversion.num_inference_steps,
-                                      guidance_scale=inversion.guidance_scale,
-                                      negative_prompt=inversion.negative_prompt)
+            encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, height=size[0], width=size[1],
+                                      inversion=inversion)
         inversions.append(invert_tensor(adapter, None, prompt, image_latents=encoded, height=size[0], width=size[1],
                                  inversion=inversion, progress=progress))
     timings["invert"] = time.perf_counter() - t0
