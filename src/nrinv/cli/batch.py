@@ -58,7 +58,7 @@ def cmd_invert_dir(args) -> int:
 
 
 def register(sub) -> None:
-    from ..io.images import DEFAULT_MAX_PIXELS
+    from ..io.limits import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("invert-dir", help="invert every image in a folder (resumable; accelerate-aware)")
     p.add_argument("folder")

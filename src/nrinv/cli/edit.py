@@ -18,7 +18,7 @@ from .common import (UsageError, add_inversion_args, add_model_args, check_clip_
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from ..io.images import DEFAULT_MAX_PIXELS
+    from ..io.limits import DEFAULT_MAX_PIXELS
 
     add_inversion_args(p)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images")
@@ -274,7 +274,7 @@ def cmd_seed(args) -> int:
 
 # ------------------------------------------------------------------------------------------ register
 def register(sub) -> None:
-    from ..workflows.common import DEFAULT_SEED_SPREAD
+    from ..core.defaults import DEFAULT_SEED_SPREAD  # torch-free
 
     p = sub.add_parser("edit", help="edit an image by changing its prompt",
                        description="Invert IMAGE with the source prompt, regenerate with each target prompt. "

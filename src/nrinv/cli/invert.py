@@ -113,7 +113,7 @@ def cmd_methods(args) -> int:
 
 
 def register(sub) -> None:
-    from ..io.images import DEFAULT_MAX_PIXELS
+    from ..io.limits import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("invert", help="invert an image (or a clip, for a video model) to its noise latent")
     p.add_argument("image", help="an image; for a video model (Wan) a clip: a folder of frames, a GIF or an MP4")

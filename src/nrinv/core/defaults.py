@@ -15,7 +15,13 @@ from typing import Any, Callable, Optional
 from .options import Options
 
 __all__ = ["ModelDefaults", "model_defaults", "model_kind", "SHAPES_UNET_FINGERPRINT", "MODEL_KINDS",
-           "SchedulerDefaults", "SCHEDULER_FAMILIES", "scheduler_defaults"]
+           "SchedulerDefaults", "SCHEDULER_FAMILIES", "scheduler_defaults", "DEFAULT_SEED_SPREAD"]
+
+
+#: the spread of seed_from_images: "auto" chooses it per call from the examples
+#: (``workflows/seeds.py``; ``benchmarks/own_images.py seeds``); a number is the slerp weight toward fresh noise
+#: (0.3 was the default, ``benchmarks/seed_spread.py``: lower gives near copies, higher leaves the concept)
+DEFAULT_SEED_SPREAD = "auto"
 
 
 @dataclass(frozen=True)

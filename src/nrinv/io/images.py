@@ -12,16 +12,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import InputError
+from .limits import DECODE_MAX_PIXELS, DEFAULT_MAX_PIXELS
 
 __all__ = ["load_image", "load_pixels", "open_frames", "resolve_size", "check_resize", "to_tensor", "to_pil",
            "ImageLike", "DEFAULT_MAX_PIXELS"]
 
-#: the most pixels an image may have unless the caller (``--max-pixels``, ``max_pixels=``) allows more: SDXL's
-#: and Flux's native 1024x1024; the web app's upload limit too (a 4096x4096 input sat minutes at its first step)
-DEFAULT_MAX_PIXELS = 1024 * 1024
-#: the most pixels of a file that is resized on loading (``size=``, ``--resize``): the pixel limit holds the
-#: resized image; this bounds only the decoding (a 12-megapixel photo resized to 1024x768 is fine)
-DECODE_MAX_PIXELS = 8192 * 8192
 #: formats whose multi-frame files are animations (a clip), not one image with extras (MPO, TIFF pages)
 _ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
 _KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",

@@ -19,15 +19,11 @@ from ..errors import InputError
 __all__ = [
     "Prompts", "check_prompt", "check_strength", "check_steps", "check_count", "check_adjust", "check_spread",
     "check_mask_threshold", "prompt_list", "slerp", "edit_defaults", "encode_pixels", "helper_generator",
-    "noise_like", "DEFAULT_ENCODE_ADJUST", "DEFAULT_SEED_SPREAD",
+    "noise_like", "DEFAULT_ENCODE_ADJUST",
 ]
 
 #: encoding adjustment strength; None = off (on only where ``benchmarks/edit_eval.py`` measures a gain)
 DEFAULT_ENCODE_ADJUST: Optional[float] = None
-#: the spread of seed_from_images: "auto" chooses it per call from the examples
-#: (``workflows/seeds.py``; ``benchmarks/own_images.py seeds``); a number is the slerp weight toward fresh noise
-#: (0.3 was the default, ``benchmarks/seed_spread.py``: lower gives near copies, higher leaves the concept)
-DEFAULT_SEED_SPREAD = "auto"
 _NOISE_SEED_OFFSET = 7_654_321  # decorrelates helper noises from the sampler's recorded noise of the same seed
 
 Prompts = Union[str, Sequence[str]]

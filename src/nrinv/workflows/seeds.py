@@ -13,11 +13,12 @@ from .._version import __version__
 from ..core.adapters import adapter_for, require_images
 from ..core.inversion import (InversionOptions, InversionResult, Setup, check_guidance, inversion_parameters,
                               invert_tensor, prepare, sample, solver_options)
+from ..core.defaults import DEFAULT_SEED_SPREAD
 from ..core.schedulers import seeded_generator
 from ..errors import InputError
 from ..io.images import ImageLike, load_pixels, resolve_size
 from ..io.outputs import check_output_type, format_images
-from .common import (_NOISE_SEED_OFFSET, DEFAULT_SEED_SPREAD, check_count, check_prompt, check_spread, check_steps,
+from .common import (_NOISE_SEED_OFFSET, check_count, check_prompt, check_spread, check_steps,
                      edit_defaults, encode_pixels, helper_generator, noise_like, slerp)
 
 __all__ = ["SeedResult", "seed_from_images", "typical_noise_norm"]
