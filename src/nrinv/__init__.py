@@ -10,15 +10,28 @@ the inversion loop; tensors in and out: ``invert_tensor``, ``prepare``, ``sample
 ``nrinv.io`` loads images and writes files; ``nrinv.api`` and ``nrinv.workflows`` are what users
 call (images in, diffusers-shaped results out); ``nrinv.cli``, ``nrinv.app`` and ``nrinv.bench`` sit
 on top; ``nrinv.shapes`` is the built-in model and world.
+
+The public names are imported on first use (PEP 562), so ``import nrinv`` and ``nrinv --help`` do
+not pay for torch and diffusers until something needs them.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._version import __version__
-from .api import InversionOptions, InversionResult, ReconstructionOutput, invert, invert_batch, reconstruct
-from .core.defaults import model_defaults
-from .core.solvers import Status
 from .errors import InputError
-from .loading import load_pipeline, train_inverter
-from .workflows import (EditResult, InterpolationResult, SeedResult, adjust_encoding, edit, edit_defaults, interpolate,
-                        regenerate, seed_from_images)
+
+#: public name -> the module defining it (relative to this package)
+_WHERE = {
+    "InversionOptions": ".api", "InversionResult": ".api", "ReconstructionOutput": ".api", "invert": ".api",
+    "invert_batch": ".api", "reconstruct": ".api",
+    "model_defaults": ".core.defaults", "Status": ".core.solvers",
+    "load_pipeline": ".loading", "train_inverter": ".loading",
+    "EditResult": ".workflows", "InterpolationResult": ".workflows", "SeedResult": ".workflows",
+    "adjust_encoding": ".workflows", "edit": ".workflows", "edit_defaults": ".workflows", "interpolate": ".workflows",
+    "regenerate": ".workflows", "seed_from_images": ".workflows",
+}
 
 #: user verbs and what they return; the engine (prepare, sample, Setup, SOLVERS, adapters, ...) is nrinv.core
 __all__ = [
@@ -26,3 +39,20 @@ __all__ = [
     "seed_from_images", "adjust_encoding", "model_defaults", "edit_defaults", "InversionOptions", "InversionResult",
     "ReconstructionOutput", "EditResult", "InterpolationResult", "SeedResult", "Status", "InputError", "train_inverter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        try:  # a subpackage (``nrinv.core``, ``nrinv.shapes``, ...), as a plain import would have bound it
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

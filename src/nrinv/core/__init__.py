@@ -28,6 +28,11 @@ __all__ = list(_WHERE)
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
+        try:  # a module of the engine (``nrinv.core.inversion``), as a plain import would have bound it
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
 
