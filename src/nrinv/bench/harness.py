@@ -34,7 +34,7 @@ from ..api import InversionOptions, invert
 from ..core.inversion import prepare, sample
 from ..core.schedulers import draw_noise, seeded_generator
 from ..core.options import parse_key_values
-from ..core.solvers import SOLVERS, get_solver, make_options
+from ..core.solvers import DDIM_INVERSION, SOLVERS, get_solver, make_options
 from ..io.files import save_json
 from ..io.images import to_tensor
 from ..metrics import as_numpy, psnr, ssim
@@ -92,48 +92,80 @@ def parse_method(spec: str) -> tuple[str, dict]:
     """``"gnri"`` or a labelled variant ``"gnri[lam=0.01,eta=0.001]"`` -> (solver name, options).
 
     ``warm_start=true`` / ``false`` / ``last`` / ``linear`` in the brackets sets the inversion loop's warm
-    start (without it, the bench runs what ``nrinv invert`` runs by default).
+    start (without it, the bench runs what ``nrinv invert`` runs by default); ``negative_prompt=source`` makes the
+    guidance's negative prompt the image's own prompt.  Baselines: ``npi`` is negative-prompt inversion (Miyake et
+    al. 2023: ``ddim[negative_prompt=source]``); ``null_text[...]`` null-text inversion (``workflows/nulltext.py``,
+    bracket keys of ``NullTextOptions``).
     """
     from ..core.edit_friendly import TRAJECTORY_METHODS
+    from ..core.nulltext import NullTextOptions
+
+    from ..errors import InputError
+
+    def known(name: str) -> None:
+        if name not in TRAJECTORY_METHODS:
+            try:
+                get_solver(name)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
 
     spec = spec.strip()
+    if spec.startswith("npi"):  # an alias: DDIM inversion with the source prompt as the negative prompt
+        name, options = parse_method(DDIM_INVERSION + spec[3:])
+        return name, {**options, "negative_prompt": "source"}
+    if spec.split("[", 1)[0] == "null_text":
+        body = spec[len("null_text"):]
+        if body and not (body.startswith("[") and body.endswith("]")):
+            raise InputError(f"bad method spec {spec!r}; write e.g. null_text[inner_steps=10]")
+        options = parse_key_values(filter(None, body[1:-1].split(",")), f"method spec {spec!r}") if body else {}
+        NullTextOptions.from_dict(options)
+        return "null_text", options
     if "[" not in spec:
-        if spec not in TRAJECTORY_METHODS:
-            get_solver(spec)
+        known(spec)
         return spec, {}
     if not spec.endswith("]"):
-        raise ValueError(f"bad method spec {spec!r}; write e.g. gnri[lam=0.01]")
+        raise InputError(f"bad method spec {spec!r}; write e.g. gnri[lam=0.01]")
     name, body = spec[:-1].split("[", 1)
-    if name not in TRAJECTORY_METHODS:
-        get_solver(name)
+    known(name)
     options = parse_key_values(filter(None, body.split(",")), f"method spec {spec!r}")
+    solver_keys = {k: v for k, v in options.items() if k not in _LOOP_KEYS}
+    if options.get("negative_prompt", "source") != "source":
+        raise InputError(f"method spec {spec!r}: negative_prompt takes 'source' (the image's prompt)")
     if name in TRAJECTORY_METHODS:
-        TRAJECTORY_METHODS[name].from_dict({k: v for k, v in options.items() if k != "warm_start"})
+        TRAJECTORY_METHODS[name].from_dict(solver_keys)
     else:
-        make_options(name, {k: v for k, v in options.items() if k != "warm_start"})  # reject unknown keys now
+        make_options(name, solver_keys)  # reject unknown keys now
     return name, options
+
+
+#: bracket keys of a method spec that set the inversion loop, not the solver
+_LOOP_KEYS = ("warm_start", "negative_prompt")
 
 
 def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
     """The iteration budgets a bench runs ``solver`` at: one for a solver that does not iterate."""
     from ..core.edit_friendly import TRAJECTORY_METHODS
 
+    if solver == "null_text":  # its budget is its inner Adam steps (a bracket key)
+        return (1,)
     return iterations if solver in TRAJECTORY_METHODS or get_solver(solver).iterates else (1,)
 
 
 def inversion_options(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
-                      method_options: Optional[dict[str, dict]] = None) -> InversionOptions:
-    """The inversion parameters of a parsed method spec at an iteration budget."""
+                      method_options: Optional[dict[str, dict]] = None, prompt: str = "") -> InversionOptions:
+    """The inversion parameters of a parsed method spec at an iteration budget (``prompt``: the image's, for
+    ``negative_prompt=source``)."""
     from ..core.edit_friendly import TRAJECTORY_METHODS
 
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
+    negative = prompt if options.pop("negative_prompt", None) == "source" else None
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
     warm = warm if warm in (None, "last", "linear", "learned") else bool(warm)
     return InversionOptions(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                             options=options, max_iterations=iterations if solver in TRAJECTORY_METHODS
                             or get_solver(solver).iterates else None,
-                            warm_start=warm)
+                            warm_start=warm, negative_prompt=negative)
 
 
 def perceptual_scores(lpips: Any, clip: Any, image: np.ndarray, reference: np.ndarray, prompt: str) -> dict:
@@ -208,28 +240,37 @@ def run_bench(
             with torch.no_grad():
                 ceiling = adapter.decode(adapter.encode(pixels), size)
             ceilings[img.name] = psnr(_hwc(pixels), _hwc(ceiling))
-        inversion = inversion_options(parsed[method], its, steps=steps, guidance=guidance, seed=seed,
-                                      method_options=method_options)
-        kwargs = dict(inversion=inversion, progress=False)
+        if parsed[method][0] == "null_text":
+            from ..core.nulltext import NullTextOptions
+            from ..workflows.nulltext import invert_null_text
+
+            nt = NullTextOptions.from_dict(parsed[method][1])
+            run = lambda: invert_null_text(pipe, to_tensor(img.image), img.prompt, guidance_scale=guidance,  # noqa: E731
+                                           num_inference_steps=steps, options=nt, seed=seed)
+        else:
+            inversion = inversion_options(parsed[method], its, steps=steps, guidance=guidance, seed=seed,
+                                          method_options=method_options, prompt=img.prompt)
+            run = lambda: invert(pipe, img.image, img.prompt, inversion=inversion, progress=False)  # noqa: E731
         timed = img is images[0] and repeats > 0
         if timed:
             t_forward = min(t_forward, forward_time(pipe, images[0].prompt, size, steps, guidance, repeats=5))
-            invert(pipe, img.image, img.prompt, **kwargs)  # warm-up
+            run()  # warm-up
             walls, network = [], []
             for _ in range(repeats):
                 sync(adapter.device)
                 with NetworkTime(adapter.network, adapter.device) as inside:
-                    result = invert(pipe, img.image, img.prompt, **kwargs)
+                    result = run()
                 sync(adapter.device)
                 walls.append(result.wall_time)
                 if inside.calls == result.nfe > 0:  # the calls it counts, each through the forward (none replayed)
                     network.append((inside.seconds, result.wall_time / inside.seconds))
             wall = statistics.median(walls)
         with PeakMemory(adapter.device) as mem:
-            result = invert(pipe, img.image, img.prompt, **kwargs)
+            result = run()
         if not timed:
             wall = result.wall_time
-        rec = sample(result.setup, result.scheduler_latents, corrections=result.corrections)
+        rec = sample(result.setup, result.scheduler_latents, corrections=result.corrections,
+                     step_conds=result.step_conds)
         with torch.no_grad():
             image = adapter.decode(rec, size)
         row = {

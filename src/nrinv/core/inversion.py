@@ -190,6 +190,28 @@ class Setup:
         return model
 
 
+class PipelineKwargs(dict):
+    """:meth:`InversionResult.pipeline_kwargs`' dict, reusable: a pipeline advances the generator it is
+    given, so a dict passed twice drew other noise the second time (another image on a stochastic
+    sampler).  Each time it is unpacked (``pipe(prompt, **kwargs)``, ``dict(kwargs)``) or its
+    ``"generator"`` is read, that is a fresh one from ``fresh()`` (None: the stored one, as given)."""
+
+    def __init__(self, values: dict, fresh: Optional[Callable[[], torch.Generator]] = None):
+        super().__init__(values)
+        self._fresh = fresh
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == "generator" and self._fresh is not None and dict.__contains__(self, key):
+            return self._fresh()
+        return super().__getitem__(key)
+
+    def __iter__(self):  # defined, so ``**kwargs`` reads the values through __getitem__
+        return super().__iter__()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
 @dataclass
 class InversionResult:
     """The noise an image inverts to, and how it was found.
@@ -219,6 +241,9 @@ class InversionResult:
     #: the inversion read it (it does not advance it); None where it used ``seed``
     generator_state: Optional[Tensor] = field(default=None, repr=False)
     generator_device: Optional[str] = None
+    #: per sampler step, the conditioning whose unconditional embedding the step uses (``method="null_text"``,
+    #: ``core.nulltext``); None: every step uses the prompt's own
+    step_conds: Optional[list[Any]] = field(default=None, repr=False)
 
     def fresh_generator(self) -> torch.Generator:
         """A new generator that draws the noise this inversion recorded: the user's generator restored to
@@ -237,16 +262,25 @@ class InversionResult:
         ``latents``, ``generator`` (unless given, a fresh one in the state the inversion drew its noise from:
         :meth:`fresh_generator`; the pipeline advances it, so call ``pipeline_kwargs()`` again for each
         run), steps, guidance, size, and for an edit-friendly inversion the ``callback_on_step_end`` that
-        applies its corrections."""
+        applies its corrections.  The dict may be reused: unless ``generator`` is given, each use of it
+        (``pipe(prompt, **kwargs)``, ``kwargs["generator"]``) gets a fresh generator (:class:`PipelineKwargs`)."""
+        fresh = None if generator is not None else self.fresh_generator
         generator = generator if generator is not None else self.fresh_generator()
+        if self.step_conds is not None:
+            from .nulltext import pipeline_kwargs
+
+            return PipelineKwargs(pipeline_kwargs(self, generator=generator), fresh)
         if self.corrections is not None:
             from .edit_friendly import pipeline_kwargs
 
-            return pipeline_kwargs(self, generator=generator)
+            return PipelineKwargs(pipeline_kwargs(self, generator=generator), fresh)
         s = self.settings
-        return {"latents": self.latents, "generator": generator,
-                "num_inference_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"],
-                "height": s["height"], "width": s["width"]}
+        kwargs = {"latents": self.latents, "generator": generator,
+                  "num_inference_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"],
+                  "height": s["height"], "width": s["width"],
+                  # negative-prompt inversion's (the source prompt): the guidance it was solved at
+                  **({} if s.get("negative_prompt") is None else {"negative_prompt": s["negative_prompt"]})}
+        return PipelineKwargs(kwargs, fresh)
 
     @property
     def status(self) -> Status:
@@ -311,9 +345,10 @@ StepCallback = Callable[[dict[str, Any]], None]
 def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioning] = None,
            progress: bool = False, stop: Optional[int] = None,
            corrections: Optional[Sequence[Optional[Tensor]]] = None, callback: Optional[StepCallback] = None,
-           nfe: int = 0) -> Tensor:
+           nfe: int = 0, step_conds: Optional[Sequence[Any]] = None) -> Tensor:
     """Run sampler steps ``start .. stop-1`` (default: to the end) from ``z`` (the stock pipeline's loop);
-    ``corrections[i]`` (an edit-friendly inversion's) is added after step ``i``; ``callback`` (see
+    ``corrections[i]`` (an edit-friendly inversion's) is added after step ``i``; ``step_conds[i]`` (a null-text
+    inversion's) conditions step ``i`` instead of ``cond``; ``callback`` (see
     ``StepCallback``) after each step, counting network calls from ``nfe``."""
     z = z.to(device=setup.schedule.device, dtype=torch.float32)
     steps = setup.schedule.steps
@@ -337,7 +372,7 @@ def sample(setup: Setup, z: Tensor, *, start: int = 0, cond: Optional[Conditioni
         for i in tqdm(range(start, len(steps) if stop is None else stop), desc="sampling", disable=not progress,
                       leave=False):
             step = steps[i]
-            z = step.apply(z, setup.denoiser(step, cond)(z))
+            z = step.apply(z, setup.denoiser(step, cond if step_conds is None else step_conds[step.index])(z))
             if corrections is not None and corrections[step.index] is not None:
                 z = z + corrections[step.index]
             nfe += 1
@@ -506,7 +541,10 @@ def solver_options(pipe: Any, inversion: InversionOptions, *, guided: bool = Fal
     adapter = adapter_for(pipe)
     defaults = adapter.defaults
     method = defaults.method if inversion.method is None else inversion.method
-    iterates = get_solver(method).iterates
+    try:
+        iterates = get_solver(method).iterates
+    except ValueError as exc:  # an unknown method is the user's input, as every entry point raises it
+        raise InputError(str(exc)) from None
     options, max_iterations = inversion.options, inversion.max_iterations
     given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
     overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
@@ -809,7 +847,7 @@ def reconstruct_latent(pipe: Any, result: InversionResult, *, progress: bool = F
                         seed=s["seed"], negative_prompt=s.get("negative_prompt"),
                         generator=None if result.generator_state is None else result.fresh_generator())
     return sample(setup, result.scheduler_latents, progress=progress, corrections=result.corrections,
-                  callback=callback)
+                  callback=callback, step_conds=result.step_conds)
 
 
 @inversion_parameters

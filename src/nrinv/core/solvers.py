@@ -18,7 +18,9 @@ Non-finite values are detected at every evaluation and reported as ``Status.NONF
 with the best finite iterate; they are never returned as success.
 
 Residual norms are root-mean-square over a sample's elements, ``||r||_2 / sqrt(D)``; a solve has
-converged when ``rms(r(z)) <= atol + rtol * rms(z)`` for every sample.
+converged when ``rms(r(z)) <= atol + rtol * rms(z)`` for every sample, and then returns that ``z`` (the point whose
+residual was measured; ``f(z)`` has one about ``||J_f||`` times larger, which exceeds 1 on strongly guided low-noise
+steps).  A solve stopped short of convergence returns the solver's own answer (e.g. the best ``f(z^k)``).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from .options import Options
 
 __all__ = [
     "Status", "Problem", "SolveResult", "SolverOptions", "RenoiseOptions", "GNRIOptions",
-    "AndersonOptions", "NewtonKrylovOptions", "SolverSpec", "SOLVERS", "get_solver", "make_options",
+    "AndersonOptions", "NewtonKrylovOptions", "SolverSpec", "SOLVERS", "get_solver", "make_options", "DDIM_INVERSION",
 ]
 
 
@@ -255,6 +257,8 @@ class _Tracker:
         self.best_z: Tensor = problem.z0
         self.best_rms: Optional[Tensor] = None
         self.nonfinite: Optional[Tensor] = None
+        #: the iterate whose measured residual passed the convergence test (what a converged solve returns)
+        self.passed: Optional[Tensor] = None
 
     def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """f(z), r(z) and rms(r) per sample."""
@@ -309,11 +313,16 @@ class _Tracker:
         if flags[1]:
             return Status.DIVERGED
         if flags[2]:
+            # the residual measured is that of z, not of f(z): f(z)'s is about ||J_f|| times it, larger where the
+            # step expands (guided steps near the image, ||J_f|| ~ 3 on the trained model at guidance 7.5)
+            self.passed = z.detach()
             return Status.CONVERGED
         return None
 
     def result(self, status: Status, z: Optional[Tensor] = None) -> SolveResult:
-        if status is Status.NONFINITE or z is None:
+        if status is Status.CONVERGED and self.passed is not None:
+            z = self.passed  # the point whose residual was measured within tolerance (a status is a promise)
+        elif status is Status.NONFINITE or z is None:
             z = self.best_z
         history = torch.stack(self.norms) if self.norms else self.best_z.new_zeros(0)
         return SolveResult(z=z.detach(), status=status, iterations=self.iterations, nfe=self.nfe,
@@ -630,6 +639,9 @@ def _krylov_calls(options: NewtonKrylovOptions) -> int:
     # once per product too (counted as grad_evals, not NFE, in the result)
     return options.krylov_dim if options.jvp == "fd" else 0
 
+
+#: DDIM inversion's name: the baselines built on it (negative-prompt and null-text inversion) refer to it by this
+DDIM_INVERSION = "ddim"
 
 SOLVERS: dict[str, SolverSpec] = {
     "ddim": SolverSpec(ddim, DDIMOptions, iterates=False,
