@@ -260,15 +260,16 @@ class _expanding_iterate:
     def __enter__(self):
         from nrinv.core import solvers
 
-        self.saved = dict(solvers.SOLVERS)
-        for name, spec in self.saved.items():
-            solvers.SOLVERS[name] = dataclasses.replace(spec, fn=self._wrap(spec.fn))
+        # the registry resolves each solver by its module attribute at every call: wrap those
+        self.saved = {name: getattr(solvers, name) for name in solvers.SOLVERS}
+        for name, fn in self.saved.items():
+            setattr(solvers, name, self._wrap(fn))
 
     def __exit__(self, *exc):
         from nrinv.core import solvers
 
-        solvers.SOLVERS.clear()
-        solvers.SOLVERS.update(self.saved)
+        for name, fn in self.saved.items():
+            setattr(solvers, name, fn)
 
     @staticmethod
     def _wrap(fn):

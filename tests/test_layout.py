@@ -140,15 +140,16 @@ def test_the_license_is_an_spdx_expression():
     assert "setuptools>=77" in project["build-system"]["requires"]
 
 
-def test_solvers_are_named_only_in_their_registry():
-    """What callers need to know about a solver (iterates? calls per iteration?) is in ``SOLVERS``:
-    adding a solver touches ``core/solvers.py`` and its tests, and no code compares with a solver's
-    name elsewhere (the model-defaults registry, which picks a solver per model, excepted)."""
-    from nrinv.core.solvers import SOLVERS
+def test_methods_are_named_only_in_their_registry():
+    """What callers need to know about a method (kind, contract, iterates? calls per iteration?) is in
+    ``METHODS``: adding a solver touches ``core/solvers.py`` (its function and options), its entry in
+    ``core/methods.py`` and its tests, and no code compares with a method's name elsewhere (the
+    model-defaults registry, which picks a method per model, excepted)."""
+    from nrinv.core.methods import METHODS as SOLVERS
 
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
-        if path in (SRC / "core" / "solvers.py", SRC / "core" / "defaults.py"):
+        if path in (SRC / "core" / "methods.py", SRC / "core" / "defaults.py"):
             continue
         offenders += [f"{path.relative_to(SRC)}:{node.lineno}: {node.value}"
                       for node in ast.walk(ast.parse(path.read_text()))

@@ -287,3 +287,21 @@ def test_registry_facts_match_what_solvers_do(method):
     if method == "newton_krylov":
         assert spec.calls_per_iteration(make_options(method, krylov_dim=4)) == 5
         assert spec.calls_per_iteration(make_options(method, krylov_dim=4, jvp="autograd")) == 1
+
+
+@pytest.mark.parametrize("method", ["fixed_point", "anderson", "gnri", "renoise"])
+def test_a_sample_that_converges_first_returns_what_it_returns_alone(method):
+    """Stopping is per sample: a sample whose residual passes the test keeps that iterate, although its batch
+    iterates on for a slower one (it iterated on, and came back one tolerance away from its answer alone)."""
+    rate = torch.tensor([0.02, 0.7]).reshape(2, 1)
+    shift = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.3, 0.1, -1.0, 2.0]])
+    fn = lambda z, r=rate, d=shift: r[: z.shape[0]] * z + d[: z.shape[0]]  # noqa: E731
+    z0 = torch.zeros(2, 4)
+    opts = make_options(method, max_iterations=60, rtol=1e-3, atol=0.0)
+    both = SOLVERS[method].fn(Problem(fn, z0, z0, 1.0), opts)
+    assert both.status is Status.CONVERGED
+    for b in range(2):
+        single = Problem(lambda z, b=b: rate[b] * z + shift[b:b + 1], z0[b:b + 1], z0[b:b + 1], 1.0)
+        alone = SOLVERS[method].fn(single, opts)
+        assert alone.status is Status.CONVERGED
+        assert torch.allclose(alone.z, both.z[b:b + 1], rtol=1e-6, atol=1e-7), (method, b)

@@ -642,11 +642,11 @@ def fit_to_model(img, multiple: int, native: tuple[int, int], max_area_ratio: fl
 
 
 def _methods() -> dict:
-    """Every inversion method by name: the solvers and the trajectory methods (edit-friendly)."""
-    from .core.edit_friendly import TRAJECTORY_METHODS
-    from .core.solvers import SOLVERS
+    """Every method ``nrinv.invert`` runs, by name (the registry's, ``core/methods.py``): the solvers and the
+    trajectory methods (edit-friendly); not the baselines with entry points of their own."""
+    from .core.methods import METHODS
 
-    return {**SOLVERS, **TRAJECTORY_METHODS}
+    return {name: method for name, method in METHODS.items() if method.invert}
 
 
 def _resolve_method(pipe: Any, method: Any, editing: bool) -> str:
@@ -661,13 +661,9 @@ def _resolve_method(pipe: Any, method: Any, editing: bool) -> str:
 
 
 def _method_facts(method: str) -> tuple[bool, int, bool]:
-    """(iterates, network calls per iteration, needs a backward pass) of a method; a trajectory method
-    (edit-friendly, on its forward trajectory) costs one call per step."""
-    from .core.solvers import SOLVERS
-
-    if method not in SOLVERS:
-        return False, 1, False
-    spec = SOLVERS[method]
+    """(iterates, network calls per iteration, needs a backward pass) of a method, from the registry; a
+    trajectory method (edit-friendly, on its forward trajectory) costs one call per step."""
+    spec = _methods()[method]
     return spec.iterates, spec.calls_per_iteration(), spec.needs_grad
 
 

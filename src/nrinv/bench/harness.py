@@ -19,6 +19,8 @@ sampled every 2 ms by a thread.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import statistics
 import time
@@ -34,7 +36,9 @@ from ..api import InversionOptions, invert
 from ..core.inversion import prepare, sample
 from ..core.schedulers import draw_noise, seeded_generator
 from ..core.options import parse_key_values
-from ..core.solvers import DDIM_INVERSION, SOLVERS, get_solver, make_options
+from ..errors import InputError
+from ..core.methods import DDIM_INVERSION, TRAJECTORY, get_method, make_options
+from ..core.solvers import SOLVERS
 from ..io.files import save_json
 from ..io.images import to_tensor
 from ..metrics import as_numpy, psnr, ssim
@@ -97,44 +101,23 @@ def parse_method(spec: str) -> tuple[str, dict]:
     al. 2023: ``ddim[negative_prompt=source]``); ``null_text[...]`` null-text inversion (``workflows/nulltext.py``,
     bracket keys of ``NullTextOptions``).
     """
-    from ..core.edit_friendly import TRAJECTORY_METHODS
-    from ..core.nulltext import NullTextOptions
-
-    from ..errors import InputError
-
-    def known(name: str) -> None:
-        if name not in TRAJECTORY_METHODS:
-            try:
-                get_solver(name)
-            except ValueError as exc:
-                raise InputError(str(exc)) from None
-
     spec = spec.strip()
-    if spec.startswith("npi"):  # an alias: DDIM inversion with the source prompt as the negative prompt
+    if spec.split("[", 1)[0] == "npi":  # an alias: DDIM inversion with the source prompt as the negative prompt
         name, options = parse_method(DDIM_INVERSION + spec[3:])
         return name, {**options, "negative_prompt": "source"}
-    if spec.split("[", 1)[0] == "null_text":
-        body = spec[len("null_text"):]
-        if body and not (body.startswith("[") and body.endswith("]")):
-            raise InputError(f"bad method spec {spec!r}; write e.g. null_text[inner_steps=10]")
-        options = parse_key_values(filter(None, body[1:-1].split(",")), f"method spec {spec!r}") if body else {}
-        NullTextOptions.from_dict(options)
-        return "null_text", options
-    if "[" not in spec:
-        known(spec)
-        return spec, {}
-    if not spec.endswith("]"):
-        raise InputError(f"bad method spec {spec!r}; write e.g. gnri[lam=0.01]")
-    name, body = spec[:-1].split("[", 1)
-    known(name)
+    name, body = spec, ""
+    if "[" in spec:
+        if not spec.endswith("]"):
+            raise InputError(f"bad method spec {spec!r}; write e.g. gnri[lam=0.01]")
+        name, body = spec[:-1].split("[", 1)
+    method = get_method(name)  # an InputError naming the registry's methods
     options = parse_key_values(filter(None, body.split(",")), f"method spec {spec!r}")
-    solver_keys = {k: v for k, v in options.items() if k not in _LOOP_KEYS}
     if options.get("negative_prompt", "source") != "source":
         raise InputError(f"method spec {spec!r}: negative_prompt takes 'source' (the image's prompt)")
-    if name in TRAJECTORY_METHODS:
-        TRAJECTORY_METHODS[name].from_dict(solver_keys)
-    else:
-        make_options(name, solver_keys)  # reject unknown keys now
+    if method.invert:
+        make_options(name, {k: v for k, v in options.items() if k not in _LOOP_KEYS})  # unknown keys fail now
+    else:  # a baseline with its own entry point takes its options only
+        make_options(name, options)
     return name, options
 
 
@@ -142,29 +125,30 @@ def parse_method(spec: str) -> tuple[str, dict]:
 _LOOP_KEYS = ("warm_start", "negative_prompt")
 
 
-def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
-    """The iteration budgets a bench runs ``solver`` at: one for a solver that does not iterate."""
-    from ..core.edit_friendly import TRAJECTORY_METHODS
+def _takes_iterations(name: str) -> bool:
+    """Whether the bench's iteration budgets apply: a solver that iterates, or a trajectory method that
+    ``nrinv.invert`` runs (edit-friendly's "solved" trajectory is solved at them); a baseline with its own
+    entry point has its budget in its options (null-text inversion's inner steps)."""
+    method = get_method(name)
+    return method.iterates or (method.kind == TRAJECTORY and method.invert)
 
-    if solver == "null_text":  # its budget is its inner Adam steps (a bracket key)
-        return (1,)
-    return iterations if solver in TRAJECTORY_METHODS or get_solver(solver).iterates else (1,)
+
+def budgets(solver: str, iterations: Sequence[int]) -> Sequence[int]:
+    """The iteration budgets a bench runs ``solver`` at: one for a method that does not iterate."""
+    return iterations if _takes_iterations(solver) else (1,)
 
 
 def inversion_options(method: tuple[str, dict], iterations: int, *, steps: int, guidance: float, seed: int,
                       method_options: Optional[dict[str, dict]] = None, prompt: str = "") -> InversionOptions:
     """The inversion parameters of a parsed method spec at an iteration budget (``prompt``: the image's, for
     ``negative_prompt=source``)."""
-    from ..core.edit_friendly import TRAJECTORY_METHODS
-
     solver, options = method
     options = {**(method_options or {}).get(solver, {}), **options}
     negative = prompt if options.pop("negative_prompt", None) == "source" else None
     warm = options.pop("warm_start", None)  # an inversion-loop option, not a solver option; None: auto
     warm = warm if warm in (None, "last", "linear", "learned") else bool(warm)
     return InversionOptions(method=solver, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                            options=options, max_iterations=iterations if solver in TRAJECTORY_METHODS
-                            or get_solver(solver).iterates else None,
+                            options=options, max_iterations=iterations if _takes_iterations(solver) else None,
                             warm_start=warm, negative_prompt=negative)
 
 
@@ -240,13 +224,11 @@ def run_bench(
             with torch.no_grad():
                 ceiling = adapter.decode(adapter.encode(pixels), size)
             ceilings[img.name] = psnr(_hwc(pixels), _hwc(ceiling))
-        if parsed[method][0] == "null_text":
-            from ..core.nulltext import NullTextOptions
-            from ..workflows.nulltext import invert_null_text
-
-            nt = NullTextOptions.from_dict(parsed[method][1])
-            run = lambda: invert_null_text(pipe, to_tensor(img.image), img.prompt, guidance_scale=guidance,  # noqa: E731
-                                           num_inference_steps=steps, options=nt, seed=seed)
+        entry = get_method(parsed[method][0])
+        if not entry.invert:  # a baseline: its own entry point, with the registry's shared signature
+            run = functools.partial(entry.fn, pipe, to_tensor(img.image), img.prompt, guidance_scale=guidance,
+                                    num_inference_steps=steps, options=make_options(entry.name, parsed[method][1]),
+                                    seed=seed)
         else:
             inversion = inversion_options(parsed[method], its, steps=steps, guidance=guidance, seed=seed,
                                           method_options=method_options, prompt=img.prompt)

@@ -220,24 +220,21 @@ def inversion_args(args) -> Any:
     (``--method``, ``--iterations``, ``--option``, ``--steps``, ``--guidance``), before any work."""
     from ..core.defaults import ModelDefaults
     from ..core.inversion import InversionOptions
-    from ..core.edit_friendly import TRAJECTORY_METHODS
-    from ..core.solvers import get_solver, make_options
+    from ..core.methods import SOLVER, get_method, make_options
 
     try:
         options = parse_key_values(args.option, "--option")
-        if args.method in TRAJECTORY_METHODS:
-            TRAJECTORY_METHODS[args.method].from_dict(options)
-        elif args.method is not None:
-            get_solver(args.method)
+        method = get_method(args.method or ModelDefaults.method)  # unknown names fail now
+        if not method.invert:
+            raise ValueError(f"{method.name} is a baseline of nrinv bench, not a method of nrinv invert / edit")
         if args.iterations is not None and args.iterations < 1:
             raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        # unknown solver options fail now, against the named method or (before the model is loaded)
-        # the method the model defaults start from
-        if args.method not in TRAJECTORY_METHODS:
-            make_options(args.method or ModelDefaults.method, options,
-                         **({} if args.iterations is None else {"max_iterations": args.iterations}))
+        # unknown options fail now, against the named method or (before the model is loaded) the method the
+        # model defaults start from; a solver's --iterations is one of its options
+        make_options(method.name, options, **({} if args.iterations is None or method.kind != SOLVER
+                                              else {"max_iterations": args.iterations}))
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     check_guidances(args)
@@ -281,7 +278,7 @@ def add_model_args(p: argparse.ArgumentParser, default: Optional[str] = DEFAULT_
 def add_inversion_args(p: argparse.ArgumentParser) -> None:
     """The flags of :class:`~nrinv.core.inversion.InversionOptions` (read back by ``inversion_args``);
     the same flag means the same in every subcommand."""
-    p.add_argument("--method", default=None, help="inversion solver (see `nrinv methods`; default: the model's)")
+    p.add_argument("--method", default=None, help="inversion method (see `nrinv methods`; default: the model's)")
     p.add_argument("--iterations", type=int, default=None, help="solver iterations per step (default: the model's)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")

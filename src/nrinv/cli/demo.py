@@ -19,12 +19,13 @@ def register(sub) -> None:
 
 
 def _cmd(args) -> int:
-    from ..core.solvers import get_solver
+    from ..core.methods import get_method
     from ..demo import run_demo
 
     if args.method:
         try:
-            get_solver(args.method)
+            if not get_method(args.method).invert:
+                raise ValueError(f"{args.method} is a baseline of nrinv bench, not a method of nrinv demo")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     check_folder(Path(args.output), "-o")

@@ -104,11 +104,12 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from ..core.solvers import SOLVERS
+    from ..core.methods import METHODS
 
-    for name, spec in SOLVERS.items():
-        fields = ", ".join(f"{k}={v}" for k, v in spec.options().to_dict().items())
-        print(f"{name:14s} {spec.summary}\n{'':14s} options: {fields}")
+    for name, method in METHODS.items():
+        fields = ", ".join(f"{k}={v}" for k, v in method.options().to_dict().items())
+        where = "" if method.invert else " [a baseline of nrinv bench only]"
+        print(f"{name:14s} {method.summary}{where}\n{'':14s} result: {method.contract}\n{'':14s} options: {fields}")
     return 0
 
 

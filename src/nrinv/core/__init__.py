@@ -1,7 +1,8 @@
 """The engine: tensors in, tensors out.
 
-``schedulers`` turns a diffusers scheduler into affine steps, ``solvers`` holds the root finders
-(``SOLVERS``), ``adapters`` wraps each model family into ``model(z, t)`` plus encode/decode/embed,
+``schedulers`` turns a diffusers scheduler into affine steps, ``methods`` is the one registry of
+inversion methods and their facts (``METHODS``), ``solvers`` holds the per-step root finders,
+``adapters`` wraps each model family into ``model(z, t)`` plus encode/decode/embed,
 ``defaults`` keys the defaults by what a model is, ``inversion`` is the loop over the steps.
 User-facing verbs (images in, diffusers-shaped results out) are in ``nrinv`` itself.
 """
@@ -21,7 +22,8 @@ _WHERE = {
     "planned_calls": "inversion", "sampler_calls": "inversion",
     "SUPPORTED_SCHEDULERS": "schedulers", "affine_schedule": "schedulers",
     "SOLVERS": "solvers", "Problem": "solvers", "SolveResult": "solvers", "SolverSpec": "solvers", "Status": "solvers",
-    "get_solver": "solvers", "make_options": "solvers",
+    "get_solver": "solvers", "make_options": "methods", "METHODS": "methods", "Method": "methods",
+    "get_method": "methods",
 }
 __all__ = list(_WHERE)
 

@@ -36,33 +36,13 @@ from torch import Tensor
 
 from ..errors import InputError
 from .noising import add_noise
-from .options import Options
+from .method_options import EditFriendlyOptions
 from .schedulers import seeded_generator
 
-__all__ = ["EditFriendlyOptions", "TRAJECTORY_METHODS", "edit_friendly_steps", "step_callback", "pipeline_kwargs"]
-
-from dataclasses import dataclass
+__all__ = ["EditFriendlyOptions", "edit_friendly_steps", "step_callback", "pipeline_kwargs"]
 
 
-@dataclass(frozen=True)
-class EditFriendlyOptions(Options):
-    """``trajectory``: "forward" (independent forward noising, N calls) or "solved" (the model's default
-    deterministic inversion, then N calls); ``trajectory_seed``: the seed of the forward noises
-    (default: the inversion's seed + 1); ``pseudo_guidance``: see :func:`edit_sample`."""
 
-    trajectory: str = "forward"
-    trajectory_seed: Optional[int] = None
-    #: edits: ``z_{i+1} = src_{i+1} + w (edit step - src_{i+1})``, the edit's departure from the source
-    #: trajectory amplified by ``w`` at no extra network call (TurboEdit's pseudo-guidance, in our form)
-    pseudo_guidance: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.trajectory not in ("forward", "solved"):
-            raise ValueError(f"trajectory must be 'forward' or 'solved', got {self.trajectory!r}")
-
-
-#: inversion methods that construct a trajectory rather than solve the per-step equation
-TRAJECTORY_METHODS = {"edit_friendly": EditFriendlyOptions}
 
 
 def _noise_coefficient(step: Any, noise: Optional[Tensor]) -> float:

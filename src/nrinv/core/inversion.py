@@ -27,13 +27,13 @@ from .adapters import Adapter, Conditioning, adapter_for, size_notes
 from .defaults import scheduler_defaults
 from .options import Options
 from .schedulers import AffineStep, Schedule
-from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver, make_options
+from .methods import EDIT_FRIENDLY, METHODS, TRAJECTORY, get_method, make_options
+from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver
 
 __all__ = ["InversionOptions", "inversion_parameters", "StepCallback", "Setup", "InversionResult", "invert_tensor",
            "invert_tensor_batch", "reconstruct_latent", "sample", "prepare", "solver_options", "planned_calls",
            "sampler_calls", "check_guidance", "MAX_GUIDANCE"]
 
-_SEVERITY = [Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE]
 #: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
 #: guided prediction (guidance 1e9 gave noise of size 1e5 and a black image)
 MAX_GUIDANCE = 50.0
@@ -62,7 +62,8 @@ class InversionOptions(Options):
     overrides the object's field).  A name means the same everywhere; ``None`` takes the model's
     default (``nrinv.core.defaults``).
 
-    ``method``: a solver of ``SOLVERS``.  ``num_inference_steps``: sampler steps.
+    ``method``: a method of the registry (``core/methods.py``: a per-step solver, or ``edit_friendly``).
+    ``num_inference_steps``: sampler steps.
     ``guidance_scale``: the classifier-free guidance the image is inverted (and reconstructed) at;
     where a workflow regenerates at another guidance, that one has its own name
     (``edit_guidance_scale``, ``sample_guidance_scale``).  ``negative_prompt``: the guidance's
@@ -284,7 +285,7 @@ class InversionResult:
 
     @property
     def status(self) -> Status:
-        return max((s.status for s in self.steps), key=_SEVERITY.index, default=Status.CONVERGED)
+        return Status.worst(*(s.status for s in self.steps))
 
     @property
     def ok(self) -> bool:
@@ -401,8 +402,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         from .trajectory import solve_trajectory
 
         results, trajectory, outputs, wall = solve_trajectory(setup, encoded, method,
-                                                              _trajectory_budget(setup.adapter, options), progress,
-                                                              warm_start)
+                                                              _trajectory_budget(setup.adapter, options), warm_start)
         setup.history = (trajectory, outputs)
         if callback is not None:  # solved as one system: reported per step after the solve, last step first
             nfe = 0
@@ -784,16 +784,16 @@ def invert_tensor(
 
 
 def _trajectory_options(method: Optional[str], options: Any) -> Any:
-    """The options of a trajectory method (``edit_friendly``), or None for a solver."""
-    from .edit_friendly import TRAJECTORY_METHODS
-
-    if method not in TRAJECTORY_METHODS:
+    """The options of a trajectory method of the registry (``edit_friendly``), or None for a solver (and for
+    ``None``, the model's method: a solver); a baseline with an entry point of its own is refused here."""
+    if method is None:
         return None
-    given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
-    try:
-        return TRAJECTORY_METHODS[method].from_dict(given)
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc)) from None
+    entry = get_method(method)
+    if not entry.invert:
+        raise InputError(f"{method} is a baseline with an entry point of its own ({entry.implementation.lstrip('.')}) "
+                         "and a method of nrinv bench; nrinv.invert takes: "
+                         f"{', '.join(n for n, m in METHODS.items() if m.invert)}")
+    return None if entry.kind != TRAJECTORY else make_options(method, options)
 
 
 def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: Optional[int],
@@ -822,7 +822,7 @@ def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: 
         steps.append(SolveResult(z=trajectory[i], status=Status.CONVERGED, iterations=1, nfe=1,
                                  residual_history=(d.float().pow(2).mean().sqrt() / scale).reshape(1)))
     z = trajectory[0]
-    settings = dict(_settings(setup, "edit_friendly", options, prompt, negative_prompt, list(notes), generator),
+    settings = dict(_settings(setup, EDIT_FRIENDLY, options, prompt, negative_prompt, list(notes), generator),
                     options=ef_options.to_dict(), warm_start=warm if ef_options.trajectory == "solved" else None,
                     additive_correction=round(parts["additive_correction"], 6))
     if ef_options.trajectory == "solved":
@@ -866,7 +866,8 @@ def invert_tensor_batch(
     Solvers treat samples independently (per-sample norms and stopping), so every image gets the
     answer it gets alone, up to float rounding.  Stochastic samplers use the same recorded noise for
     every image, as one-at-a-time inversion with that seed / generator does.  The per-step solver
-    stats are those of the batch (residual norms: the worst sample).
+    stats are those of the batch (residual norms: the worst sample).  A trajectory method (edit-friendly)
+    inverts the images one at a time.
     """
     images = _check_pixels(images)
     if isinstance(prompts, str):
@@ -874,6 +875,10 @@ def invert_tensor_batch(
     if len(prompts) != images.shape[0] or not len(prompts):
         raise InputError(f"got {images.shape[0]} images and {len(prompts)} prompts")
     adapter = adapter_for(pipe)
+    if _trajectory_options(inversion.method, inversion.options) is not None:  # a trajectory method (edit-friendly)
+        return [invert_tensor(adapter, images[i:i + 1], prompt, inversion=inversion, progress=progress,  # builds
+                              callback=callback, notes=notes[i] if notes else ())  # each image's own trajectory
+                for i, prompt in enumerate(prompts)]
     method, options = solver_options(adapter, inversion)
     negative_prompt, generator = inversion.negative_prompt, inversion.generator
     size = (int(images.shape[-2]), int(images.shape[-1]))

@@ -28,47 +28,16 @@ guided output is then the conditional one at every ``w``; it needs no module (``
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .options import Options
+from .method_options import PIVOTS, NullTextOptions  # noqa: F401 (re-exported)
 
 __all__ = ["NullTextOptions", "PIVOTS", "null_text_steps", "step_callback", "pipeline_kwargs"]
 
 
-#: where the pivots come from: DDIM inversion at guidance 1 (the paper), the model's default solver at guidance 1,
-#: or the model's default solver at the target guidance (the null embeddings then only absorb the residuals of
-#: the steps whose equation it could not solve)
-PIVOTS = ("naive", "solved", "guided")
-
-
-@dataclass(frozen=True)
-class NullTextOptions(Options):
-    """``inner_steps`` Adam steps per sampler step at ``learning_rate`` (the paper: 10 at 1e-2), stopping a step
-    early once the loss (mean squared latent error) is below ``tolerance``; ``pivot``: one of ``PIVOTS``;
-    ``exact``: add the per-step latent corrections so the regeneration is exact."""
-
-    inner_steps: int = 10
-    learning_rate: float = 1e-2
-    tolerance: float = 1e-5
-    pivot: str = "naive"
-    exact: bool = True
-    #: optimise a step's null embedding only where the step misses its pivot by more than this (rms, relative
-    #: to the image latent's rms); 0: every step (the paper).  Other steps keep the prompt's null embedding.
-    threshold: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be an integer >= 0, got {self.inner_steps!r}")
-        if not self.learning_rate > 0:
-            raise ValueError("learning_rate must be > 0")
-        if self.pivot not in PIVOTS:
-            raise ValueError(f"pivot must be one of {', '.join(PIVOTS)}, got {self.pivot!r}")
-        if not self.threshold >= 0:
-            raise ValueError("threshold must be >= 0")
 
 
 def _with_null(cond: Any, null: dict[str, Tensor]) -> Any:

@@ -213,11 +213,6 @@ def _scale_input(scheduler: Any, z: Tensor, t: Tensor) -> Tensor:
     return z
 
 
-def _vp_alpha(scheduler: Any, t: Tensor) -> float:
-    ac = scheduler.alphas_cumprod
-    return float(ac[int(t)])
-
-
 def seeded_generator(seed: int, device: Any = "cpu") -> torch.Generator:
     """``torch.Generator(device).manual_seed(seed)``: what ``seed=`` means everywhere in nrinv (a CPU
     generator, the diffusers convention for reproducible noise across machines)."""

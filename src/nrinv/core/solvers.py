@@ -31,11 +31,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .options import Options
+from ..errors import InputError
+from .methods import METHODS, SOLVER, Method, get_method, make_options
+from .method_options import (SWEEP_MODES, AndersonOptions, DDIMOptions, GNRIOptions,  # noqa: F401 (re-exported)
+                             NewtonKrylovOptions, RenoiseOptions, SolverOptions)
 
 __all__ = [
     "Status", "Problem", "SolveResult", "SolverOptions", "RenoiseOptions", "GNRIOptions",
-    "AndersonOptions", "NewtonKrylovOptions", "SolverSpec", "SOLVERS", "get_solver", "make_options", "DDIM_INVERSION",
+    "AndersonOptions", "NewtonKrylovOptions", "SolverSpec", "SOLVERS", "get_solver", "make_options",
 ]
 
 
@@ -53,6 +56,13 @@ class Status(str, enum.Enum):
     @property
     def converged(self) -> bool:
         return self is Status.CONVERGED
+
+    @staticmethod
+    def worst(*statuses: Status) -> Status:
+        """The most severe of ``statuses`` (converged < max_iterations < diverged < nonfinite; none: converged):
+        what a run of several solves reports."""
+        order = (Status.CONVERGED, Status.MAX_ITERATIONS, Status.DIVERGED, Status.NONFINITE)
+        return max(statuses, key=order.index, default=Status.CONVERGED)
 
 
 @dataclass(frozen=True)
@@ -94,131 +104,6 @@ class SolveResult:
         }
 
 
-# --------------------------------------------------------------------------------------- options
-#: how the sweeps of a multistep sampler's trajectory solve re-solve it (``core/trajectory.py``)
-SWEEP_MODES = ("newton", "gauss_seidel")
-
-
-@dataclass(frozen=True)
-class SolverOptions(Options):
-    """Options shared by every solver.
-
-    ``max_iterations`` counts outer iterations (one evaluation of ``f`` each, plus the
-    Jacobian-vector products of ``newton_krylov``); the solve stops early once converged.
-    """
-
-    max_iterations: int = 2
-    rtol: float = 1e-4
-    atol: float = 1e-6
-    divergence_factor: float = 1e3
-    #: test convergence / divergence / NaN every ``check_every`` iterations (and after the last);
-    #: each test is one read of the device by the host, so on a GPU a larger value keeps the
-    #: network calls queued back to back
-    check_every: int = 1
-    #: multistep samplers (a coupled schedule, ``core/trajectory.py``): at most this many sweeps over the
-    #: whole trajectory after the sequential pass, each one network call per step (None: the scheduler
-    #: family's default, ``core/defaults.py`` ``SCHEDULER_FAMILIES``); ignored for single-step samplers
-    sweeps: Optional[int] = None
-    #: how a sweep re-solves: "newton" (whole-trajectory iterations) or "gauss_seidel" (per-step
-    #: re-solves with the latest neighbours); None: the scheduler family's default
-    sweep_mode: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_iterations, int) or isinstance(self.max_iterations, bool) or self.max_iterations < 1:
-            raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
-        if self.sweeps is not None and (not isinstance(self.sweeps, int) or isinstance(self.sweeps, bool)
-                                        or self.sweeps < 0):
-            raise ValueError(f"sweeps must be an integer >= 0, got {self.sweeps!r}")
-        if self.sweep_mode is not None and self.sweep_mode not in SWEEP_MODES:
-            raise ValueError(f"sweep_mode must be one of {', '.join(SWEEP_MODES)}; got {self.sweep_mode!r}")
-        if not isinstance(self.check_every, int) or self.check_every < 1:
-            raise ValueError(f"check_every must be an integer >= 1, got {self.check_every!r}")
-        if self.rtol < 0 or self.atol < 0:
-            raise ValueError("rtol and atol must be >= 0")
-        if self.divergence_factor <= 1:
-            raise ValueError("divergence_factor must be > 1")
-
-
-@dataclass(frozen=True)
-class DDIMOptions(SolverOptions):
-    max_iterations: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_iterations != 1:
-            raise ValueError("ddim inversion is a single evaluation; use fixed_point for more iterations")
-
-
-@dataclass(frozen=True)
-class RenoiseOptions(SolverOptions):
-    """ReNoise (Garibi et al. 2024): fixed point, returning the average of the last ``average_last`` f(z)."""
-
-    average_last: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.average_last < 1:
-            raise ValueError("average_last must be >= 1")
-
-
-@dataclass(frozen=True)
-class GNRIOptions(SolverOptions):
-    """GNRI (Samuel et al. 2025): ``lam`` weights the guidance term G, ``eta`` regularises the Newton division."""
-
-    lam: float = 0.1
-    eta: float = 1e-4
-    #: our safeguard (not in the paper): an iterate whose objective F grew is replaced by the
-    #: midpoint back toward the previous one; costs no extra NFE.  False = the published update.
-    backtrack: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.lam < 0 or self.eta < 0:
-            raise ValueError("lam and eta must be >= 0")
-
-
-@dataclass(frozen=True)
-class AndersonOptions(SolverOptions):
-    """Anderson acceleration (type II) of the fixed-point map with ``history`` past iterates."""
-
-    history: int = 5
-    mixing: float = 1.0
-    regularization: float = 1e-10
-    restart_factor: float = 10.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.history < 1:
-            raise ValueError("history must be >= 1")
-        if not 0 < self.mixing <= 1:
-            raise ValueError("mixing must be in (0, 1]")
-
-
-@dataclass(frozen=True)
-class NewtonKrylovOptions(SolverOptions):
-    """Newton on r(z) = 0, each linear solve (I - J_f) dz = -r by GMRES with ``krylov_dim`` products.
-
-    ``jvp="fd"`` takes J_f v by a forward difference (one extra NFE each); ``"autograd"`` by
-    forward-mode differentiation through the network (``torch.func.jvp``).  ``fd_eps`` is the
-    difference step relative to the iterate's size; ``None`` sizes it for the network's precision:
-    ``max(1e-3, 2 sqrt(eps))`` (1e-3 in float32, 0.0625 in float16, 0.18 in bfloat16), since a step
-    below the rounding of the network's inputs measures rounding, not the Jacobian.
-    """
-
-    krylov_dim: int = 2
-    jvp: str = "fd"
-    fd_eps: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.krylov_dim < 1:
-            raise ValueError("krylov_dim must be >= 1")
-        if self.jvp not in ("fd", "autograd"):
-            raise ValueError(f"jvp must be 'fd' or 'autograd', got {self.jvp!r}")
-        if self.fd_eps is not None and not self.fd_eps > 0:
-            raise ValueError(f"fd_eps must be > 0 (or None: sized for the network's precision), got {self.fd_eps!r}")
-
-
 # ----------------------------------------------------------------------------------- helpers
 
 
@@ -257,8 +142,11 @@ class _Tracker:
         self.best_z: Tensor = problem.z0
         self.best_rms: Optional[Tensor] = None
         self.nonfinite: Optional[Tensor] = None
-        #: the iterate whose measured residual passed the convergence test (what a converged solve returns)
+        #: per sample, the first iterate whose measured residual passed the convergence test (what a converged
+        #: sample returns: what it returns alone, where it would have stopped, whatever the rest of its batch
+        #: needs), and which samples have passed
         self.passed: Optional[Tensor] = None
+        self.passed_mask: Optional[Tensor] = None
 
     def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """f(z), r(z) and rms(r) per sample."""
@@ -305,7 +193,15 @@ class _Tracker:
         """The stopping test: one host read of (converged, diverged, non-finite)."""
         o = self.options
         assert self.first is not None and self.nonfinite is not None
-        converged = (rms <= o.atol + o.rtol * _rms(z.detach())).all()
+        z = z.detach()
+        ok = rms <= o.atol + o.rtol * _rms(z)
+        if self.passed is None:
+            self.passed, self.passed_mask = z, ok
+        else:
+            new = ok & ~self.passed_mask
+            self.passed = torch.where(_bview(new, z), z, self.passed)
+            self.passed_mask = self.passed_mask | ok
+        converged = self.passed_mask.all()
         diverged = (rms > o.divergence_factor * self.first.clamp_min(1e-30)).any()
         flags = torch.stack([self.nonfinite.any(), diverged, converged]).tolist()
         if flags[0]:
@@ -315,15 +211,16 @@ class _Tracker:
         if flags[2]:
             # the residual measured is that of z, not of f(z): f(z)'s is about ||J_f|| times it, larger where the
             # step expands (guided steps near the image, ||J_f|| ~ 3 on the trained model at guidance 7.5)
-            self.passed = z.detach()
             return Status.CONVERGED
         return None
 
     def result(self, status: Status, z: Optional[Tensor] = None) -> SolveResult:
         if status is Status.CONVERGED and self.passed is not None:
-            z = self.passed  # the point whose residual was measured within tolerance (a status is a promise)
+            z = self.passed  # the points whose residuals were measured within tolerance (a status is a promise)
         elif status is Status.NONFINITE or z is None:
             z = self.best_z
+        if status is not Status.CONVERGED and self.passed_mask is not None and bool(self.passed_mask.any()):
+            z = torch.where(_bview(self.passed_mask, z), self.passed, z)  # the samples that passed: as alone
         history = torch.stack(self.norms) if self.norms else self.best_z.new_zeros(0)
         return SolveResult(z=z.detach(), status=status, iterations=self.iterations, nfe=self.nfe,
                            residual_history=history.detach(), grad_evals=self.grad_evals)
@@ -613,59 +510,16 @@ def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -
 
 
 # ----------------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class SolverSpec:
-    """A solver and the facts its callers need, so nobody guesses them from its name.
-
-    ``iterates``: ``False`` for a one-evaluation method (``ddim``): it has no iteration budget and
-    no warm start.  ``jvp_calls``: the network calls one iteration spends on Jacobian-vector
-    products besides its one evaluation of ``f``, as a function of the solver's options.
-    """
-
-    fn: Callable[[Problem, SolverOptions], SolveResult]
-    options: type
-    needs_grad: bool = False
-    summary: str = ""
-    iterates: bool = True
-    jvp_calls: Callable[[SolverOptions], int] = lambda options: 0
-
-    def calls_per_iteration(self, options: Optional[SolverOptions] = None) -> int:
-        """Network calls (NFE) of one iteration with ``options`` (default: the solver's defaults)."""
-        return 1 + self.jvp_calls(self.options() if options is None else options)
+#: the registry's solvers (``core/methods.py`` holds every method and its facts; this is its solver view)
+SOLVERS: dict[str, Method] = {name: m for name, m in METHODS.items() if m.kind == SOLVER}
+#: the registry's entry type, under the name the solvers' callers know
+SolverSpec = Method
 
 
-def _krylov_calls(options: NewtonKrylovOptions) -> int:
-    # forward differences cost one network call per product; forward-mode autodiff runs the network
-    # once per product too (counted as grad_evals, not NFE, in the result)
-    return options.krylov_dim if options.jvp == "fd" else 0
-
-
-#: DDIM inversion's name: the baselines built on it (negative-prompt and null-text inversion) refer to it by this
-DDIM_INVERSION = "ddim"
-
-SOLVERS: dict[str, SolverSpec] = {
-    "ddim": SolverSpec(ddim, DDIMOptions, iterates=False,
-                       summary="DDIM inversion, model at the known latent (1 NFE)"),
-    "fixed_point": SolverSpec(fixed_point, SolverOptions, summary="fixed-point iteration z <- f(z)"),
-    "renoise": SolverSpec(renoise, RenoiseOptions, summary="ReNoise: fixed point with averaged outputs"),
-    "gnri": SolverSpec(gnri, GNRIOptions, summary="guided Newton-Raphson, published no-backprop form"),
-    "gnri_grad": SolverSpec(gnri_grad, GNRIOptions, needs_grad=True, summary="GNRI objective, exact gradient"),
-    "anderson": SolverSpec(anderson, AndersonOptions, summary="Anderson-accelerated fixed point"),
-    "newton_krylov": SolverSpec(newton_krylov, NewtonKrylovOptions, jvp_calls=_krylov_calls,
-                                summary="Newton-GMRES with Jacobian-vector products"),
-}
-
-
-def get_solver(name: str) -> SolverSpec:
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(SOLVERS)}") from None
-
-
-def make_options(name: str, options=None, **overrides) -> SolverOptions:
-    """Options for solver ``name`` from a dict / Options instance plus keyword overrides."""
-    spec = get_solver(name)
-    if isinstance(options, SolverOptions):
-        options = options.to_dict()
-    return spec.options.from_dict(options or {}, **overrides)
+def get_solver(name: str) -> Method:
+    """The registry entry of the per-step solver ``name``; anything else is an ``InputError`` naming them."""
+    method = get_method(name)
+    if method.kind != SOLVER:
+        raise InputError(f"{name} builds a trajectory, it does not solve one step; per-step solvers: "
+                         f"{', '.join(SOLVERS)}")
+    return method

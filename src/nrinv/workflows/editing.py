@@ -475,7 +475,7 @@ def edit(
     keep_object = bool(defaults["keep_object"] if keep_object is None else keep_object)
     check_steps(inversion.num_inference_steps)
     encode_adjust = check_adjust(encode_adjust)
-    from ..core.edit_friendly import TRAJECTORY_METHODS
+    from ..core.methods import SOLVER, get_method
 
     if inversion.method is None and adapter.defaults.edit_method is not None:  # the model's edit inversion
         inversion = inversion.replace(method=adapter.defaults.edit_method)
@@ -484,8 +484,8 @@ def edit(
     if inversion.max_iterations is None and inversion.method is None and adapter.defaults.edit_iterations is not None:
         inversion = inversion.replace(max_iterations=adapter.defaults.edit_iterations)
     mask_paste = _mask_paste(adapter, mask_paste)
-    if inversion.method not in TRAJECTORY_METHODS:  # edit_friendly's options are checked by invert
-        solver_options(adapter, inversion)  # bad solver arguments fail before any work
+    if get_method(inversion.method or adapter.defaults.method).kind == SOLVER:  # bad solver arguments fail
+        solver_options(adapter, inversion)  # before any work (a trajectory method's options: by invert)
     negative_prompt = inversion.negative_prompt
 
     timings: dict[str, float] = {}

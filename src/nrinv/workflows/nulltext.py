@@ -11,7 +11,8 @@ from torch import Tensor
 
 from ..core.inversion import InversionResult, invert_tensor, prepare
 from ..core.nulltext import NullTextOptions, null_text_steps
-from ..core.solvers import DDIM_INVERSION, SolveResult, Status
+from ..core.methods import DDIM_INVERSION, NULL_TEXT
+from ..core.solvers import SolveResult, Status
 
 __all__ = ["invert_null_text"]
 
@@ -38,7 +39,7 @@ def invert_null_text(pipe: Any, images: Tensor, prompt: str, *, guidance_scale: 
         steps.append(SolveResult(z=base.trajectory[0], status=status, iterations=options.inner_steps, nfe=0,
                                  residual_history=torch.tensor([before ** 0.5, after ** 0.5]) / scale))
     z = parts["trajectory"][0]
-    settings = dict(base.settings, method="null_text", options=options.to_dict(), guidance_scale=float(guidance_scale),
+    settings = dict(base.settings, method=NULL_TEXT, options=options.to_dict(), guidance_scale=float(guidance_scale),
                     pivot_nfe=base.nfe)
     return InversionResult(
         scheduler_latents=z, latents=setup.adapter.to_pipeline_latents(z, setup.schedule.init_noise_sigma),
