@@ -305,3 +305,21 @@ def test_a_sample_that_converges_first_returns_what_it_returns_alone(method):
         alone = SOLVERS[method].fn(single, opts)
         assert alone.status is Status.CONVERGED
         assert torch.allclose(alone.z, both.z[b:b + 1], rtol=1e-6, atol=1e-7), (method, b)
+
+
+def test_anderson_least_squares_is_the_per_sample_minimiser():
+    """The one Anderson least squares (the per-step solver's and the whole-trajectory sweeps' mixing):
+    per sample, the gamma minimising ||residual - sum_i gamma_i column_i||, as torch.linalg.lstsq finds it."""
+    from nrinv.core.solvers import anderson_coefficients, anderson_combination
+
+    g = torch.Generator().manual_seed(0)
+    columns = [torch.randn(3, 2, 5, generator=g) for _ in range(3)]
+    residual = torch.randn(3, 2, 5, generator=g)
+    gamma = anderson_coefficients(columns, residual, 0.0)
+    for b in range(3):
+        a = torch.stack([c[b].flatten() for c in columns], 1).double()
+        want = torch.linalg.lstsq(a, residual[b].flatten().double()[:, None]).solution[:, 0]
+        assert torch.allclose(gamma[b], want, atol=1e-9)
+    mixed = anderson_combination(gamma, columns)
+    assert mixed.shape == residual.shape and mixed.dtype == residual.dtype
+    assert torch.allclose(mixed[1], sum(float(gamma[1, i]) * columns[i][1] for i in range(3)), atol=1e-6)

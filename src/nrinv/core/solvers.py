@@ -371,6 +371,31 @@ def gnri_grad(problem: Problem, options: GNRIOptions, t: _Tracker) -> SolveResul
     return t.result(Status.MAX_ITERATIONS)
 
 
+def anderson_coefficients(columns: list[Tensor], residual: Tensor, regularization: float) -> Tensor:
+    """Anderson mixing's least squares, per sample: the ``gamma`` (B, m) minimising
+    ``||residual - sum_i gamma_i columns[i]||_2`` over the ``m`` difference columns (each (B, ...) like
+    ``residual``), Tikhonov-regularised by ``regularization`` times the mean of the Gram diagonal.  The
+    m x m system is formed from per-sample dot products accumulated in float64 (no stacked copy of the
+    columns: a whole video trajectory is large) and solved in float64; NaN is zeroed (a NaN sample is
+    reported by the caller)."""
+    m = len(columns)
+    dot = lambda a, b: (a * b).flatten(1).sum(1, dtype=torch.float64)  # noqa: E731 - (B,)
+    gram = torch.stack([torch.stack([dot(columns[i], columns[j]) for j in range(m)], 1) for i in range(m)], 1)
+    rhs = torch.stack([dot(columns[i], residual) for i in range(m)], 1)[:, :, None]  # (B, m, 1)
+    scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    gram = gram + regularization * scale[:, None, None] * eye
+    return torch.linalg.solve(torch.nan_to_num(gram), torch.nan_to_num(rhs))[:, :, 0]
+
+
+def anderson_combination(gamma: Tensor, columns: list[Tensor]) -> Tensor:
+    """``sum_i gamma[:, i] columns[i]`` per sample, in the columns' dtype."""
+    out = torch.zeros_like(columns[0])
+    for i, col in enumerate(columns):
+        out += gamma[:, i].to(col.dtype).reshape((-1,) + (1,) * (col.dim() - 1)) * col
+    return out
+
+
 @_solver
 def anderson(problem: Problem, options: AndersonOptions, t: _Tracker) -> SolveResult:
     """Anderson acceleration of ``z <- f(z)`` (Walker & Ni 2011, type II), per sample.
@@ -406,17 +431,9 @@ def anderson(problem: Problem, options: AndersonOptions, t: _Tracker) -> SolveRe
         if not d_g:
             z = z + beta * g
             continue
-        dg = torch.stack(d_g, dim=2)  # (B, D, m)
-        dz = torch.stack(d_z, dim=2)
-        gram = dg.transpose(1, 2) @ dg
-        scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-        eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-        gram = gram + options.regularization * scale[:, None, None] * eye
-        rhs = dg.transpose(1, 2) @ g.flatten(1).double()[:, :, None]
-        # a NaN sample is already reported by the tracker; keep the solve itself well defined
-        gamma = torch.linalg.solve(torch.nan_to_num(gram), torch.nan_to_num(rhs))
-        z_bar = z - (dz @ gamma).squeeze(2).to(z.dtype).reshape(z.shape)
-        g_bar = g - (dg @ gamma).squeeze(2).to(z.dtype).reshape(z.shape)
+        gamma = anderson_coefficients(d_g, g.flatten(1).double(), options.regularization)
+        z_bar = z - anderson_combination(gamma, d_z).to(z.dtype).reshape(z.shape)
+        g_bar = g - anderson_combination(gamma, d_g).to(z.dtype).reshape(z.shape)
         z = z_bar + beta * g_bar
         extrapolated = (z_bar + g_bar, _rms(g_bar))
     if extrapolated is not None:

@@ -54,7 +54,8 @@ from torch import Tensor
 
 from .defaults import SCHEDULER_FAMILIES, scheduler_defaults
 from .schedulers import Coupling, Schedule
-from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver
+from .solvers import (Problem, SolveResult, SolverOptions, Status, anderson_coefficients, anderson_combination,
+                      get_solver)
 
 __all__ = ["solve_trajectory", "sample_trajectory", "DEFAULT_SWEEPS", "DEFAULT_SWEEP_ITERATIONS"]
 
@@ -129,16 +130,8 @@ class _Anderson:
         self.last = (g, f)
         if not self.df:
             return gx
-        m = len(self.df)
-        dot = lambda a, b: (a * b).sum(1, dtype=torch.float64)  # noqa: E731 - per sample, (B,)
-        gram = torch.stack([torch.stack([dot(self.df[i], self.df[j]) for j in range(m)], 1) for i in range(m)], 1)
-        rhs = torch.stack([dot(self.df[i], f) for i in range(m)], 1)[:, :, None]  # (B, m, 1)
-        scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-        eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
-        gamma = torch.linalg.solve(gram + 1e-10 * scale[:, None, None] * eye, rhs)[:, :, 0].to(g.dtype)  # (B, m)
-        out = g.clone()
-        for i in range(m):
-            out -= gamma[:, i:i + 1] * self.dg[i]
+        gamma = anderson_coefficients(self.df, f, 1e-10)  # the solvers' least squares (B, m), float64
+        out = g - anderson_combination(gamma, self.dg)
         return out.to(gx.dtype) if bool(torch.isfinite(out).all()) else gx
 
 
