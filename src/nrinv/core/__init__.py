@@ -3,7 +3,8 @@
 ``schedulers`` turns a diffusers scheduler into affine steps, ``methods`` is the one registry of
 inversion methods and their facts (``METHODS``), ``solvers`` holds the per-step root finders,
 ``adapters`` wraps each model family into ``model(z, t)`` plus encode/decode/embed,
-``defaults`` keys the defaults by what a model is, ``inversion`` is the loop over the steps.
+``defaults`` keys the defaults by what a model is, ``inversion`` is the loop over the steps (its
+``parameters``, ``results`` and ``planning`` of calls in their own modules).
 User-facing verbs (images in, diffusers-shaped results out) are in ``nrinv`` itself.
 """
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 _WHERE = {
     "Adapter": "adapters", "Conditioning": "adapters", "adapter_for": "adapters",
     "ModelDefaults": "defaults", "model_defaults": "defaults",
-    "InversionOptions": "inversion", "InversionResult": "inversion", "Setup": "inversion", "StepCallback": "inversion",
+    "InversionOptions": "parameters", "InversionResult": "results", "Setup": "results", "StepCallback": "inversion",
     "invert_tensor": "inversion", "invert_tensor_batch": "inversion", "prepare": "inversion",
-    "reconstruct_latent": "inversion", "sample": "inversion", "solver_options": "inversion",
-    "planned_calls": "inversion", "sampler_calls": "inversion",
+    "reconstruct_latent": "inversion", "sample": "inversion", "solver_options": "planning",
+    "planned_calls": "planning", "sampler_calls": "planning",
     "SUPPORTED_SCHEDULERS": "schedulers", "affine_schedule": "schedulers",
     "SOLVERS": "solvers", "Problem": "solvers", "SolveResult": "solvers", "SolverSpec": "solvers", "Status": "solvers",
     "get_solver": "solvers", "make_options": "methods", "METHODS": "methods", "Method": "methods",

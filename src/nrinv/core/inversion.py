@@ -2,316 +2,38 @@
 
 Sampling runs ``z_0 = z_T (noise) -> z_1 -> ... -> z_N (image latent)`` with
 ``z_{i+1} = A_i z_i + B_i m_i(s_i z_i) + C_i`` (``schedulers.py``).  Inversion starts from the
-encoded image ``z_N`` and recovers ``z_{N-1}, ..., z_0`` by solving ``z_i = f_i(z_i)`` with a solver
-from ``solvers.SOLVERS``.  Every quantity the solver sees is float32, whatever dtype the network
-runs in.  This module takes tensors (images in [0, 1], or latents) and returns tensors; loading
-images and shaping outputs like diffusers is ``nrinv.api``'s job.
+encoded image ``z_N`` and recovers ``z_{N-1}, ..., z_0`` by solving ``z_i = f_i(z_i)`` with a method
+of the registry (``methods.py``).  Every quantity the solver sees is float32, whatever dtype the
+network runs in.  This module takes tensors (images in [0, 1], or latents) and returns tensors;
+loading images and shaping outputs like diffusers is ``nrinv.api``'s job.  Its parameters are
+``parameters.py``'s, its results ``results.py``'s, what a run will cost ``planning.py``'s.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._version import __version__
 from ..errors import InputError
-from .adapters import Adapter, Conditioning, adapter_for, size_notes
+from .adapters import Conditioning, adapter_for, size_notes
 from .defaults import scheduler_defaults
-from .options import Options
-from .schedulers import AffineStep, Schedule
-from .methods import EDIT_FRIENDLY, METHODS, TRAJECTORY, get_method, make_options
+from .methods import EDIT_FRIENDLY
+from .parameters import WARM_STARTS, InversionOptions, inversion_parameters
+from .planning import _trajectory_budget, _trajectory_options, solver_options
+from .results import InversionResult, Setup
+from .schedulers import Schedule
 from .solvers import Problem, SolveResult, SolverOptions, Status, get_solver
+# the names this module's callers knew it by before its parts moved out (options, results, planning)
+from .parameters import MAX_GUIDANCE, check_guidance  # noqa: E402,F401,I001
+from .planning import planned_calls, sampler_calls  # noqa: F401
+from .results import PipelineKwargs  # noqa: F401
 
 __all__ = ["InversionOptions", "inversion_parameters", "StepCallback", "Setup", "InversionResult", "invert_tensor",
            "invert_tensor_batch", "reconstruct_latent", "sample", "prepare", "solver_options", "planned_calls",
            "sampler_calls", "check_guidance", "MAX_GUIDANCE"]
-
-#: guidance scales accepted: 0 (no guidance, e.g. SDXL-Turbo) up to this; larger values only blow up the
-#: guided prediction (guidance 1e9 gave noise of size 1e5 and a black image)
-MAX_GUIDANCE = 50.0
-#: warm start modes: see ``_solve_steps``
-WARM_STARTS = ("last", "linear", "learned")
-
-
-def check_guidance(value: Any, what: str = "guidance_scale") -> float:
-    """A guidance scale: a finite number in [0, MAX_GUIDANCE]."""
-    try:
-        g = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number in [0, {MAX_GUIDANCE:g}], got {value!r}") from None
-    if not math.isfinite(g) or not 0.0 <= g <= MAX_GUIDANCE:
-        raise InputError(f"{what} must be a finite number in [0, {MAX_GUIDANCE:g}], got {value!r}")
-    return g
-
-
-@dataclass(frozen=True)
-class InversionOptions(Options):
-    """The parameters of an inversion, declared once.
-
-    Every entry point that inverts (``nrinv.invert``, ``invert_batch``, ``edit``, ``interpolate``,
-    ``seed_from_images``, the bench harness, the CLI) takes them, either as one object,
-    ``inversion=InversionOptions(...)``, or as flat keywords of the same names (a flat keyword
-    overrides the object's field).  A name means the same everywhere; ``None`` takes the model's
-    default (``nrinv.core.defaults``).
-
-    ``method``: a method of the registry (``core/methods.py``: a per-step solver, or ``edit_friendly``).
-    ``num_inference_steps``: sampler steps.
-    ``guidance_scale``: the classifier-free guidance the image is inverted (and reconstructed) at;
-    where a workflow regenerates at another guidance, that one has its own name
-    (``edit_guidance_scale``, ``sample_guidance_scale``).  ``negative_prompt``: the guidance's
-    unconditional prompt.  ``max_iterations``: solver iterations per step (not for a solver that
-    does not iterate).  ``options``: the solver's options (dict or ``SolverOptions``).
-    ``warm_start``: start each step from a model output predicted from the steps solved before (no
-    extra network call; see ``_solve_steps``): ``None`` turns it on exactly when no classifier-free
-    guidance is used, in the model's mode; ``True`` / ``False`` force it; ``"last"`` / ``"linear"``
-    choose the mode.  ``seed`` / ``generator``: the noise stochastic samplers (Euler-ancestral, LCM)
-    draw, as the stock pipeline draws it with ``generator`` (read, not advanced), else with
-    ``torch.Generator().manual_seed(seed)``.
-    """
-
-    method: Optional[str] = None
-    num_inference_steps: Optional[int] = None
-    guidance_scale: Optional[float] = None
-    negative_prompt: Optional[str] = None
-    max_iterations: Optional[int] = None
-    options: Any = None
-    warm_start: Any = None
-    seed: int = 0
-    generator: Optional[torch.Generator] = None
-
-    @classmethod
-    def from_dict(cls, values: Any = None, **overrides: Any) -> InversionOptions:
-        """The options of ``values`` (and ``overrides``); a ``generator`` written by :meth:`to_dict` (a dict of
-        its device and state) becomes a generator in that state again."""
-        values = dict(values or {}, **overrides)
-        if isinstance(values.get("generator"), dict):
-            values["generator"] = _generator_from_dict(values["generator"])
-        try:
-            return super().from_dict(values)
-        except ValueError as exc:  # a user's argument: InputError, as the entry points raise
-            raise InputError(str(exc)) from None
-
-    @classmethod
-    def merge(cls, base: Optional[InversionOptions], **flat: Any) -> InversionOptions:
-        """``base`` (default: all defaults) with the given flat keywords replacing its fields."""
-        if base is None:
-            return cls.from_dict(flat)
-        if not isinstance(base, InversionOptions):
-            raise InputError(f"inversion= takes an InversionOptions, got {type(base).__name__}")
-        return base.replace(**flat)
-
-    def replace(self, **changes: Any) -> InversionOptions:
-        return dataclasses.replace(self, **type(self).from_dict(changes).given(changes))
-
-    def given(self, names: Any = None) -> dict[str, Any]:
-        """The fields named in ``names`` (default: all), as a dict of keyword arguments."""
-        return {f: getattr(self, f) for f in (self.field_names() if names is None else names)}
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.given()
-        out["options"] = self.options.to_dict() if hasattr(self.options, "to_dict") else self.options
-        g = self.generator
-        # plain data (JSON-safe) from which from_dict rebuilds a generator in this state
-        out["generator"] = None if g is None else {"device": str(g.device), "initial_seed": int(g.initial_seed()),
-                                                   "state": g.get_state().tolist()}
-        return out
-
-
-def _generator_from_dict(data: dict) -> torch.Generator:
-    """A generator in the state :meth:`InversionOptions.to_dict` recorded (or seeded with its initial seed)."""
-    try:
-        generator = torch.Generator(device=data.get("device", "cpu"))
-        if data.get("state") is not None:
-            generator.set_state(torch.tensor(data["state"], dtype=torch.uint8))
-        else:
-            generator.manual_seed(int(data["initial_seed"]))
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"generator: expected what InversionOptions.to_dict writes ({exc})") from None
-    return generator
-
-
-def inversion_parameters(fn: Callable) -> Callable:
-    """Give ``fn`` the flat keywords of :class:`InversionOptions`, declared once.
-
-    ``fn`` takes a keyword ``inversion: InversionOptions``; the wrapper takes ``inversion=`` and/or
-    the flat keywords, merges them and passes ``fn`` one ``InversionOptions``.  The flat keywords
-    appear in the wrapper's signature (``help()``, ``inspect.signature``) just before ``inversion``.
-    """
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())
-    names = [p.name for p in params]
-    clash = set(names) & set(InversionOptions.field_names())
-    if clash:
-        raise TypeError(f"{fn.__qualname__} writes out inversion parameter(s) {sorted(clash)}; they come from "
-                        "InversionOptions")
-    at = names.index("inversion")
-    flat = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-            for f in dataclasses.fields(InversionOptions)]
-    fields = frozenset(InversionOptions.field_names())
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, inversion: Optional[InversionOptions] = None, **kwargs: Any) -> Any:
-        given = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-        return fn(*args, inversion=InversionOptions.merge(inversion, **given), **kwargs)
-
-    own = params[at].replace(default=None, annotation="Optional[InversionOptions]")
-    wrapper.__signature__ = sig.replace(parameters=params[:at] + flat + [own] + params[at + 1:])  # type: ignore[attr-defined]
-    return wrapper
-
-
-@dataclass
-class Setup:
-    """Everything an inversion or a regeneration needs besides the latent."""
-
-    adapter: Adapter
-    schedule: Schedule
-    cond: Conditioning
-    size: tuple[int, int]
-    num_inference_steps: int
-    guidance_scale: float
-    seed: Optional[int]
-    #: multistep / second-order schedulers: the inverted latents z_0..z_K and model outputs m_0..m_{K-1}
-    #: (what the sampler's history holds when an edit re-runs it from the middle)
-    history: Optional[tuple[list[Tensor], list[Tensor]]] = None
-
-    def denoiser(self, step: AffineStep, cond: Optional[Conditioning] = None) -> Callable[[Tensor], Tensor]:
-        """``z -> m(s z, t)``: the guided network output of sampler step ``step`` (float32)."""
-        cond = self.cond if cond is None else cond
-
-        def model(z: Tensor) -> Tensor:
-            return self.adapter.denoise(step.input_scale * z, step.timestep, cond)
-        return model
-
-
-class PipelineKwargs(dict):
-    """:meth:`InversionResult.pipeline_kwargs`' dict, reusable: a pipeline advances the generator it is
-    given, so a dict passed twice drew other noise the second time (another image on a stochastic
-    sampler).  Each time it is unpacked (``pipe(prompt, **kwargs)``, ``dict(kwargs)``) or its
-    ``"generator"`` is read, that is a fresh one from ``fresh()`` (None: the stored one, as given)."""
-
-    def __init__(self, values: dict, fresh: Optional[Callable[[], torch.Generator]] = None):
-        super().__init__(values)
-        self._fresh = fresh
-
-    def __getitem__(self, key: Any) -> Any:
-        if key == "generator" and self._fresh is not None and dict.__contains__(self, key):
-            return self._fresh()
-        return super().__getitem__(key)
-
-    def __iter__(self):  # defined, so ``**kwargs`` reads the values through __getitem__
-        return super().__iter__()
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-
-@dataclass
-class InversionResult:
-    """The noise an image inverts to, and how it was found.
-
-    ``latents`` is what ``pipe(latents=...)`` takes (scaled by the scheduler's ``init_noise_sigma``
-    where the pipeline multiplies by it, in the pipeline's dtype and device);
-    ``scheduler_latents`` is the same noise in the scheduler's units, float32 (``z_0`` of sampling).
-    """
-
-    scheduler_latents: Tensor            # z_0 of sampling (the noise), scheduler units, float32
-    latents: Tensor                      # the ``latents=`` argument of the stock pipeline
-    encoded: Tensor                      # z_N, the encoded image latent
-    trajectory: list[Tensor]             # z_0 .. z_N
-    steps: list[SolveResult]             # per sampler step i (sampling order)
-    noises: list[Optional[Tensor]]       # recorded noise per sampler step (None where none is drawn)
-    nfe: int
-    wall_time: float                     # seconds spent in the solver loop, graph captures excluded
-    encode_time: float
-    settings: dict[str, Any]
-    setup: Optional[Setup] = field(default=None, repr=False)
-    capture_time: float = 0.0            # seconds spent capturing CUDA graphs during this inversion
-    total_time: float = 0.0              # seconds of the whole call: encoding, setup, captures and solve
-    #: per sampler step, a latent added to the stock step's output (``method="edit_friendly"``; None
-    #: for a solved inversion, whose stock regeneration needs nothing but ``latents``)
-    corrections: Optional[list[Optional[Tensor]]] = field(default=None, repr=False)
-    #: the state (a CPU byte tensor) and device of the ``generator=`` the recorded noise was drawn from, as
-    #: the inversion read it (it does not advance it); None where it used ``seed``
-    generator_state: Optional[Tensor] = field(default=None, repr=False)
-    generator_device: Optional[str] = None
-    #: per sampler step, the conditioning whose unconditional embedding the step uses (``method="null_text"``,
-    #: ``core.nulltext``); None: every step uses the prompt's own
-    step_conds: Optional[list[Any]] = field(default=None, repr=False)
-
-    def fresh_generator(self) -> torch.Generator:
-        """A new generator that draws the noise this inversion recorded: the user's generator restored to
-        the state the inversion read (on its device), else ``torch.Generator().manual_seed(seed)``.  A
-        pipeline advances the generator it is given, so each regeneration needs a fresh one."""
-        if self.generator_state is None:
-            seed = self.settings.get("seed")
-            return torch.Generator().manual_seed(int(seed) if seed is not None else 0)
-        generator = torch.Generator(device=self.generator_device or "cpu")
-        generator.set_state(self.generator_state)
-        return generator
-
-    def pipeline_kwargs(self, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
-        """What the stock pipeline needs besides the prompt to regenerate this inversion:
-        ``pipe(prompt, **result.pipeline_kwargs())`` (a target prompt instead edits with the same noises).
-        ``latents``, ``generator`` (unless given, a fresh one in the state the inversion drew its noise from:
-        :meth:`fresh_generator`; the pipeline advances it, so call ``pipeline_kwargs()`` again for each
-        run), steps, guidance, size, and for an edit-friendly inversion the ``callback_on_step_end`` that
-        applies its corrections.  The dict may be reused: unless ``generator`` is given, each use of it
-        (``pipe(prompt, **kwargs)``, ``kwargs["generator"]``) gets a fresh generator (:class:`PipelineKwargs`)."""
-        fresh = None if generator is not None else self.fresh_generator
-        generator = generator if generator is not None else self.fresh_generator()
-        if self.step_conds is not None:
-            from .nulltext import pipeline_kwargs
-
-            return PipelineKwargs(pipeline_kwargs(self, generator=generator), fresh)
-        if self.corrections is not None:
-            from .edit_friendly import pipeline_kwargs
-
-            return PipelineKwargs(pipeline_kwargs(self, generator=generator), fresh)
-        s = self.settings
-        kwargs = {"latents": self.latents, "generator": generator,
-                  "num_inference_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"],
-                  "height": s["height"], "width": s["width"],
-                  # negative-prompt inversion's (the source prompt): the guidance it was solved at
-                  **({} if s.get("negative_prompt") is None else {"negative_prompt": s["negative_prompt"]})}
-        return PipelineKwargs(kwargs, fresh)
-
-    @property
-    def status(self) -> Status:
-        return Status.worst(*(s.status for s in self.steps))
-
-    @property
-    def ok(self) -> bool:
-        """Every step converged (its residual within the solver's ``rtol``/``atol``)."""
-        return self.status is Status.CONVERGED
-
-    @property
-    def finite(self) -> bool:
-        """A usable answer: no step diverged or produced NaN/Inf (a step may have stopped at its
-        iteration budget before converging)."""
-        return self.status.finite
-
-    def stats(self) -> dict[str, Any]:
-        """JSON-ready summary: settings, per-step solver stats, totals."""
-        return {
-            "version": __version__,
-            "settings": self.settings,
-            "status": self.status.value,
-            "converged": self.ok,
-            "nfe": self.nfe,
-            "wall_time_s": round(self.wall_time, 4),
-            "encode_time_s": round(self.encode_time, 4),
-            "graph_capture_time_s": round(self.capture_time, 4),
-            "total_time_s": round(self.total_time, 4),
-            "steps": [dict(step=i, **s.to_dict()) for i, s in enumerate(self.steps)],
-        }
 
 
 def prepare(pipe: Any, prompt: str, *, size: tuple[int, int], num_inference_steps: Optional[int] = None,
@@ -533,97 +255,6 @@ def _own_noises(schedule: Schedule) -> list[Optional[Tensor]]:
     return [None if n is None else n.clone() for n in schedule.noises]
 
 
-def solver_options(pipe: Any, inversion: InversionOptions, *, guided: bool = False) -> tuple[str, SolverOptions]:
-    """``(method, options)`` of ``inversion`` with the model's defaults filled in: its method, and its
-    iterations per step unless ``max_iterations`` or ``options`` set them (not for a solver that does
-    not iterate; a multistep scheduler family's row, ``defaults.SCHEDULER_FAMILIES``, before the model's;
-    ``guided``: under classifier-free guidance, the row's ``guided_max_iterations`` where it has one)."""
-    adapter = adapter_for(pipe)
-    defaults = adapter.defaults
-    method = defaults.method if inversion.method is None else inversion.method
-    try:
-        iterates = get_solver(method).iterates
-    except ValueError as exc:  # an unknown method is the user's input, as every entry point raises it
-        raise InputError(str(exc)) from None
-    options, max_iterations = inversion.options, inversion.max_iterations
-    given = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
-    overrides = {} if max_iterations is None else {"max_iterations": int(max_iterations)}
-    if iterates and "max_iterations" not in given and not overrides:
-        row = scheduler_defaults(adapter.pipe)
-        family = row.guided_max_iterations if guided and row.guided_max_iterations is not None else row.max_iterations
-        overrides["max_iterations"] = defaults.max_iterations if family is None else family
-    return method, make_options(method, options, **overrides)
-
-
-def _planned_schedule(adapter: Adapter, num_inference_steps: Optional[int], size: Optional[tuple[int, int]],
-                      seed: Optional[int]) -> Schedule:
-    """The probed schedule an inversion with these settings runs (``prepare``'s; cached by the adapter,
-    so the inversion that follows reuses it)."""
-    steps = int(adapter.defaults.num_inference_steps if num_inference_steps is None else num_inference_steps)
-    if steps < 1:
-        raise InputError(f"num_inference_steps must be >= 1, got {steps}")
-    size = adapter.default_size() if size is None else (int(size[0]), int(size[1]))
-    return adapter.schedule(steps, size, seed=seed)
-
-
-def sampler_calls(pipe: Any, num_inference_steps: Optional[int] = None, *, size: Optional[tuple[int, int]] = None,
-                  seed: Optional[int] = 0) -> int:
-    """Network calls of one run of ``pipe``'s sampler (a reconstruction, or a regeneration from the
-    noise): one per entry of its scheduler's timesteps, read off a copy of the scheduler set to
-    ``num_inference_steps`` -- the steps, but ``2 * steps - 1`` for Heun / KDPM2 (two calls a step but
-    the last) and ``steps + 1`` for PNDM with ``skip_prk_steps``.  ``size``: the image's (default the
-    model's); ``seed``: the noise of a stochastic sampler, as for ``nrinv.invert``."""
-    return len(_planned_schedule(adapter_for(pipe), num_inference_steps, size, seed))
-
-
-def planned_calls(pipe: Any, method: Optional[str] = None, num_inference_steps: Optional[int] = None,
-                  max_iterations: Optional[int] = None, *, options: Any = None,
-                  size: Optional[tuple[int, int]] = None, seed: Optional[int] = 0,
-                  guidance_scale: Optional[float] = None) -> int:
-    """The most network calls one ``nrinv.invert`` of ``pipe`` with these settings makes (its
-    ``result.nfe`` at most; the solver may stop early once converged), before any reconstruction.
-
-    ``None`` takes what ``nrinv.invert`` takes (``solver_options``): the model's method, and the
-    iterations per step of the scheduler family's row, else the model's.  A single-step sampler
-    costs ``entries x iterations x calls per iteration``; a coupled one (``core/trajectory.py``) the
-    same in its sequential pass (a step of ``e`` entries costs ``e`` calls per evaluation), plus, for
-    a multistep sampler solved by an iterating method, the check of every entry's true residual (one
-    call per entry) and up to ``sweeps`` whole-trajectory sweeps (the options', else the family's) of
-    one call per entry each ("gauss_seidel": a one-iteration re-solve per step, and one more check).
-    Entries: ``sampler_calls``.  A trajectory method (edit-friendly) costs one call per
-    entry, plus the default solve for ``trajectory="solved"``.  ``guidance_scale`` (None: the model's) above 1
-    counts a multistep row's guided budget (an upper bound where the model is guidance-distilled)."""
-    adapter = adapter_for(pipe)
-    schedule = _planned_schedule(adapter, num_inference_steps, size, seed)
-    entries = len(schedule)
-    trajectory_options = _trajectory_options(method, options)
-    if trajectory_options is not None:
-        solved = 0
-        if trajectory_options.trajectory == "solved":  # as invert_tensor: the default solver, these iterations
-            solved = planned_calls(adapter, None, num_inference_steps, max_iterations, size=size, seed=seed,
-                                   guidance_scale=guidance_scale)
-        return entries + solved
-    guidance = adapter.defaults.guidance_scale if guidance_scale is None else guidance_scale
-    method, opts = solver_options(adapter, InversionOptions(method=method, max_iterations=max_iterations,
-                                                            options=options),
-                                  guided=schedule.coupling is not None and float(guidance) > 1)
-    spec = get_solver(method)
-    per_call = spec.calls_per_iteration(opts)
-    calls = entries * (opts.max_iterations if spec.iterates else 1) * per_call
-    if schedule.coupling is not None and schedule.coupling.reaches_back and spec.iterates:
-        from .trajectory import DEFAULT_SWEEP_ITERATIONS
-
-        budget = _trajectory_budget(adapter, opts)
-        # the true residual of every entry after the pass (one call each), then per newton sweep one call per
-        # entry; Gauss-Seidel sweeps re-solve every step and are checked once more at their end
-        if budget.sweep_mode == "gauss_seidel":
-            calls += entries + (budget.sweeps * entries * DEFAULT_SWEEP_ITERATIONS * per_call + entries
-                                if budget.sweeps else 0)
-        else:
-            calls += entries + budget.sweeps * entries
-    return calls
-
-
 def _settings(setup: Setup, method: str, options: SolverOptions, prompt: str, negative_prompt: Optional[str],
               notes: list[str], generator: Optional[torch.Generator]) -> dict[str, Any]:
     """The JSON-ready record of what an inversion did (sidecars, benchmarks)."""
@@ -663,17 +294,6 @@ def _generator_fields(generator: Optional[torch.Generator]) -> dict[str, Any]:
     if generator is None:
         return {}
     return {"generator_state": generator.get_state().clone(), "generator_device": str(generator.device)}
-
-
-def _trajectory_budget(adapter: Adapter, options: SolverOptions) -> SolverOptions:
-    """``options`` with ``sweeps`` / ``sweep_mode`` filled in from the scheduler family's defaults."""
-    family = scheduler_defaults(adapter.pipe)
-    fill = {}
-    if getattr(options, "sweeps", None) is None:
-        fill["sweeps"] = family.sweeps
-    if getattr(options, "sweep_mode", None) is None:
-        fill["sweep_mode"] = family.sweep_mode
-    return dataclasses.replace(options, **fill) if fill else options
 
 
 def _trajectory_settings(setup: Setup, method: str, options: SolverOptions) -> dict[str, Any]:
@@ -781,19 +401,6 @@ def invert_tensor(
         total_time=time.perf_counter() - t0,
         **_generator_fields(generator),
     )
-
-
-def _trajectory_options(method: Optional[str], options: Any) -> Any:
-    """The options of a trajectory method of the registry (``edit_friendly``), or None for a solver (and for
-    ``None``, the model's method: a solver); a baseline with an entry point of its own is refused here."""
-    if method is None:
-        return None
-    entry = get_method(method)
-    if not entry.invert:
-        raise InputError(f"{method} is a baseline with an entry point of its own ({entry.implementation.lstrip('.')}) "
-                         "and a method of nrinv bench; nrinv.invert takes: "
-                         f"{', '.join(n for n, m in METHODS.items() if m.invert)}")
-    return None if entry.kind != TRAJECTORY else make_options(method, options)
 
 
 def _invert_edit_friendly(setup: Setup, encoded: Tensor, ef_options: Any, seed: Optional[int],
