@@ -63,7 +63,8 @@ class Method:
     (``False``: a baseline of ``nrinv bench`` with an entry point of its own, ``implementation``, called as
     ``fn(pipe, images, prompt, *, guidance_scale, num_inference_steps, options, seed) -> InversionResult``).
     ``implementation``: ``"module:name"`` (relative to ``nrinv.core``), imported on first use;
-    ``options_class``: the name of its options in ``core/method_options.py`` (torch-free).
+    ``options_class``: the name of its options in ``core/method_options.py`` (torch-free), or a
+    ``"module:name"`` of its own.
     """
 
     name: str
@@ -85,7 +86,8 @@ class Method:
     @property
     def options(self) -> type:
         """The method's frozen options dataclass (unknown keys are rejected by ``from_dict``)."""
-        return _resolve(f".method_options:{self.options_class}")
+        where = self.options_class if ":" in self.options_class else f".method_options:{self.options_class}"
+        return _resolve(where)
 
     def calls_per_iteration(self, options: Any = None) -> int:
         """Network calls (NFE) of one iteration with ``options`` (default: the method's defaults); a

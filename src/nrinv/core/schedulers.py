@@ -30,6 +30,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["AffineStep", "Coupling", "Schedule", "affine_schedule", "SUPPORTED_SCHEDULERS", "REFUSED_SCHEDULERS",
            "UnsupportedSchedulerError", "seeded_generator", "copy_generator", "draw_noise"]
 
@@ -80,8 +82,8 @@ REFUSED_SCHEDULERS = {
 }
 
 
-class UnsupportedSchedulerError(ValueError):
-    pass
+class UnsupportedSchedulerError(InputError):
+    """A scheduler nrinv cannot invert exactly (the user's input: the message says what to swap in)."""
 
 
 @dataclass(frozen=True)

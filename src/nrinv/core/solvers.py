@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Callable, Optional
 
 import torch
@@ -528,7 +529,26 @@ def newton_krylov(problem: Problem, options: NewtonKrylovOptions, t: _Tracker) -
 
 # ----------------------------------------------------------------------------------- registry
 #: the registry's solvers (``core/methods.py`` holds every method and its facts; this is its solver view)
-SOLVERS: dict[str, Method] = {name: m for name, m in METHODS.items() if m.kind == SOLVER}
+class _SolverView(Mapping):
+    """The registry's per-step solvers, read from ``METHODS`` at each use (a solver added there is in it)."""
+
+    def __getitem__(self, name: str) -> Method:
+        method = METHODS[name]
+        if method.kind != SOLVER:
+            raise KeyError(name)
+        return method
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, m in METHODS.items() if m.kind == SOLVER)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"SOLVERS({', '.join(self)})"
+
+
+SOLVERS: Mapping[str, Method] = _SolverView()
 #: the registry's entry type, under the name the solvers' callers know
 SolverSpec = Method
 

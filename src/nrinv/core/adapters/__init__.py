@@ -47,9 +47,14 @@ def require_images(adapter: Any, what: str) -> None:
                          "edit one clip at a time with nrinv.invert / nrinv.edit")
 
 
+def _pipelines() -> dict[str, type[Adapter]]:
+    """Pipeline class name -> adapter class, read from ``FAMILIES`` at each call (a family listed there is taken)."""
+    return {name: cls for cls in FAMILIES for name in cls.pipelines}
+
+
 def adapter_class(pipeline_class: str) -> Optional[type[Adapter]]:
     """The adapter class of a diffusers pipeline class name (``None`` if no family takes it)."""
-    return SUPPORTED_PIPELINES.get(pipeline_class)
+    return _pipelines().get(pipeline_class)
 
 
 def adapter_for(pipe: Any, *, cuda_graphs: Optional[bool] = None) -> Adapter:
@@ -60,9 +65,8 @@ def adapter_for(pipe: Any, *, cuda_graphs: Optional[bool] = None) -> Adapter:
         if cuda_graphs is not None:
             pipe.cuda_graphs = cuda_graphs
         return pipe
+    families = _pipelines()
     for cls in type(pipe).__mro__:
-        if cls.__name__ in SUPPORTED_PIPELINES:
-            return SUPPORTED_PIPELINES[cls.__name__](pipe, cuda_graphs=cuda_graphs)
-    raise InputError(
-        f"pipeline {type(pipe).__name__} is not supported; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
-    )
+        if cls.__name__ in families:
+            return families[cls.__name__](pipe, cuda_graphs=cuda_graphs)
+    raise InputError(f"pipeline {type(pipe).__name__} is not supported; supported pipelines: {', '.join(families)}")
