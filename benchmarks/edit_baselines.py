@@ -12,6 +12,7 @@ of seed 0 (colour, shape, background), on the identity edit of those items (targ
 the source, beside the VAE's own ceiling) and on ``--geometry-n`` position / size edits (seed 2).
 Network calls and batch rows are counted by a hook on the denoiser (``nrinv.bench.baselines``).
 Per-item rows are kept, so paired differences (mean +- standard error) are reported against DiffEdit.
+``--check --seed S`` scores the shipped default on tuning items only (per attribute).
 """
 from __future__ import annotations
 
@@ -208,10 +209,38 @@ def print_table(specs: list[str]) -> None:
     print(markdown_table(entries, reference))
 
 
+def check(argv: list[str]) -> int:
+    """``--check``: the shipped default (or ``--strength`` / ``--guidance`` for every edit) on tuning items,
+    by attribute: ``--check --seed 4 --attributes color,shape,background --n 30``."""
+    p = argparse.ArgumentParser(prog="edit_baselines.py --check")
+    p.add_argument("--model", default="builtin:shapes")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--attributes", default="color,shape,background")
+    p.add_argument("--n", type=int, default=30)
+    p.add_argument("--strength", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    args = p.parse_args(argv)
+    if args.seed in (0, 2):
+        raise SystemExit("seeds 0 and 2 are the held-out items; tune on others")
+    torch.set_num_threads(1)
+    pipe = nrinv.load_pipeline(args.model, device="cpu")
+    setting = shipped_default(pipe)
+    for key in ("strength", "guidance"):
+        if getattr(args, key) is not None:
+            setting[key] = getattr(args, key)
+    items = edit_set(args.n, seed=args.seed, attributes=tuple(args.attributes.split(",")))
+    rows = score_items(NrinvSystem(pipe), setting, items)
+    by = {a: summary([r for r in rows if r["changed"] == a]) for a in dict.fromkeys(r["changed"] for r in rows)}
+    print(json.dumps({"setting": setting, "all": summary(rows), "by_attribute": by}, default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     if argv is None and sys.argv[1:2] == ["--table"]:
         print_table(sys.argv[2:])
         return 0
+    if argv is None and sys.argv[1:2] == ["--check"]:
+        return check(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="builtin:shapes")
     p.add_argument("--systems", nargs="+", default=None,

@@ -242,3 +242,36 @@ def test_the_edit_tab_inverts_and_edits_with_the_models_own_edit_settings(app, t
     # a solver picked by name still runs that solver
     _, _, state = app.invert(str(path), "builtin:shapes-lcm", "float32", "anderson", prompt, 0, 0, 0, {})
     assert state["result"].settings["method"] == "anderson"
+
+
+def test_the_edit_tab_edits_as_nrinv_edit_does_by_default(app, tmp_path):
+    """builtin:shapes edits from an inversion of its own (``edit_steps`` x ``edit_iterations``, 10 x 1): the
+    Edit tab regenerated from the Invert tab's 20-step, 2-iteration inversion, so its default edit was not
+    ``nrinv edit``'s.  Left at the model's defaults it inverts again at the edit's settings (once), and its
+    edit is ``nrinv.edit``'s pixel for pixel; an inversion whose steps the user chose is used as it is."""
+    import numpy as np
+
+    from nrinv import edit
+    from nrinv.app import MODEL_DEFAULT, _display
+    from nrinv.core.defaults import MODEL_KINDS
+    from nrinv.shapes.editset import edit_set
+
+    d = {kind: d for kind, _, d in MODEL_KINDS}["shapes"]
+    assert (d.edit_steps, d.edit_iterations) != (d.num_inference_steps, d.max_iterations)  # else this shows nothing
+    item = edit_set(1, seed=1)[0]
+    path = tmp_path / "item.png"
+    Image.fromarray(item["source_image"]).save(path)
+    source, target = item["source_caption"], item["target_caption"]
+    _, _, state = app.invert(str(path), "builtin:shapes", "float32", MODEL_DEFAULT, source, 0, 0, 0, {})
+    assert state["result"].settings["num_inference_steps"] == d.num_inference_steps
+    edited, _, info = app.edit(target, d.edit_strength, d.edit_guidance, state)
+    pipe = app.pipe("builtin:shapes", "float32")
+    expected = _display(edit(pipe, Image.open(path).convert("RGB"), source, [target]).images[0])
+    assert np.array_equal(np.asarray(edited), np.asarray(expected)), info
+    assert f"edit inversion ({d.edit_steps} steps, {d.edit_steps * d.edit_iterations} network calls, made now)" in info
+    again, _, info = app.edit(target, d.edit_strength, d.edit_guidance, state)  # the edit inversion is kept
+    assert "cached)" in info and np.array_equal(np.asarray(again), np.asarray(edited))
+    # steps chosen by the user: the Invert tab's inversion is the edit's
+    _, _, state = app.invert(str(path), "builtin:shapes", "float32", MODEL_DEFAULT, source, 12, 0, 0, {})
+    _, _, info = app.edit(target, d.edit_strength, d.edit_guidance, state)
+    assert "from the cached inversion" in info

@@ -241,6 +241,28 @@ def test_bench_cli_edits_need_the_builtin_model(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_bench_cli_edit_baselines_reach_the_edit_bench(tmp_path, capsys):
+    """``--edit-baselines`` adds DiffEdit's row to edits.csv (at its tuned settings: 25 calls carrying 76
+    batch rows, measured on the built-in model); unknown names and baselines without ``--edits`` are refused
+    before any work."""
+    import csv
+
+    from nrinv.cli import main
+
+    out = tmp_path / "res"
+    assert main(["bench", "--edits", "1", "--edit-baselines", "pix2pix", "--out", str(out), "--quiet"]) == 2
+    assert "unknown edit baseline 'pix2pix'; one of diffedit, ledits++, ledits++sigma_min" in capsys.readouterr().err
+    assert main(["bench", "--edit-baselines", "diffedit", "--out", str(out), "--quiet"]) == 2
+    assert "--edit-baselines needs --edits N" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["bench", "--methods", "ddim", "--iterations", "1", "--n-images", "1", "--repeats", "0",
+                 "--steps", "2", "--edits", "1", "--edit-baselines", "diffedit", "--out", str(out), "--quiet"]) == 0
+    with open(out / "edits.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"ddim", "diffedit"}
+    assert (int(rows["diffedit"]["nfe"]), int(rows["diffedit"]["batch_rows"])) == (25, 76)
+
+
 def test_the_overhead_ratio_cannot_fall_below_one_under_load():
     """Under load the call was timed (median) in a busy moment and the inversions in a quiet one: 0.58.
     The fastest inversion over NFE times the fastest call cannot be below 1 (each call costs at least

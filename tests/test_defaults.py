@@ -29,9 +29,10 @@ def test_builtin_defaults_follow_the_weights_not_the_name(tmp_path):
     pipe = nrinv.load_pipeline(str(copy), device="cpu")
     d = model_defaults(pipe)
     assert (d.kind, d.num_inference_steps, d.guidance_scale) == ("shapes", 20, 1.0)
-    assert nrinv.edit_defaults(pipe) == {"strength": 0.5, "edit_guidance_scale": 2.0, "guide_from_source": True,
+    assert nrinv.edit_defaults(pipe) == {"strength": 0.6, "edit_guidance_scale": 1.5, "guide_from_source": True,
                                          "mask_threshold": 0.5, "keep_object": True}
     assert (d.edit_steps, d.edit_iterations, d.mask_paste) == (10, 1, True)
+    assert (d.background_edit_strength, d.background_edit_guidance, d.move_threshold) == (0.5, 2.0, 0.05)
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     res = nrinv.invert(pipe, image, "a large red star on the left, blue plain background")
     assert res.settings["num_inference_steps"] == 20 and res.nfe == 40  # 20 steps x 2 iterations

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import diffusers
 import pytest
-import torch
 
 import nrinv
 from nrinv.core import adapters, methods

@@ -254,3 +254,64 @@ def test_lcm_default_edit_of_a_wide_drawing_changes_the_colour():
     assert not any("changed almost nothing" in n for n in result.settings["notes"])
     same = nrinv.edit(pipe, _wide_star((225, 25, 30)), source, source)  # target = source: nothing to change
     assert any("changed almost nothing" in n for n in same.settings["notes"]), same.settings["notes"]
+
+
+@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+def test_builtin_default_edits_objects_and_backgrounds_at_their_own_settings(shapes_pipe):
+    """builtin:shapes edits an object (colour, shape) at strength 0.6, guidance 1.5 and a background at 0.5 / 2
+    (measured per kind of edit on tuning items: +0.3 to +0.5 dB to the target).  The default edit is the edit at
+    those explicit settings pixel for pixel, the judge reads each target, and an object edit costs three network
+    calls more than a background edit (6 re-run steps against 5, and the first step's mask that tells a move;
+    the other masks' predictions are shared)."""
+    from nrinv.bench.baselines import count_calls
+    from nrinv.shapes.editeval import judge_confident, score_edit
+    from nrinv.shapes.editset import edit_set
+
+    pipe = shapes_pipe
+    d = nrinv.core.adapter_for(pipe).defaults
+    assert (d.edit_strength, d.edit_guidance, d.background_edit_strength, d.background_edit_guidance) == \
+        (0.6, 1.5, 0.5, 2.0)
+    items = {it["changed"]: it for it in edit_set(3, seed=1)}
+    images, calls = {}, {}
+    for kind, (strength, guidance) in (("color", (0.6, 1.5)), ("background", (0.5, 2.0))):
+        it = items[kind]
+        with count_calls(nrinv.core.adapter_for(pipe).pipe.unet) as count:
+            default = nrinv.edit(pipe, it["source_image"], it["source_caption"], [it["target_caption"]],
+                                 output_type="np")
+        calls[kind] = count.calls
+        explicit = nrinv.edit(pipe, it["source_image"], it["source_caption"], [it["target_caption"]],
+                              strength=strength, edit_guidance_scale=guidance, output_type="np")
+        assert default.settings["object_kept"] == [kind == "background"]
+        assert np.array_equal(default.images[0], explicit.images[0]), kind
+        images[kind] = (np.asarray(default.images[0]) * 255).round().astype(np.uint8)
+    assert (calls["color"], calls["background"]) == (24, 21)
+    reads = judge_confident([images["color"], images["background"]])
+    for kind, (read, _) in zip(("color", "background"), reads):
+        score = score_edit(images[kind], items[kind], read)
+        assert score["target"] == 1 and score["preserved"] == 1 and score["psnr"] > 20, (kind, score)
+
+
+@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+def test_builtin_default_edit_moves_the_object(shapes_pipe):
+    """A position edit: the masked half-strength edit left the object where it was (0 of 10 held-out position
+    edits).  Its mask read at the first step lies outside the object (``editing.moved_mask``), so the default
+    re-runs every step inside both masks: the judge reads the new position, the rest is kept, and the pixels
+    outside both objects stay the source's.  A colour edit's first-step mask stays on the object."""
+    from nrinv.shapes.editeval import judge_confident, score_edit
+    from nrinv.shapes.editset import GEOMETRY_ATTRIBUTES, edit_set
+
+    pipe = shapes_pipe
+    assert nrinv.core.adapter_for(pipe).defaults.move_threshold is not None
+    item = edit_set(2, seed=3, attributes=GEOMETRY_ATTRIBUTES)[0]
+    assert item["changed"] == "position"
+    out = nrinv.edit(pipe, item["source_image"], item["source_caption"], [item["target_caption"]], output_type="np")
+    image = (np.asarray(out.images[0]) * 255).round().astype(np.uint8)
+    (read, _), = judge_confident([image])
+    score = score_edit(image, item, read)
+    assert score["target"] == 1 and score["preserved"] == 1 and score["preservation"] > 28, score
+    # the share of the first step's mask outside the object: a move, not a colour edit
+    colour = edit_set(1, seed=1)[0]
+    for it, moves in ((item, True), (colour, False)):
+        inv = nrinv.invert(pipe, it["source_image"], it["source_caption"], num_inference_steps=10, max_iterations=1)
+        cond = inv.setup.adapter.conditioning(it["target_caption"], it["source_caption"], 1.5, inv.setup.size)
+        assert (editing.moved_mask(inv.setup, inv.trajectory, cond, 0.5, 0.05) is not None) == moves

@@ -402,14 +402,18 @@ class EditorApp:
         deadline = Deadline(self.limits.max_seconds, self.clock)
         notes: list[str] = []  # an edit that changed (almost) nothing inside its mask says so
         t0 = time.perf_counter()
-        _, images = regenerate(state["result"], [target_prompt], strength=float(strength),
+        inversion, again = _edit_inversion(state, deadline)
+        _, images = regenerate(inversion, [target_prompt], strength=float(strength),
                                edit_guidance_scale=check_guidance(guidance, "guidance"),
                                guide_from_source=state.get("guide_from_source", False),
                                mask_threshold=state.get("mask_threshold"), keep_object=state.get("keep_object", False),
                                output_type="pil", callback=deadline, notes=notes)
         seconds = time.perf_counter() - t0
         edited = images[0]
-        info = f"edited in {seconds:.2f} s from the cached inversion" + ("; note: " + "; ".join(notes) if notes else "")
+        made = (f"from the model's edit inversion ({inversion.settings['num_inference_steps']} steps, "
+                f"{inversion.nfe} network calls{', made now' if again else ', cached'})"
+                if inversion is not state["result"] else "from the cached inversion")
+        info = f"edited in {seconds:.2f} s {made}" + ("; note: " + "; ".join(notes) if notes else "")
         return _display(edited), (_display(state["source"]), _display(edited)), info
 
     def interpolate(self, path_a, path_b, model, dtype, method, prompt_a, prompt_b, n, iterations, seed, state):
@@ -647,6 +651,41 @@ def _methods() -> dict:
     from .core.methods import METHODS
 
     return {name: method for name, method in METHODS.items() if method.invert}
+
+
+def _edit_inversion(state: dict, callback: Any) -> tuple[Any, bool]:
+    """The inversion the Edit tab regenerates from, and whether it was made now.  ``nrinv.edit`` inverts at
+    the model's ``edit_steps`` / ``edit_iterations`` when none are given; the Invert tab's inversion is
+    used as it is when the user chose its method, steps or iterations (they differ from the model's
+    defaults), else the image is inverted again at the edit's settings, once per inversion (kept in
+    ``state``)."""
+    from .api import invert
+    from .core.inversion import InversionOptions, solver_options
+
+    result = state["result"]
+    adapter = result.setup.adapter
+    d = adapter.defaults
+    if d.edit_steps is None and d.edit_iterations is None:
+        return result, False
+    s = result.settings
+    method = d.edit_method or d.method
+    if s.get("method") != method or s.get("num_inference_steps") != d.num_inference_steps:
+        return result, False  # the user's choice
+    iterates = _methods()[method].iterates and (s.get("options") or {}).get("max_iterations") is not None
+    if iterates:
+        guided = float(s.get("guidance_scale", 1.0)) > 1.0
+        default = solver_options(adapter, InversionOptions(method=method), guided=guided)[1].max_iterations
+        if s["options"]["max_iterations"] != default:
+            return result, False  # the user's choice
+    want = (d.edit_steps or d.num_inference_steps, (d.edit_iterations if iterates else None))
+    cached = state.get("edit_inversion")
+    if cached is not None and cached[0] is result and cached[1] == want:
+        return cached[2], False
+    again = invert(adapter, state["source"], s["prompt"], method=method, num_inference_steps=want[0],
+                   max_iterations=want[1], seed=s["seed"], guidance_scale=s.get("guidance_scale"),
+                   negative_prompt=s.get("negative_prompt"), callback=callback)
+    state["edit_inversion"] = (result, want, again)
+    return again, True
 
 
 def _resolve_method(pipe: Any, method: Any, editing: bool) -> str:

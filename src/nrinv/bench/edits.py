@@ -110,7 +110,7 @@ def run_edit_bench(
         inversion = inversion_options(parsed[method], its, steps=steps, guidance=inv_guidance, seed=seed,
                                       method_options=method_options)
         t0 = time.perf_counter()
-        with count_calls(pipe.unet) as count:
+        with count_calls(adapter.pipe.unet) as count:
             inv = invert(adapter, item["source_image"], item["source_caption"], inversion=inversion, progress=False)
             _, images = regenerate(inv, item["target_caption"], strength=strength,
                                    edit_guidance_scale=target_guidance, guide_from_source=contrast,
@@ -139,7 +139,7 @@ def run_edit_bench(
 
             raise InputError(f"unknown edit baseline {name!r}; one of {', '.join(TUNED)}")
         kind, settings = TUNED[name]
-        built = build_baseline(pipe, kind, settings)
+        built = build_baseline(adapter.pipe, kind, settings)  # the diffusers pipeline, as the CLI passes an adapter
         strength_b, guidance_b, steps_b = _baseline_knobs(settings)
         for i in range(n):
             if (i, name, 0, steps_b, strength_b, guidance_b, False, None, False) in done:

@@ -37,7 +37,29 @@ def cmd_bench(args) -> int:
         raise UsageError("--edits must be >= 0")
     if args.edit_strength is not None and not 0 < args.edit_strength <= 1:
         raise UsageError(f"--edit-strength must be in (0, 1], got {args.edit_strength}")
+    baselines = [b.strip() for b in (args.edit_baselines or "").split(",") if b.strip()]
+    if baselines:
+        from ..bench.baselines import TUNED
+
+        unknown = [b for b in baselines if b not in TUNED]
+        if unknown:
+            raise UsageError(f"unknown edit baseline {unknown[0]!r}; one of {', '.join(TUNED)}")
+        if not args.edits:
+            raise UsageError("--edit-baselines needs --edits N (the edit items they are scored on)")
     check_folder(Path(args.out), "--out")
+    from ..bench.perceptual import load_clip_score, load_lpips
+
+    try:  # before the model loads: a wrong folder fails in a second, and nothing is downloaded
+        lpips = load_lpips(args.lpips) if args.lpips else None
+        clip = load_clip_score(args.clip) if args.clip else None
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
+    if args.edits:  # before the output folder is claimed: a refused run leaves nothing behind
+        from ..core.defaults import model_kind
+
+        if model_kind(pipe) not in ("shapes", "shapes-lcm"):
+            raise UsageError("--edits scores edits with the shapes world's judge: use it with --model builtin:shapes")
     from ..bench.report import claim_folder
 
     settings = {"model": args.model, "dtype": args.dtype, "images": args.images, "n_images": args.n_images,
@@ -47,19 +69,6 @@ def cmd_bench(args) -> int:
         claim_folder(Path(args.out), json.loads(json.dumps(settings)))
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    from ..bench.perceptual import load_clip_score, load_lpips
-
-    try:  # before the model loads: a wrong folder fails in a second, and nothing is downloaded
-        lpips = load_lpips(args.lpips) if args.lpips else None
-        clip = load_clip_score(args.clip) if args.clip else None
-    except InputError as exc:
-        raise UsageError(str(exc)) from None
-    pipe = load_model(args.model, args.dtype, args.device, args.cuda_graphs)
-    if args.edits:
-        from ..core.defaults import model_kind
-
-        if model_kind(pipe) not in ("shapes", "shapes-lcm"):
-            raise UsageError("--edits scores edits with the shapes world's judge: use it with --model builtin:shapes")
     from ..core.adapters import adapter_for
 
     size = adapter_for(pipe).default_size() if args.size is None else args.size
@@ -84,7 +93,7 @@ def cmd_bench(args) -> int:
                                    mask_threshold=-1.0 if args.edit_mask_threshold is None
                                    else (args.edit_mask_threshold or None), keep_object=args.edit_keep_object,
                                    seed=args.seed, method_options=options, lpips=lpips, clip=clip,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, baselines=baselines)
         summary = summarize_edits(edit_rows)
         save_json({"summary": summary, "rows": edit_rows}, Path(args.out) / "edits.json")
         if not args.quiet:
@@ -120,6 +129,9 @@ def register(sub) -> None:
                    help="background edits keep the object (default: the model's)")
     p.add_argument("--guide-from-source", action=argparse.BooleanOptionalAction, default=None,
                    help="edits guide away from the source prompt instead of the empty one (default: the model's)")
+    p.add_argument("--edit-baselines", default=None, metavar="NAMES",
+                   help="with --edits: also edit the items with diffusers' pipelines built from the model's own "
+                        "components at their tuned settings, comma-separated: diffedit, ledits++, ledits++sigma_min")
     p.add_argument("--lpips", default=None, metavar="DIR",
                    help="LPIPS from local weights: torchvision AlexNet state dict + lpips alex.pth (never downloads)")
     p.add_argument("--clip", default=None, metavar="DIR",

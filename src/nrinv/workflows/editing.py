@@ -28,7 +28,7 @@ from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_th
 from .encoding import adjust_encoding
 
 __all__ = ["EditResult", "edit", "regenerate", "local_edit_mask", "changes_background", "object_pixels",
-           "start_step", "mask_step", "unchanged_note", "UNCHANGED_CHANGE"]
+           "moved_mask", "start_step", "mask_step", "unchanged_note", "UNCHANGED_CHANGE"]
 
 
 def start_step(num_steps: int, strength: float) -> tuple[int, int]:
@@ -213,6 +213,47 @@ def _outside_mask(setup: Setup, trajectory: Sequence[Tensor], mask: Tensor) -> O
     return 1.0 - edit, recon, "mask"
 
 
+def _background_knobs(adapter: Any, num_steps: int, strength: float, guidance: float,
+                      keep_object: bool) -> Optional[tuple[int, float]]:
+    """``(start, guidance)`` of an edit that changes the background, where the model's row gives its own
+    (``background_edit_strength`` / ``background_edit_guidance``) and the edit runs at the model's default
+    strength and guidance (what ``nrinv.edit`` and the app's sliders start at); else None (every edit at
+    ``strength`` / ``guidance``)."""
+    d = adapter.defaults
+    if not keep_object or (d.background_edit_strength is None and d.background_edit_guidance is None):
+        return None
+    if abs(float(strength) - d.edit_strength) > 1e-9 or abs(float(guidance) - d.edit_guidance) > 1e-9:
+        return None
+    s = d.edit_strength if d.background_edit_strength is None else d.background_edit_strength
+    g = d.edit_guidance if d.background_edit_guidance is None else d.background_edit_guidance
+    return start_step(num_steps, s)[0], float(g)
+
+
+def moved_mask(setup: Setup, trajectory: Sequence[Tensor], target_cond: Any, threshold: float, share: float,
+               memo: Optional[dict] = None) -> Optional[Tensor]:
+    """For an edit that moves the object: the local mask read at the first step (``local_edit_mask`` at
+    step 0, where the target prediction may put the object elsewhere), else None.  It moves the object
+    when more than ``share`` of that mask lies outside the object (the reconstruction's pixels far from
+    the border's colours, ``object_pixels``) widened by two latent pixels."""
+    if trajectory[0].dim() != 4:
+        return None
+    with torch.no_grad():
+        recon = setup.adapter.decode(trajectory[-1].float(), setup.size).float()
+    obj = object_pixels(recon)
+    if not 0.002 < float(obj.mean()) < 0.5:
+        return None
+    h, w = trajectory[0].shape[-2:]
+    fy, fx = recon.shape[-2] // h, recon.shape[-1] // w
+    if fy < 1 or fx < 1 or recon.shape[-2] != fy * h or recon.shape[-1] != fx * w:
+        return None
+    near = (torch.nn.functional.avg_pool2d(obj, (fy, fx)) > 0.25).float()
+    for _ in range(2):
+        near = torch.nn.functional.max_pool2d(near, 3, 1, 1)
+    early = local_edit_mask(setup, trajectory[0].float(), 0, target_cond, threshold, memo=memo)
+    outside = float((early * (1 - near)).sum() / early.sum().clamp_min(1))
+    return early if outside > share else None
+
+
 def _mask_paste(adapter: Any, value: Optional[bool]) -> bool:
     return bool(adapter.defaults.mask_paste if value is None else value)
 
@@ -221,7 +262,8 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
                 negative_prompt: Optional[str], progress: bool, mask_threshold: Optional[float] = None,
                 guide_from_source: bool = False, callback: Optional[StepCallback] = None,
                 nfe: int = 0, keep_object: bool = False, pastes: Optional[list] = None,
-                notes: Optional[list] = None, paste_outside: bool = False) -> list[Tensor]:
+                notes: Optional[list] = None, paste_outside: bool = False,
+                background: Optional[tuple[int, float]] = None) -> list[Tensor]:
     """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule;
     ``callback`` after each step (``StepCallback``, with ``"target"``: the target's index), counting
     network calls from ``nfe``.
@@ -232,7 +274,8 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     alone comes out tinted by the new background).  ``pastes`` (a list) receives, per target,
     ``(alpha, reconstruction, "object")``, or with ``paste_outside`` and a local mask ``(..., "mask")``
     (``_outside_mask``), or None.  ``notes`` (a list) receives one line per target that changed
-    (almost) nothing inside its mask (``unchanged_note``).
+    (almost) nothing inside its mask (``unchanged_note``).  ``background``: ``(start, guidance)`` of an
+    edit that changes the background (``_background_knobs``), None: as every other edit.
     """
     pastes = [] if pastes is None else pastes
     notes = [] if notes is None else notes
@@ -245,15 +288,27 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
         mask = paste = None
         memo: dict = {}  # the predictions the masks compare, one network call each
-        if keep_object:
-            if changes_background(setup, traj, start, cond, memo=memo):  # the object stays as it is
+        begin = start
+        if keep_object:  # probed from the background edit's first step: its predictions serve the mask too
+            probe = start if background is None else background[0]
+            if changes_background(setup, traj, probe, cond, memo=memo):  # the object stays as it is
                 kept = _keep_object(setup, traj)
                 if kept is not None:
                     mask, alpha, recon = kept
                     paste = (alpha, recon, "object")
+                if background is not None:  # the model's own settings of a background edit
+                    begin = background[0]
+                    cond = setup.adapter.conditioning(target, negative_prompt, background[1], setup.size)
         if mask is None and mask_threshold is not None:
-            at = mask_step(len(setup.schedule), start)
+            # the mask is scale-free (``local_edit_mask`` divides by the largest difference), so predictions
+            # made at another guidance serve it unchanged
+            at = mask_step(len(setup.schedule), begin)
             mask = local_edit_mask(setup, traj[at].float(), at, cond, mask_threshold, memo=memo)
+            share = setup.adapter.defaults.move_threshold
+            if background is not None and share is not None:  # at the model's defaults: an edit that moves
+                moved = moved_mask(setup, traj, cond, mask_threshold, share, memo=memo)  # the object re-runs
+                if moved is not None:  # every step inside both masks
+                    mask, begin = torch.maximum(mask, moved), 0
             if paste_outside:
                 paste = _outside_mask(setup, traj, mask)
         calls = len(memo)
@@ -261,11 +316,11 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
         if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt (reported
             from ..core.edit_friendly import edit_sample  # to the callback once, at the end)
 
-            z = edit_sample(setup, traj, inversion.corrections, start, cond,
+            z = edit_sample(setup, traj, inversion.corrections, begin, cond,
                             float(inversion.settings.get("options", {}).get("pseudo_guidance", 1.0)), mask)
             latents.append(z)
             _note_unchanged(notes, target, z, traj[-1], mask)
-            nfe += len(setup.schedule) - start + calls
+            nfe += len(setup.schedule) - begin + calls
             if callback is not None:
                 last = setup.schedule.steps[-1]
                 callback({"phase": "sample", "i": len(setup.schedule) - 1, "t": last.t, "timestep": last.timestep,
@@ -279,10 +334,10 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
                 callback(dict(info, target=index))
 
         if mask is None:
-            z = sample(setup, traj[start], start=start, cond=cond, progress=progress,
+            z = sample(setup, traj[begin], start=begin, cond=cond, progress=progress,
                        corrections=inversion.corrections, callback=report, nfe=seen[0])
         else:  # outside the mask, every step lands back on the inverted trajectory
-            z = _masked_sample(setup, traj, start, cond, mask, inversion.corrections, report, seen)
+            z = _masked_sample(setup, traj, begin, cond, mask, inversion.corrections, report, seen)
         nfe = seen[0]
         latents.append(z)
         _note_unchanged(notes, target, z, traj[-1], mask)
@@ -369,11 +424,14 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
     check_output_type(output_type)
     targets = prompt_list(target_prompts, "target prompt")
     start, _ = start_step(len(inversion.setup.schedule), strength)
+    guidance = check_guidance(edit_guidance_scale, "edit_guidance_scale")
     pastes: list = []
-    latents = _regenerate(inversion, targets, start, check_guidance(edit_guidance_scale, "edit_guidance_scale"),
+    latents = _regenerate(inversion, targets, start, guidance,
                           negative_prompt, progress, check_mask_threshold(mask_threshold), guide_from_source, callback,
                           0, bool(keep_object), pastes, notes,
-                          _mask_paste(inversion.setup.adapter, mask_paste))
+                          _mask_paste(inversion.setup.adapter, mask_paste),
+                          _background_knobs(inversion.setup.adapter, len(inversion.setup.schedule), strength, guidance,
+                                            bool(keep_object)))
     return latents, _images(inversion.setup, latents, output_type, pastes)
 
 
@@ -460,6 +518,12 @@ def edit(
     ``callback(info)``: after each step, of the inversion (``info["phase"] == "invert"``) and of each
     target's regeneration (``"sample"``, with ``info["target"]``); ``info["nfe"]`` counts the calls of
     both (:data:`nrinv.core.inversion.StepCallback`).
+
+    At the model's default strength and edit guidance, an edit that changes the background runs at the
+    model's ``background_edit_strength`` / ``background_edit_guidance`` where its row has them
+    (``builtin:shapes``: object edits at 0.6 / 1.5, background edits at 0.5 / 2; measured per kind of edit);
+    where the row has a ``move_threshold``, a local edit whose mask read at the first step lies outside the
+    object (``moved_mask``: it moves the object) re-runs every step inside both masks.
     """
     check_output_type(output_type)
     resized = resolve_size(height, width)
@@ -513,8 +577,9 @@ def edit(
     start, rerun = start_step(len(setup.schedule), strength)
     t0 = time.perf_counter()
     pastes: list = []
+    background = _background_knobs(adapter, len(setup.schedule), strength, target_guidance, keep_object)
     latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
-                          guide_from_source, callback, inverted.nfe, keep_object, pastes, notes, mask_paste)
+                          guide_from_source, callback, inverted.nfe, keep_object, pastes, notes, mask_paste, background)
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     images = _images(setup, latents, output_type, pastes)
@@ -532,6 +597,9 @@ def edit(
         "mask_paste": mask_paste,
         "object_kept": [p is not None and p[2] == "object" for p in pastes],
         "strength": strength,
+        # a background edit at the model's default strength and guidance runs at the model's own settings
+        "background_edit": (None if background is None else
+                            {"start_step": background[0], "edit_guidance_scale": background[1]}),
         "start_step": start,
         "rerun_steps": rerun,
         "edit_guidance_scale": target_guidance,
