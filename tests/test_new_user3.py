@@ -37,7 +37,7 @@ def busy_start(monkeypatch):
             return dataclasses.replace(cost, forward_s=cost.forward_s * 500, gradient_s=cost.gradient_s * 500)
         return cost
 
-    monkeypatch.setattr(app_module, "measure_call_cost", measure)
+    monkeypatch.setattr(app_module.models, "measure_call_cost", measure)  # where EditorApp looks it up
     return measured
 
 
