@@ -84,6 +84,33 @@ def test_a_request_past_its_deadline_ends_in_one_line(tmp_path):
     assert app.cost("builtin:shapes").forward_s > before  # what it took counts: 6 "seconds" for a few calls
 
 
+def test_the_interpolate_tab_ends_at_its_deadline_too(tmp_path):
+    """The Interpolate tab was bounded by its price only (``interpolate`` took no step callback): it now
+    stops at the first step past its deadline, in one line, as the other tabs do."""
+    pytest.importorskip("gradio")
+    from nrinv.app import MODEL_DEFAULT, EditorApp, Limits, RequestTooLong
+
+    app = EditorApp(["builtin:shapes"], device="cpu", dtype="float32", limits=Limits(max_seconds=5))
+    path = _drawing(tmp_path / "drawing.png")
+    app.pipe("builtin:shapes")
+    ticks = iter(range(10 ** 6))
+    app.clock = lambda: float(next(ticks))
+    with pytest.raises(RequestTooLong, match="stopped after 6 s"):
+        app.interpolate(path, path, "builtin:shapes", "float32", MODEL_DEFAULT, PROMPT, "", 3, 0, 0, {})
+
+
+def test_interpolate_reports_every_step_with_the_calls_of_the_whole_call(tmp_path):
+    import nrinv
+
+    pipe = nrinv.load_pipeline("builtin:shapes-lcm")
+    image = Image.open(_drawing(tmp_path / "drawing.png"))
+    seen = []
+    res = nrinv.interpolate(pipe, image, image, PROMPT, n=3, callback=seen.append)
+    calls = [info["nfe"] for info in seen]
+    assert calls == sorted(calls) and len(seen) > 3 * len(res.inversions[0].setup.schedule)
+    assert calls[-1] == res.inversions[0].nfe + res.inversions[1].nfe + 4 * len(res.inversions[0].setup.schedule)
+
+
 def test_a_new_image_size_is_priced_with_its_graph_capture(tmp_path):
     """Each new upload size captures CUDA graphs, which the time cap never counted.  The capture's cost is
     measured when the model loads (here through the stand-in capture of tests/test_graphs.py) and added

@@ -151,7 +151,9 @@ class EditorApp(_Models, _Requests):
             raise InputError(f"images A and B differ in size ({a.height}x{a.width} and {b.height}x{b.width}, HxW); "
                              "resize them to match")
         prompts = (prompt_a, prompt_b) if prompt_b and prompt_b.strip() else prompt_a
-        res = interpolate(pipe, a, b, prompts, n=frames, method=method, max_iterations=iterations, seed=seed)
+        deadline = Deadline(self.limits.max_seconds, self.clock)  # ends the request between steps, as the others
+        res = interpolate(pipe, a, b, prompts, n=frames, method=method, max_iterations=iterations, seed=seed,
+                          callback=deadline)
         shown = [_display(f) for f in res.images]
         return shown[0], {"frames": shown}, 0
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._version import __version__
 from ..core.adapters import adapter_for, require_images
-from ..core.inversion import (InversionOptions, InversionResult, check_guidance, inversion_parameters,
+from ..core.inversion import (InversionOptions, InversionResult, StepCallback, check_guidance, inversion_parameters,
                               invert_tensor, sample,
                               solver_options)
 from ..errors import InputError
@@ -38,13 +38,19 @@ class InterpolationResult:
                 "inversions": [inv.stats() for inv in self.inversions]}
 
 
-def _sample_mixed(setup, z: Tensor, cond_a, cond_b, weight: float) -> Tensor:
-    """Sample with the model output ``(1 - weight) m(z, a) + weight m(z, b)`` at every step."""
+def _sample_mixed(setup, z: Tensor, cond_a, cond_b, weight: float, callback: Optional[StepCallback] = None,
+                  nfe: int = 0) -> Tensor:
+    """Sample with the model output ``(1 - weight) m(z, a) + weight m(z, b)`` at every step (two calls a step;
+    ``callback`` after each, counting network calls from ``nfe``)."""
     z = z.to(device=setup.schedule.device, dtype=torch.float32)
     with torch.no_grad():
-        for step in setup.schedule.steps:
+        for i, step in enumerate(setup.schedule.steps):
             out = torch.lerp(setup.denoiser(step, cond_a)(z).float(), setup.denoiser(step, cond_b)(z).float(), weight)
             z = step.apply(z, out)
+            nfe += 2
+            if callback is not None:
+                callback({"phase": "sample", "i": i, "t": step.t, "timestep": step.timestep, "x": z,
+                          "residual": None, "nfe": nfe})
     return z
 
 
@@ -68,6 +74,7 @@ def interpolate(
     progress: bool = False,
     path_guidance: Optional[float] = None,
     mix: str = "predictions",
+    callback: Optional[StepCallback] = None,
 ) -> InterpolationResult:
     """Invert both images, slerp their noises ``z_0``, mix the prompts, regenerate ``n`` frames.
 
@@ -82,7 +89,8 @@ def interpolate(
     schedule: the first and last frames are the two reconstructions.  ``n == 1`` gives the midpoint.
     Images of different sizes raise ``InputError`` unless ``resize`` (B is resized to A's size).
     The inversions' parameters: :class:`~nrinv.InversionOptions` (the frames are sampled at its
-    ``guidance_scale``).
+    ``guidance_scale``).  ``callback`` (``StepCallback``) after every step of both inversions and every frame,
+    its ``"nfe"`` counting the network calls of the whole call (the app's deadline reads it).
     """
     check_output_type(output_type)
     plist = prompt_list(prompts, "prompt")
@@ -122,8 +130,10 @@ def interpolate(
         if encode_adjust is not None:
             encoded = adjust_encoding(adapter, encoded, prompt, strength=encode_adjust, height=size[0], width=size[1],
                                       inversion=inversion)
+        done = sum(inv.nfe for inv in inversions)
+        count = None if callback is None else (lambda info, done=done: callback(dict(info, nfe=done + info["nfe"])))
         inversions.append(invert_tensor(adapter, None, prompt, image_latents=encoded, height=size[0], width=size[1],
-                                 inversion=inversion, progress=progress))
+                                        inversion=inversion, progress=progress, callback=count))
     timings["invert"] = time.perf_counter() - t0
     inv_a, inv_b = inversions
     setup = inv_a.setup
@@ -131,6 +141,7 @@ def interpolate(
 
     weights = interpolation_weights(n)
     latents: list[Tensor] = []
+    nfe = inv_a.nfe + inv_b.nfe
     t0 = time.perf_counter()
     path_g = float(edit_defaults(adapter)["edit_guidance_scale"] if path_guidance is None else path_guidance)
     for w in weights:
@@ -142,9 +153,11 @@ def interpolate(
             cb = adapter.conditioning(prompt_b, None, g, size)
         if w in (0, 1) or mix == "embeddings":
             cond = ca if w == 0 else cb if w == 1 else ca.lerp(cb, w)
-            latents.append(sample(setup, z0, cond=cond, progress=progress))
+            latents.append(sample(setup, z0, cond=cond, progress=progress, callback=callback, nfe=nfe))
+            nfe += len(setup.schedule)
         else:
-            latents.append(_sample_mixed(setup, z0, ca, cb, w))
+            latents.append(_sample_mixed(setup, z0, ca, cb, w, callback, nfe))
+            nfe += 2 * len(setup.schedule)
     with torch.no_grad():
         images = format_images(latents, lambda z: adapter.decode(z, size), output_type)
     timings["regenerate"] = time.perf_counter() - t0
