@@ -159,12 +159,16 @@ def test_command_line_round_trip(tmp_path, model_dir):
 
 def test_builtin_lcm_defaults_by_measurement(shapes_lcm):
     """The registry's few-step choices (benchmarks/README.md section 0): edits invert edit-friendly (4 calls,
-    masked at 0.5, strength 0.75); inversion warm-starts "last" at 3 iterations and "linear" at 2."""
+    masked at 0.5, strength 0.5 for the object and 0.75 for the background); inversion warm-starts "last" at
+    3 iterations and "linear" at 2."""
     from nrinv.bench.images import load_image_set
 
     img = load_image_set("shapes", size=(64, 64), n=1, seed=7000)[0]
     out = nrinv.edit(shapes_lcm, img.image, img.prompt, img.prompt.replace("background", "backdrop"))
     assert out.inversion.settings["method"] == "edit_friendly" and out.inversion.nfe == 4
-    assert out.settings["mask_threshold"] == 0.5 and out.settings["strength"] == 0.75 and out.settings["mask_paste"]
+    assert out.settings["mask_threshold"] == 0.5 and out.settings["strength"] == 0.5 and out.settings["mask_paste"]
+    d = nrinv.core.adapter_for(shapes_lcm).defaults  # object edits at 0.5, backgrounds at 0.75 (edit guidance 8)
+    assert (d.background_edit_strength, d.background_edit_guidance, d.move_threshold, d.paste_objects) == (
+        0.75, None, 0.05, 0)
     assert nrinv.invert(shapes_lcm, img.image, img.prompt).settings["warm_start"] == "last"
     assert nrinv.invert(shapes_lcm, img.image, img.prompt, max_iterations=2).settings["warm_start"] == "linear"

@@ -123,6 +123,28 @@ def test_mask_paste_keeps_the_reconstructions_pixels_outside_the_mask(tiny, astr
     assert torch.allclose(image[inside.expand_as(recon)], before[inside.expand_as(recon)], atol=1e-6)
 
 
+def test_off_object_alpha_is_the_background_away_from_both_objects():
+    """1 on the pixels away from the object of both images (a square recoloured, a rectangle added), 0 on either
+    object, a ramp over the one-pixel ring around them (wider by ``margin``); None without an object."""
+    recon = torch.empty(1, 3, 32, 32)
+    recon[:] = torch.tensor([0.2, 0.3, 0.8]).view(1, 3, 1, 1)
+    recon[..., 8:14, 8:14] = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)
+    image = recon.clone()
+    image[..., 8:14, 8:14] = torch.tensor([0.1, 0.9, 0.1]).view(1, 3, 1, 1)
+    disc = torch.zeros(32, 32, dtype=torch.bool)
+    disc[20:25, 20:26] = True
+    image[0, :, disc] = torch.tensor([0.9, 0.9, 0.1]).view(3, 1)
+    off = editing.off_object_alpha(image, recon, 0)[0, 0]
+    assert off[8:14, 8:14].max() == 0 and off[disc].max() == 0
+    assert 0 < float(off[7, 10]) < 1 and 0 < float(off[14, 10]) < 1     # the ring: a ramp
+    assert float(off[5, 10]) == 1 and float(off[16, 10]) == 1 and float(off[0, 0]) == 1
+    assert float(off[0:6, 20:32].min()) == 1                              # the background far from both
+    wide = editing.off_object_alpha(image, recon, 2)[0, 0]
+    assert float(wide[6, 10]) == 0 and 0 < float(wide[5, 10]) < 1 and float(wide[3, 10]) == 1
+    plain = torch.full_like(recon, 0.5)
+    assert editing.off_object_alpha(plain, recon, 0) is None and editing.off_object_alpha(image, plain, 0) is None
+
+
 @pytest.mark.parametrize("kind", ("sd", "sdxl"))
 def test_small_strength_returns_the_encoded_image(tiny, astronaut32, kind):
     pipe = tiny(kind)

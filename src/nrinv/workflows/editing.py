@@ -28,7 +28,7 @@ from .common import (DEFAULT_ENCODE_ADJUST, Prompts, check_adjust, check_mask_th
 from .encoding import adjust_encoding
 
 __all__ = ["EditResult", "edit", "regenerate", "local_edit_mask", "changes_background", "object_pixels",
-           "moved_mask", "start_step", "mask_step", "unchanged_note", "UNCHANGED_CHANGE"]
+           "moved_mask", "off_object_alpha", "start_step", "mask_step", "unchanged_note", "UNCHANGED_CHANGE"]
 
 
 def start_step(num_steps: int, strength: float) -> tuple[int, int]:
@@ -213,6 +213,19 @@ def _outside_mask(setup: Setup, trajectory: Sequence[Tensor], mask: Tensor) -> O
     return 1.0 - edit, recon, "mask"
 
 
+def _at_model_defaults(adapter: Any, strength: float, guidance: float) -> bool:
+    """Whether an edit runs at the model's default strength and edit guidance (what ``nrinv.edit`` and the
+    app's sliders start at): the per-kind settings of the model's row apply only then."""
+    d = adapter.defaults
+    return abs(float(strength) - d.edit_strength) <= 1e-9 and abs(float(guidance) - d.edit_guidance) <= 1e-9
+
+
+def _move_share(adapter: Any, strength: float, guidance: float) -> Optional[float]:
+    """The model's ``move_threshold`` for an edit at its default strength and guidance, else None."""
+    share = adapter.defaults.move_threshold
+    return share if share is not None and _at_model_defaults(adapter, strength, guidance) else None
+
+
 def _background_knobs(adapter: Any, num_steps: int, strength: float, guidance: float,
                       keep_object: bool) -> Optional[tuple[int, float]]:
     """``(start, guidance)`` of an edit that changes the background, where the model's row gives its own
@@ -222,7 +235,7 @@ def _background_knobs(adapter: Any, num_steps: int, strength: float, guidance: f
     d = adapter.defaults
     if not keep_object or (d.background_edit_strength is None and d.background_edit_guidance is None):
         return None
-    if abs(float(strength) - d.edit_strength) > 1e-9 or abs(float(guidance) - d.edit_guidance) > 1e-9:
+    if not _at_model_defaults(adapter, strength, guidance):
         return None
     s = d.edit_strength if d.background_edit_strength is None else d.background_edit_strength
     g = d.edit_guidance if d.background_edit_guidance is None else d.background_edit_guidance
@@ -263,7 +276,7 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
                 guide_from_source: bool = False, callback: Optional[StepCallback] = None,
                 nfe: int = 0, keep_object: bool = False, pastes: Optional[list] = None,
                 notes: Optional[list] = None, paste_outside: bool = False,
-                background: Optional[tuple[int, float]] = None) -> list[Tensor]:
+                background: Optional[tuple[int, float]] = None, move: Optional[float] = None) -> list[Tensor]:
     """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule;
     ``callback`` after each step (``StepCallback``, with ``"target"``: the target's index), counting
     network calls from ``nfe``.
@@ -273,9 +286,13 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     taken from the reconstruction (the VAE's decoder mixes neighbouring latents, so a kept latent
     alone comes out tinted by the new background).  ``pastes`` (a list) receives, per target,
     ``(alpha, reconstruction, "object")``, or with ``paste_outside`` and a local mask ``(..., "mask")``
-    (``_outside_mask``), or None.  ``notes`` (a list) receives one line per target that changed
-    (almost) nothing inside its mask (``unchanged_note``).  ``background``: ``(start, guidance)`` of an
-    edit that changes the background (``_background_knobs``), None: as every other edit.
+    (``_outside_mask``; for an edit of the object where the model's row has ``paste_objects``,
+    ``(..., "mask", margin)``: ``off_object_alpha``), or None.  ``notes`` (a list) receives one line per
+    target that changed (almost) nothing inside its mask (``unchanged_note``).  ``background``:
+    ``(start, guidance)`` of an edit that changes the background (``_background_knobs``), None: as every
+    other edit.  ``move``: the
+    share of a local edit's first-step mask outside the object above which the edit moves it
+    (``moved_mask``; ``_move_share``), None: no edit moves the object.
     """
     pastes = [] if pastes is None else pastes
     notes = [] if notes is None else notes
@@ -289,9 +306,11 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
         mask = paste = None
         memo: dict = {}  # the predictions the masks compare, one network call each
         begin = start
+        object_edit = False  # known to leave the background (probed with keep_object)
         if keep_object:  # probed from the background edit's first step: its predictions serve the mask too
             probe = start if background is None else background[0]
-            if changes_background(setup, traj, probe, cond, memo=memo):  # the object stays as it is
+            object_edit = not changes_background(setup, traj, probe, cond, memo=memo)
+            if not object_edit:  # the object stays as it is
                 kept = _keep_object(setup, traj)
                 if kept is not None:
                     mask, alpha, recon = kept
@@ -304,13 +323,15 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
             # made at another guidance serve it unchanged
             at = mask_step(len(setup.schedule), begin)
             mask = local_edit_mask(setup, traj[at].float(), at, cond, mask_threshold, memo=memo)
-            share = setup.adapter.defaults.move_threshold
-            if background is not None and share is not None:  # at the model's defaults: an edit that moves
-                moved = moved_mask(setup, traj, cond, mask_threshold, share, memo=memo)  # the object re-runs
+            if move is not None:  # at the model's defaults: an edit that moves
+                moved = moved_mask(setup, traj, cond, mask_threshold, move, memo=memo)  # the object re-runs
                 if moved is not None:  # every step inside both masks
                     mask, begin = torch.maximum(mask, moved), 0
             if paste_outside:
                 paste = _outside_mask(setup, traj, mask)
+                margin = setup.adapter.defaults.paste_objects
+                if paste is not None and object_edit and margin is not None:  # the background stays the
+                    paste = paste + (int(margin),)  # reconstruction's away from both objects (``_images``)
         calls = len(memo)
         pastes.append(paste)
         if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt (reported
@@ -388,9 +409,30 @@ def _masked_sample(setup: Setup, traj: Sequence[Tensor], start: int, cond: Any, 
     return z
 
 
+def off_object_alpha(image: Tensor, recon: Tensor, margin: int) -> Optional[Tensor]:
+    """(B, 1, H, W) in [0, 1]: 1 on the pixels more than ``margin`` pixels from the object of both ``image``
+    and ``recon`` (``object_pixels``), 0 on them, feathered over the pixel ring around them; None where
+    either has no object standing out from its border's colours.  An edit of the object leaves the
+    background as the reconstruction has it: there, the edit's own pixels differ from it only by the
+    re-run's error."""
+    objects = []
+    for picture in (image.float(), recon.float()):
+        obj = object_pixels(picture)
+        if not 0.002 < float(obj.mean()) < 0.5:
+            return None
+        objects.append(obj)
+    near = torch.maximum(*objects)
+    if margin > 0:
+        near = torch.nn.functional.max_pool2d(near, 2 * int(margin) + 1, 1, int(margin))
+    # feathered outward only: 1 on the objects, a ramp over the pixel ring around them
+    near = torch.maximum(near, torch.nn.functional.avg_pool2d(near, 3, 1, 1, count_include_pad=False))
+    return 1.0 - near.clamp(0, 1)
+
+
 def _images(setup: Setup, latents: list[Tensor], output_type: str, pastes: Optional[list] = None) -> list[Any]:
     """Decoded latents; where ``pastes`` gives ``(alpha, reconstruction)``, the object's pixels are the
-    reconstruction's."""
+    reconstruction's (where a paste also gives a margin, an edit of the object's, also those away from the
+    object in both the edit and the reconstruction: ``off_object_alpha``)."""
     pastes = list(pastes or [None] * len(latents))
     queue = iter(pastes)
 
@@ -400,6 +442,10 @@ def _images(setup: Setup, latents: list[Tensor], output_type: str, pastes: Optio
         if paste is None:
             return image
         alpha, recon = paste[:2]
+        if len(paste) > 3:  # an edit of the object: away from both objects, the reconstruction's background
+            off = off_object_alpha(image, recon, paste[3])
+            if off is not None:
+                alpha = torch.maximum(alpha, off)
         return alpha * recon + (1 - alpha) * image.float()
 
     with torch.no_grad():
@@ -431,7 +477,8 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
                           0, bool(keep_object), pastes, notes,
                           _mask_paste(inversion.setup.adapter, mask_paste),
                           _background_knobs(inversion.setup.adapter, len(inversion.setup.schedule), strength, guidance,
-                                            bool(keep_object)))
+                                            bool(keep_object)),
+                          _move_share(inversion.setup.adapter, strength, guidance))
     return latents, _images(inversion.setup, latents, output_type, pastes)
 
 
@@ -507,7 +554,9 @@ def edit(
 
     ``mask_paste`` (default: the model's): with a mask, the pixels outside it (widened by one latent
     pixel, feathered) are the reconstruction's: the VAE's decoder mixes neighbouring latents, so the
-    kept latents alone come out tinted by the edit beside them.
+    kept latents alone come out tinted by the edit beside them.  Where the model's row has
+    ``paste_objects`` (``builtin:shapes-lcm``), an edit of the object also keeps the reconstruction's pixels
+    inside the mask wherever neither the reconstruction nor the edit has the object (``off_object_alpha``).
 
     ``keep_object`` (default: the model's; on for the built-in models): when the edit changes the
     background (the target and source predictions differ along the image's border), the object is kept:
@@ -521,7 +570,8 @@ def edit(
 
     At the model's default strength and edit guidance, an edit that changes the background runs at the
     model's ``background_edit_strength`` / ``background_edit_guidance`` where its row has them
-    (``builtin:shapes``: object edits at 0.6 / 1.5, background edits at 0.5 / 2; measured per kind of edit);
+    (``builtin:shapes``: object edits at 0.6 / 1.5, background edits at 0.5 / 2; ``builtin:shapes-lcm``: 0.5 and
+    0.75 at guidance 8; measured per kind of edit);
     where the row has a ``move_threshold``, a local edit whose mask read at the first step lies outside the
     object (``moved_mask``: it moves the object) re-runs every step inside both masks.
     """
@@ -579,7 +629,8 @@ def edit(
     pastes: list = []
     background = _background_knobs(adapter, len(setup.schedule), strength, target_guidance, keep_object)
     latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
-                          guide_from_source, callback, inverted.nfe, keep_object, pastes, notes, mask_paste, background)
+                          guide_from_source, callback, inverted.nfe, keep_object, pastes, notes, mask_paste, background,
+                          _move_share(adapter, strength, target_guidance))
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     images = _images(setup, latents, output_type, pastes)
