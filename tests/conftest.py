@@ -64,3 +64,24 @@ def pytest_terminal_summary(terminalreporter):
         f"browser tests NOT RUN: {len(skipped)} of tests/test_app.py skipped ({'; '.join(sorted(reasons))}); "
         "install Chromium (apt-get install chromium) and Playwright to run them, or set NRINV_REQUIRE_BROWSER=1 "
         "to fail instead", yellow=True, bold=True)
+
+
+def builtin_available() -> bool:
+    """Whether the built-in shapes model's weights are installed (they ship with the package)."""
+    from nrinv.shapes import MODEL_DIR
+
+    return (MODEL_DIR / "model_index.json").is_file()
+
+
+#: a test that needs the built-in shapes model
+builtin = pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
+
+
+@pytest.fixture(scope="module")
+def shapes_pipe():
+    """builtin:shapes on the CPU, one per test module (a test may swap its scheduler and put it back)."""
+    if not builtin_available():
+        pytest.skip("the built-in shapes model is not installed")
+    import nrinv
+
+    return nrinv.load_pipeline("builtin:shapes", device="cpu")

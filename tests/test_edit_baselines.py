@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import nrinv
 from nrinv.bench.baselines import (BASELINES, DiffEditSettings, LeditsSettings, count_calls, diffedit_pipeline,
                                    ledits_pipeline, run_baseline)
 from nrinv.errors import InputError
@@ -12,20 +11,9 @@ from nrinv.metrics import psnr
 from nrinv.shapes.editeval import judge_confident, kept_region, score_edit
 from nrinv.shapes.editset import EDIT_ATTRIBUTES, GEOMETRY_ATTRIBUTES, edit_set
 from nrinv.shapes.world import object_mask
+from conftest import builtin
 
 
-def _builtin_available():
-    from nrinv.shapes import MODEL_DIR
-
-    return (MODEL_DIR / "model_index.json").is_file()
-
-
-builtin = pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
-
-
-@pytest.fixture(scope="module")
-def shapes_pipe():
-    return nrinv.load_pipeline("builtin:shapes", device="cpu")
 
 
 def _float(image):

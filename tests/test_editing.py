@@ -17,6 +17,7 @@ import nrinv
 from nrinv.workflows import editing
 from nrinv.cli import main
 from nrinv.errors import InputError
+from conftest import builtin
 
 SRC = "a photo of a cat"
 TGT = "a red dog on the left"
@@ -484,18 +485,6 @@ def test_cli_converts_image_modes_with_a_note(cli_pipe, tmp_path, astronaut32, c
 
 
 # ------------------------------------------------------------------------------------ built-in model
-def _builtin_available():
-    from nrinv.shapes import MODEL_DIR
-
-    return (MODEL_DIR / "model_index.json").is_file()
-
-
-builtin = pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
-
-
-@pytest.fixture(scope="module")
-def shapes_pipe():
-    return nrinv.load_pipeline("builtin:shapes")
 
 
 @builtin

@@ -64,17 +64,26 @@ def test_an_app_started_on_a_busy_machine_serves_requests_on_a_quiet_one(busy_st
     assert pipe is app.pipe("builtin:shapes")
 
 
-def test_a_request_past_its_deadline_ends_in_one_line(tmp_path):
-    """The limit is enforced where it can be: a deadline checked between steps ends the request with
-    one line (a clock that advances one second per look stands in for a slow machine)."""
+def _app_on_a_slow_clock(tmp_path):
+    """The app with builtin:shapes loaded, a 5 s cap and a clock that advances one second per look (a slow
+    machine), and a drawing to send it."""
     pytest.importorskip("gradio")
-    from nrinv.app import MODEL_DEFAULT, EditorApp, Limits, RequestTooLong
+    from nrinv.app import EditorApp, Limits
 
     app = EditorApp(["builtin:shapes"], device="cpu", dtype="float32", limits=Limits(max_seconds=5))
     path = _drawing(tmp_path / "drawing.png")
     app.pipe("builtin:shapes")
     ticks = iter(range(10 ** 6))
     app.clock = lambda: float(next(ticks))
+    return app, path
+
+
+def test_a_request_past_its_deadline_ends_in_one_line(tmp_path):
+    """The limit is enforced where it can be: a deadline checked between steps ends the request with
+    one line (a clock that advances one second per look stands in for a slow machine)."""
+    from nrinv.app import MODEL_DEFAULT, RequestTooLong
+
+    app, path = _app_on_a_slow_clock(tmp_path)
     before = app.cost("builtin:shapes").forward_s
     with pytest.raises(RequestTooLong) as info:
         app.invert(path, "builtin:shapes", "float32", MODEL_DEFAULT, PROMPT, 0, 0, 0, {})
@@ -87,14 +96,9 @@ def test_a_request_past_its_deadline_ends_in_one_line(tmp_path):
 def test_the_interpolate_tab_ends_at_its_deadline_too(tmp_path):
     """The Interpolate tab was bounded by its price only (``interpolate`` took no step callback): it now
     stops at the first step past its deadline, in one line, as the other tabs do."""
-    pytest.importorskip("gradio")
-    from nrinv.app import MODEL_DEFAULT, EditorApp, Limits, RequestTooLong
+    from nrinv.app import MODEL_DEFAULT, RequestTooLong
 
-    app = EditorApp(["builtin:shapes"], device="cpu", dtype="float32", limits=Limits(max_seconds=5))
-    path = _drawing(tmp_path / "drawing.png")
-    app.pipe("builtin:shapes")
-    ticks = iter(range(10 ** 6))
-    app.clock = lambda: float(next(ticks))
+    app, path = _app_on_a_slow_clock(tmp_path)
     with pytest.raises(RequestTooLong, match="stopped after 6 s"):
         app.interpolate(path, path, "builtin:shapes", "float32", MODEL_DEFAULT, PROMPT, "", 3, 0, 0, {})
 

@@ -9,6 +9,7 @@ import torch
 
 import nrinv
 import nrinv.workflows.editing as editing
+from conftest import builtin, builtin_available
 
 PROMPT, TARGET = "a photo of a cat", "a photo of a dog"
 SD15_PNDM = dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)  # as SD 1.5 ships it
@@ -68,18 +69,6 @@ def test_a_full_mask_is_the_unmasked_edit(tiny, astronaut32, monkeypatch, family
     assert torch.equal(zero, source)  # a zero mask keeps the source reconstruction
 
 
-def _builtin_available():
-    from nrinv.shapes import MODEL_DIR
-
-    return (MODEL_DIR / "model_index.json").is_file()
-
-
-builtin = pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
-
-
-@pytest.fixture(scope="module")
-def shapes_pipe():
-    return nrinv.load_pipeline("builtin:shapes", device="cpu")
 
 
 @builtin
@@ -159,7 +148,7 @@ def test_batch_notes_the_learned_fallback(tiny, astronaut32):
 
 
 # ------------------------------------------------------------------------ the learned inverter in bfloat16
-@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+@pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
 def test_the_shipped_inverter_runs_in_bfloat16():
     """The inverter runs in float32 whatever the network's dtype; a bfloat16 copy of builtin:shapes-lcm is the
     network it was trained for (its weights are the cast of the float32 ones saved beside it).  Measured: the
@@ -233,7 +222,7 @@ def _wide_star(color):
     return img
 
 
-@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+@pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
 def test_lcm_default_edit_of_a_wide_drawing_changes_the_colour():
     """builtin:shapes-lcm's default edit (edit-friendly, strength 1, masked) of a 96x64 drawing: red -> green.
     Before the fix the mask was read at the first re-run step (pure noise at strength 1), where the
@@ -256,7 +245,7 @@ def test_lcm_default_edit_of_a_wide_drawing_changes_the_colour():
     assert any("changed almost nothing" in n for n in same.settings["notes"]), same.settings["notes"]
 
 
-@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+@pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
 def test_builtin_default_edits_objects_and_backgrounds_at_their_own_settings(shapes_pipe):
     """builtin:shapes edits an object (colour, shape) at strength 0.6, guidance 1.5 and a background at 0.5 / 2
     (measured per kind of edit on tuning items: +0.3 to +0.5 dB to the target).  The default edit is the edit at
@@ -291,7 +280,7 @@ def test_builtin_default_edits_objects_and_backgrounds_at_their_own_settings(sha
         assert score["target"] == 1 and score["preserved"] == 1 and score["psnr"] > 20, (kind, score)
 
 
-@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+@pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
 def test_builtin_default_edit_moves_the_object(shapes_pipe):
     """A position edit: the masked half-strength edit left the object where it was (0 of 10 held-out position
     edits).  Its mask read at the first step lies outside the object (``editing.moved_mask``), so the default
@@ -317,7 +306,7 @@ def test_builtin_default_edit_moves_the_object(shapes_pipe):
         assert (editing.moved_mask(inv.setup, inv.trajectory, cond, 0.5, 0.05) is not None) == moves
 
 
-@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+@pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
 def test_lcm_default_edit_moves_the_object():
     """builtin:shapes-lcm edits with the edit-friendly inversion.  The moved-object mask used to be tied to a
     row's per-kind background settings, so a row with ``move_threshold`` alone never moved anything (and the
@@ -352,7 +341,7 @@ def test_lcm_default_edit_moves_the_object():
     assert read["position"] == item["source"].as_dict()["position"], read
 
 
-@pytest.mark.skipif(not _builtin_available(), reason="the built-in shapes model is not installed")
+@pytest.mark.skipif(not builtin_available(), reason="the built-in shapes model is not installed")
 def test_lcm_default_object_edit_keeps_the_reconstructions_background():
     """builtin:shapes-lcm edits the object at strength 0.5 (backgrounds at 0.75) and keeps the reconstruction's
     pixels away from both objects, inside the mask too (``off_object_alpha``; tuning items: preservation +1 to
