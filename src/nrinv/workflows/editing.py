@@ -150,11 +150,32 @@ def object_pixels(image: Tensor) -> Tensor:
     return torch.nn.functional.max_pool2d(-torch.nn.functional.max_pool2d(-mask, 3, 1, 1), 3, 1, 1)
 
 
-def _keep_object(setup: Setup, trajectory: Sequence[Tensor]) -> Optional[tuple[Tensor, Tensor, Tensor]]:
-    """For a background edit: (latent edit mask, pixel alpha of the object, the reconstruction), or None
-    when no object stands out from the border's colours."""
+def _reconstruction(setup: Setup, trajectory: Sequence[Tensor], decoded: Optional[dict] = None) -> Tensor:
+    """The inversion's reconstruction in pixels (its image latent ``trajectory[-1]`` decoded), decoded once
+    per ``decoded`` (a dict shared by the targets of one edit)."""
+    if decoded is not None and "reconstruction" in decoded:
+        return decoded["reconstruction"]
     with torch.no_grad():
         recon = setup.adapter.decode(trajectory[-1].float(), setup.size).float()
+    if decoded is not None:
+        decoded["reconstruction"] = recon
+    return recon
+
+
+def _pixels_per_latent(recon: Tensor, latent: Tensor) -> Optional[tuple[int, int]]:
+    """(fy, fx): image pixels per latent pixel down and across, None where the sizes are not whole multiples."""
+    h, w = latent.shape[-2:]
+    fy, fx = recon.shape[-2] // h, recon.shape[-1] // w
+    if fy < 1 or fx < 1 or recon.shape[-2] != fy * h or recon.shape[-1] != fx * w:
+        return None
+    return fy, fx
+
+
+def _keep_object(setup: Setup, trajectory: Sequence[Tensor],
+                 decoded: Optional[dict] = None) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """For a background edit: (latent edit mask, pixel alpha of the object, the reconstruction), or None
+    when no object stands out from the border's colours."""
+    recon = _reconstruction(setup, trajectory, decoded)
     obj = object_pixels(recon)
     if not 0.002 < float(obj.mean()) < 0.5:
         return None
@@ -194,18 +215,18 @@ def unchanged_note(target: str, change: float, masked: bool) -> Optional[str]:
             "try a higher strength or edit guidance, or another method (e.g. method='anderson')")
 
 
-def _outside_mask(setup: Setup, trajectory: Sequence[Tensor], mask: Tensor) -> Optional[tuple[Tensor, Tensor, str]]:
+def _outside_mask(setup: Setup, trajectory: Sequence[Tensor], mask: Tensor,
+                  decoded: Optional[dict] = None) -> Optional[tuple[Tensor, Tensor, str]]:
     """For a local edit: (pixel alpha of what stays, the reconstruction, "mask"): outside the latent ``mask``,
     widened by one latent pixel and feathered over it, the pixels are the reconstruction's (the VAE's
     decoder mixes neighbouring latents, so kept latents alone come out tinted by the edit beside them)."""
     if trajectory[-1].dim() != 4:
         return None
-    with torch.no_grad():
-        recon = setup.adapter.decode(trajectory[-1].float(), setup.size).float()
-    h, w = mask.shape[-2:]
-    fy, fx = recon.shape[-2] // h, recon.shape[-1] // w
-    if fy < 1 or fx < 1 or recon.shape[-2] != fy * h or recon.shape[-1] != fx * w:
+    recon = _reconstruction(setup, trajectory, decoded)
+    factor = _pixels_per_latent(recon, mask)
+    if factor is None:
         return None
+    fy, fx = factor
     wide = torch.nn.functional.max_pool2d(mask.float(), 3, 1, 1)
     edit = torch.nn.functional.interpolate(wide, scale_factor=(fy, fx), mode="nearest")
     edit = torch.nn.functional.avg_pool2d(edit, (2 * fy + 1, 2 * fx + 1), 1, (fy, fx), count_include_pad=False)
@@ -243,22 +264,21 @@ def _background_knobs(adapter: Any, num_steps: int, strength: float, guidance: f
 
 
 def moved_mask(setup: Setup, trajectory: Sequence[Tensor], target_cond: Any, threshold: float, share: float,
-               memo: Optional[dict] = None) -> Optional[Tensor]:
+               memo: Optional[dict] = None, decoded: Optional[dict] = None) -> Optional[Tensor]:
     """For an edit that moves the object: the local mask read at the first step (``local_edit_mask`` at
     step 0, where the target prediction may put the object elsewhere), else None.  It moves the object
     when more than ``share`` of that mask lies outside the object (the reconstruction's pixels far from
     the border's colours, ``object_pixels``) widened by two latent pixels."""
     if trajectory[0].dim() != 4:
         return None
-    with torch.no_grad():
-        recon = setup.adapter.decode(trajectory[-1].float(), setup.size).float()
+    recon = _reconstruction(setup, trajectory, decoded)
     obj = object_pixels(recon)
     if not 0.002 < float(obj.mean()) < 0.5:
         return None
-    h, w = trajectory[0].shape[-2:]
-    fy, fx = recon.shape[-2] // h, recon.shape[-1] // w
-    if fy < 1 or fx < 1 or recon.shape[-2] != fy * h or recon.shape[-1] != fx * w:
+    factor = _pixels_per_latent(recon, trajectory[0])
+    if factor is None:
         return None
+    fy, fx = factor
     near = (torch.nn.functional.avg_pool2d(obj, (fy, fx)) > 0.25).float()
     for _ in range(2):
         near = torch.nn.functional.max_pool2d(near, 3, 1, 1)
@@ -301,6 +321,7 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     if guide_from_source and negative_prompt is None:  # contrast with the prompt the image was inverted with
         negative_prompt = inversion.settings["prompt"]
     latents = []
+    decoded: dict = {}  # the reconstruction in pixels, decoded once for every target's masks and pastes
     for index, target in enumerate(targets):
         cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
         mask = paste = None
@@ -311,7 +332,7 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
             probe = start if background is None else background[0]
             object_edit = not changes_background(setup, traj, probe, cond, memo=memo)
             if not object_edit:  # the object stays as it is
-                kept = _keep_object(setup, traj)
+                kept = _keep_object(setup, traj, decoded)
                 if kept is not None:
                     mask, alpha, recon = kept
                     paste = (alpha, recon, "object")
@@ -323,12 +344,12 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
             # made at another guidance serve it unchanged
             at = mask_step(len(setup.schedule), begin)
             mask = local_edit_mask(setup, traj[at].float(), at, cond, mask_threshold, memo=memo)
-            if move is not None:  # at the model's defaults: an edit that moves
-                moved = moved_mask(setup, traj, cond, mask_threshold, move, memo=memo)  # the object re-runs
+            if move is not None:  # at the model's defaults: an edit that moves the object re-runs
+                moved = moved_mask(setup, traj, cond, mask_threshold, move, memo=memo, decoded=decoded)
                 if moved is not None:  # every step inside both masks
                     mask, begin = torch.maximum(mask, moved), 0
             if paste_outside:
-                paste = _outside_mask(setup, traj, mask)
+                paste = _outside_mask(setup, traj, mask, decoded)
                 margin = setup.adapter.defaults.paste_objects
                 if paste is not None and object_edit and margin is not None:  # the background stays the
                     paste = paste + (int(margin),)  # reconstruction's away from both objects (``_images``)
