@@ -39,7 +39,7 @@ from .noising import add_noise
 from .method_options import EditFriendlyOptions
 from .schedulers import seeded_generator
 
-__all__ = ["EditFriendlyOptions", "edit_friendly_steps", "step_callback", "pipeline_kwargs"]
+__all__ = ["EditFriendlyOptions", "edit_friendly_steps", "step_callback", "pipeline_extras"]
 
 
 
@@ -124,21 +124,15 @@ def step_callback(corrections: list[Optional[Tensor]], start: int = 0) -> Callab
     return callback
 
 
-def pipeline_kwargs(result: Any, *, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
-    """What to pass to the stock pipeline (besides the prompt) so that it regenerates ``result``."""
+def pipeline_extras(result: Any) -> dict[str, Any]:
+    """What the stock pipeline takes besides the plain regeneration's arguments (``result.pipeline_kwargs()``)
+    to regenerate an edit-friendly ``result``: the ``callback_on_step_end`` that adds its corrections."""
     if result.corrections is None:
         raise InputError("this inversion has no per-step corrections; pass latents=result.latents instead")
-    s = result.settings
     pipe = result.setup.adapter.pipe if result.setup is not None else None
     takes_denoised = pipe is not None and "denoised" in getattr(pipe, "_callback_tensor_inputs", ())
-    inputs = ["latents"] + (["denoised"] if takes_denoised else [])
-    if generator is None:  # a fresh one in the state the inversion drew its noise from
-        generator = result.fresh_generator()
-    kwargs = {"latents": result.latents, "generator": generator, "num_inference_steps": s["num_inference_steps"],
-              "guidance_scale": s["guidance_scale"], "height": s["height"], "width": s["width"],
-              "callback_on_step_end": step_callback(result.corrections),
-              "callback_on_step_end_tensor_inputs": inputs}
-    return kwargs
+    return {"callback_on_step_end": step_callback(result.corrections),
+            "callback_on_step_end_tensor_inputs": ["latents"] + (["denoised"] if takes_denoised else [])}
 
 
 def invert_edit_friendly(setup: Any, encoded: Tensor, options: EditFriendlyOptions, seed: int,

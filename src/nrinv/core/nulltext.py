@@ -33,9 +33,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from . import edit_friendly
 from .method_options import PIVOTS, NullTextOptions  # noqa: F401 (re-exported)
 
-__all__ = ["NullTextOptions", "PIVOTS", "null_text_steps", "step_callback", "pipeline_kwargs"]
+__all__ = ["NullTextOptions", "PIVOTS", "null_text_steps", "step_callback", "pipeline_extras"]
 
 
 
@@ -102,15 +103,14 @@ def null_text_steps(setup: Any, pivots: list[Tensor], options: NullTextOptions) 
 
 def step_callback(conds: list[Any], corrections: Optional[list[Optional[Tensor]]], key: str = "encoder_hidden_states"
                   ) -> Callable:
-    """A diffusers ``callback_on_step_end``: after step ``i`` add correction ``i`` to ``latents`` and put step
-    ``i + 1``'s null embedding into ``prompt_embeds`` (``[null, prompt]`` under guidance)."""
+    """A diffusers ``callback_on_step_end``: after step ``i`` add correction ``i`` to ``latents``
+    (``edit_friendly.step_callback``'s) and put step ``i + 1``'s null embedding into ``prompt_embeds``
+    (``[null, prompt]`` under guidance)."""
     last = len(conds) - 1
+    add = None if corrections is None else edit_friendly.step_callback(corrections)
 
     def callback(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
-        out = {}
-        if corrections is not None and corrections[i] is not None:
-            latents = kwargs["latents"]
-            out["latents"] = latents + corrections[i].to(device=latents.device, dtype=latents.dtype)
+        out = {} if add is None else dict(add(pipe, i, t, kwargs))
         if i < last:
             embeds = kwargs["prompt_embeds"]
             null = conds[i + 1].uncond[key].to(device=embeds.device, dtype=embeds.dtype)
@@ -119,14 +119,11 @@ def step_callback(conds: list[Any], corrections: Optional[list[Optional[Tensor]]
     return callback
 
 
-def pipeline_kwargs(result: Any, *, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
-    """What the stock pipeline takes (besides the prompt) to regenerate a null-text inversion."""
-    s = result.settings
+def pipeline_extras(result: Any) -> dict[str, Any]:
+    """What the stock pipeline takes besides the plain regeneration's arguments (``result.pipeline_kwargs()``)
+    to regenerate a null-text inversion: the first step's null embedding, and the callback that puts in the
+    next ones (and adds the corrections)."""
     conds = result.step_conds
-    if generator is None:
-        generator = result.fresh_generator()
-    return {"latents": result.latents, "generator": generator, "num_inference_steps": s["num_inference_steps"],
-            "guidance_scale": s["guidance_scale"], "height": s["height"], "width": s["width"],
-            "negative_prompt_embeds": conds[0].uncond["encoder_hidden_states"],
+    return {"negative_prompt_embeds": conds[0].uncond["encoder_hidden_states"],
             "callback_on_step_end": step_callback(conds, result.corrections),
             "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"]}

@@ -116,21 +116,20 @@ class InversionResult:
         applies its corrections.  The dict may be reused: unless ``generator`` is given, each use of it
         (``pipe(prompt, **kwargs)``, ``kwargs["generator"]``) gets a fresh generator (:class:`PipelineKwargs`)."""
         fresh = None if generator is not None else self.fresh_generator
-        generator = generator if generator is not None else self.fresh_generator()
-        if self.step_conds is not None:
-            from .nulltext import pipeline_kwargs
-
-            return PipelineKwargs(pipeline_kwargs(self, generator=generator), fresh)
-        if self.corrections is not None:
-            from .edit_friendly import pipeline_kwargs
-
-            return PipelineKwargs(pipeline_kwargs(self, generator=generator), fresh)
         s = self.settings
-        kwargs = {"latents": self.latents, "generator": generator,
+        kwargs = {"latents": self.latents, "generator": generator if generator is not None else self.fresh_generator(),
                   "num_inference_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"],
-                  "height": s["height"], "width": s["width"],
-                  # negative-prompt inversion's (the source prompt): the guidance it was solved at
-                  **({} if s.get("negative_prompt") is None else {"negative_prompt": s["negative_prompt"]})}
+                  "height": s["height"], "width": s["width"]}
+        if self.step_conds is not None:  # null-text inversion: its per-step null embeddings (and corrections)
+            from .nulltext import pipeline_extras
+
+            kwargs.update(pipeline_extras(self))
+        elif self.corrections is not None:  # edit-friendly inversion: its per-step corrections
+            from .edit_friendly import pipeline_extras
+
+            kwargs.update(pipeline_extras(self))
+        elif s.get("negative_prompt") is not None:  # e.g. negative-prompt inversion's: the guidance it was solved at
+            kwargs["negative_prompt"] = s["negative_prompt"]
         return PipelineKwargs(kwargs, fresh)
 
     @property
