@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nrinv  # noqa: E402
-from nrinv.bench.baselines import BASELINES, DiffEditSettings, LeditsSettings, count_calls, run_baseline  # noqa: E402
+from nrinv.bench.baselines import (DiffEditSettings, LeditsSettings, build_baseline, count_calls,  # noqa: E402
+                                   run_baseline)
 from nrinv.io.images import load_image, to_tensor  # noqa: E402
 from nrinv.metrics import psnr  # noqa: E402
 from nrinv.shapes.editeval import judge_confident, score_edit  # noqa: E402
@@ -91,8 +92,7 @@ class NrinvSystem:
 class BaselineSystem:
     def __init__(self, pipe, name: str, settings):
         self.name, self.settings = name, settings
-        extra = {"final_sigmas_type": settings.final_sigmas_type} if name == "ledits++" else {}
-        self.built = BASELINES[name][1](pipe, **extra)
+        self.built = build_baseline(pipe, name, settings)
 
     def edit(self, item: dict, target: str, setting):
         t0 = time.perf_counter()

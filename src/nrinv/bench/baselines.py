@@ -158,10 +158,10 @@ def _ledits(built: Any, image: Any, source: str, target: str, s: LeditsSettings,
     return _uint8(out.images)
 
 
-#: name -> (settings class, builder, runner)
+#: name -> (settings class, builder ``(pipe, settings) -> pipeline``, runner)
 BASELINES = {
-    "diffedit": (DiffEditSettings, diffedit_pipeline, _diffedit),
-    "ledits++": (LeditsSettings, ledits_pipeline, _ledits),
+    "diffedit": (DiffEditSettings, lambda pipe, s: diffedit_pipeline(pipe), _diffedit),
+    "ledits++": (LeditsSettings, lambda pipe, s: ledits_pipeline(pipe, s.final_sigmas_type), _ledits),
 }
 
 
@@ -178,15 +178,13 @@ def build_baseline(pipe: Any, name: str, settings: Any) -> Any:
     """The pipeline of baseline ``name`` on ``pipe``'s components, for ``settings``."""
     if name not in BASELINES:
         raise InputError(f"unknown baseline {name!r}; one of {', '.join(BASELINES)}")
-    if name == "ledits++":
-        return ledits_pipeline(pipe, settings.final_sigmas_type)
-    return BASELINES[name][1](pipe)
+    return BASELINES[name][1](pipe, settings)
 
 
 def run_baseline(built: Any, name: str, image: np.ndarray, source: str, target: str, settings: Any,
                  seed: int = 0) -> tuple[np.ndarray, CallCount]:
     """Edit the uint8 ``image`` from ``source`` to ``target`` with baseline ``name`` (its pipeline ``built``
-    by ``BASELINES[name][1]``); returns the uint8 edited image and the network calls counted."""
+    by ``build_baseline``); returns the uint8 edited image and the network calls counted."""
     from PIL import Image
 
     if name not in BASELINES:
