@@ -41,10 +41,7 @@ def fit_to_model(img, multiple: int, native: tuple[int, int], max_area_ratio: fl
 
     h, w = img.height, img.width
     if min(h, w) < multiple:
-        problem = size_error(h, w, multiple, native) or f"image size {h}x{w} (HxW) is too small"
-        size = f"{native[0]}x{native[1]}"  # the nearest multiple may be the native size: named once
-        raise InputError(problem.replace(f"{size} (the model's native size) or {size}",
-                                         f"{size} (the model's native size)"))
+        raise InputError(size_error(h, w, multiple, native) or f"image size {h}x{w} (HxW) is too small")
     notes = [n for n in size_notes(h, w, native) if "aspect" in n]
     area, native_area = h * w, native[0] * native[1]
     if not (1 / max_area_ratio <= area / native_area <= max_area_ratio):

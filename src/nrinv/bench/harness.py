@@ -20,7 +20,6 @@ sampled every 2 ms by a thread.
 from __future__ import annotations
 
 import functools
-
 import json
 import statistics
 import time
@@ -36,9 +35,9 @@ from ..api import InversionOptions, invert
 from ..core.inversion import prepare, sample
 from ..core.schedulers import draw_noise, seeded_generator
 from ..core.options import parse_key_values
-from ..errors import InputError
 from ..core.methods import DDIM_INVERSION, TRAJECTORY, get_method, make_options
 from ..core.solvers import SOLVERS
+from ..errors import InputError
 from ..io.files import save_json
 from ..io.images import to_tensor
 from ..metrics import as_numpy, psnr, ssim

@@ -107,15 +107,8 @@ def _check_model_size(path: str, height: int, width: int, model: Optional[str], 
         return []
     problem = size_error(height, width, geometry["multiple"], geometry["native"])
     if problem:
-        problem = once_native(problem, geometry["native"])
         raise UsageError(f"{path}: {problem.replace('resize it, e.g. to ', 'pass --resize ')}")
     return size_notes(height, width, geometry["native"]) if with_notes else []
-
-
-def once_native(problem: str, native: Sequence[int]) -> str:
-    """A size advice that names the native size once (the nearest multiple may be the native size)."""
-    size = f"{native[0]}x{native[1]}"
-    return problem.replace(f"{size} (the model's native size) or {size}", f"{size} (the model's native size)")
 
 
 def plural(n: int, word: str) -> str:
