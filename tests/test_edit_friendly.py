@@ -40,6 +40,17 @@ def test_stock_pipeline_regenerates_edit_friendly_inversion(tiny, astronaut32, k
     assert _rel(pipe(PROMPT, output_type="latent", **kwargs).images, res.encoded) > 1e-2
 
 
+def test_stock_pipeline_regenerates_an_edit_friendly_inversion_with_a_negative_prompt(tiny, astronaut32):
+    """The corrections were solved under the negative prompt's guidance, so pipeline_kwargs() passes it on (it
+    did not: the stock regeneration missed by 5e-2)."""
+    pipe = tiny("sd")
+    res = nrinv.invert(pipe, astronaut32, PROMPT, method="edit_friendly", num_inference_steps=4, guidance_scale=3.0,
+                       negative_prompt="a blurry photo", seed=3)
+    kwargs = res.pipeline_kwargs()
+    assert kwargs["negative_prompt"] == "a blurry photo"
+    assert _rel(pipe(PROMPT, output_type="latent", **kwargs).images, res.encoded) < 1e-5
+
+
 def test_ddpm_sampler_and_a_multistep_refusal(tiny, astronaut32):
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 

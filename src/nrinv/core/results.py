@@ -124,12 +124,13 @@ class InversionResult:
             from .nulltext import pipeline_extras
 
             kwargs.update(pipeline_extras(self))
-        elif self.corrections is not None:  # edit-friendly inversion: its per-step corrections
+            return PipelineKwargs(kwargs, fresh)
+        if s.get("negative_prompt") is not None:  # the guidance it was inverted at (negative-prompt inversion's)
+            kwargs["negative_prompt"] = s["negative_prompt"]
+        if self.corrections is not None:  # edit-friendly inversion: its per-step corrections
             from .edit_friendly import pipeline_extras
 
             kwargs.update(pipeline_extras(self))
-        elif s.get("negative_prompt") is not None:  # e.g. negative-prompt inversion's: the guidance it was solved at
-            kwargs["negative_prompt"] = s["negative_prompt"]
         return PipelineKwargs(kwargs, fresh)
 
     @property
