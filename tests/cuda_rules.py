@@ -225,7 +225,7 @@ def _release(sim: SimulatedCuda, pool) -> None:
 def stand_in_capture(run):
     """A capture that behaves like a CUDA graph for code that cannot launch simulated kernels (a real
     network): the captured function reads only its static input buffers, and replay rewrites the static
-    output (tests/test_graphs.py uses the same)."""
+    output (tests/test_graphs.py and tests/test_new_user3.py use it)."""
     output = run()
     eager = run()
 
