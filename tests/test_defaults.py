@@ -29,7 +29,7 @@ def test_builtin_defaults_follow_the_weights_not_the_name(tmp_path):
     pipe = nrinv.load_pipeline(str(copy), device="cpu")
     d = model_defaults(pipe)
     assert (d.kind, d.num_inference_steps, d.guidance_scale) == ("shapes", 20, 1.0)
-    assert nrinv.edit_defaults(pipe) == {"strength": 0.6, "edit_guidance_scale": 1.5, "guide_from_source": True,
+    assert nrinv.edit_defaults(pipe) == {"strength": 0.6, "edit_guidance_scale": 3.0, "guide_from_source": False,
                                          "mask_threshold": 0.5, "keep_object": True}
     assert (d.edit_steps, d.edit_iterations, d.mask_paste) == (10, 1, True)
     assert (d.background_edit_strength, d.background_edit_guidance, d.move_threshold) == (0.5, 2.0, 0.05)

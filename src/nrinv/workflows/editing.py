@@ -51,8 +51,8 @@ def mask_step(num_steps: int, start: int) -> int:
 
 def _prediction(setup: Setup, step_index: int, z: Tensor, cond: Any, memo: Optional[dict]) -> Tensor:
     """The model's output at ``z`` on step ``step_index`` (``cond`` None: the source prompt's), kept in
-    ``memo`` (keyed by step and prompt) so that the masks of one edit share their network calls."""
-    key = (step_index, "source" if cond is None else "target")
+    ``memo`` (keyed by step and conditioning) so that the masks of one edit share their network calls."""
+    key = (step_index, "source" if cond is None else id(cond))
     if memo is not None and key in memo:
         return memo[key]
     with torch.no_grad():
@@ -113,14 +113,16 @@ def _probe_steps(n: int, start: int, probes: int = 3) -> list[int]:
 
 
 def changes_background(setup: Setup, trajectory: Sequence[Tensor], start: int, target_cond: Any,
-                       probes: int = 3, memo: Optional[dict] = None) -> bool:
+                       probes: int = 1, memo: Optional[dict] = None) -> bool:
     """Whether an edit toward ``target_cond`` changes the background: the target and source predictions
     differ along the image's border.
 
     ``|m(z_j, target) - m(z_j, source)|`` is measured on the inverted trajectory at up to ``probes``
-    re-run steps (each normalised by its mean, then averaged: one step's map is noisy), smoothed (3x3)
-    and split in two classes by Otsu's threshold; an edit of the object changes an inner region, an
-    edit of the background a region that reaches the border (``BACKGROUND_BORDER``).
+    re-run steps (each normalised by its mean, then averaged), smoothed (3x3) and split in two classes by
+    Otsu's threshold; an edit of the object changes an inner region, an edit of the background a region
+    that reaches the border (``BACKGROUND_BORDER``).  One probe, at the first re-run step (whose predictions
+    the local mask reads too), told all 66 edits of ``benchmarks/own_images.py`` (drawn at 64x64, 96x64 and
+    256x256, and renders) apart on both built-in models, as three did, at two network calls instead of six.
     """
     if trajectory[start].dim() != 4:
         return False  # packed (Flux) latents: no image grid to read a border from
@@ -241,26 +243,35 @@ def _at_model_defaults(adapter: Any, strength: float, guidance: float) -> bool:
     return abs(float(strength) - d.edit_strength) <= 1e-9 and abs(float(guidance) - d.edit_guidance) <= 1e-9
 
 
-def _move_share(adapter: Any, strength: float, guidance: float) -> Optional[float]:
-    """The model's ``move_threshold`` for an edit at its default strength and guidance, else None."""
-    share = adapter.defaults.move_threshold
-    return share if share is not None and _at_model_defaults(adapter, strength, guidance) else None
+def _move_knobs(adapter: Any, strength: float, guidance: float,
+                guide_from_source: bool) -> Optional[tuple[float, float, bool]]:
+    """``(share, guidance, from source)`` of a move (``moved_mask``) for an edit at the model's default strength
+    and guidance where its row has a ``move_threshold`` (guidance and contrast: the row's
+    ``move_edit_guidance`` / ``move_guide_from_source``, else the edit's own), else None."""
+    d = adapter.defaults
+    if d.move_threshold is None or not _at_model_defaults(adapter, strength, guidance):
+        return None
+    g = guidance if d.move_edit_guidance is None else d.move_edit_guidance
+    contrast = guide_from_source if d.move_guide_from_source is None else d.move_guide_from_source
+    return float(d.move_threshold), float(g), bool(contrast)
 
 
 def _background_knobs(adapter: Any, num_steps: int, strength: float, guidance: float,
-                      keep_object: bool) -> Optional[tuple[int, float]]:
-    """``(start, guidance)`` of an edit that changes the background, where the model's row gives its own
-    (``background_edit_strength`` / ``background_edit_guidance``) and the edit runs at the model's default
-    strength and guidance (what ``nrinv.edit`` and the app's sliders start at); else None (every edit at
-    ``strength`` / ``guidance``)."""
+                      keep_object: bool, guide_from_source: bool) -> Optional[tuple[int, float, bool]]:
+    """``(start, guidance, from source)`` of an edit that changes the background, where the model's row gives
+    its own (``background_edit_strength`` / ``background_edit_guidance`` / ``background_guide_from_source``)
+    and the edit runs at the model's default strength and guidance (what ``nrinv.edit`` and the app's
+    sliders start at); else None (every edit at ``strength`` / ``guidance`` / ``guide_from_source``)."""
     d = adapter.defaults
-    if not keep_object or (d.background_edit_strength is None and d.background_edit_guidance is None):
+    if not keep_object or (d.background_edit_strength is None and d.background_edit_guidance is None
+                           and d.background_guide_from_source is None):
         return None
     if not _at_model_defaults(adapter, strength, guidance):
         return None
     s = d.edit_strength if d.background_edit_strength is None else d.background_edit_strength
     g = d.edit_guidance if d.background_edit_guidance is None else d.background_edit_guidance
-    return start_step(num_steps, s)[0], float(g)
+    contrast = guide_from_source if d.background_guide_from_source is None else d.background_guide_from_source
+    return start_step(num_steps, s)[0], float(g), bool(contrast)
 
 
 def moved_mask(setup: Setup, trajectory: Sequence[Tensor], target_cond: Any, threshold: float, share: float,
@@ -296,7 +307,8 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
                 guide_from_source: bool = False, callback: Optional[StepCallback] = None,
                 nfe: int = 0, keep_object: bool = False, pastes: Optional[list] = None,
                 notes: Optional[list] = None, paste_outside: bool = False,
-                background: Optional[tuple[int, float]] = None, move: Optional[float] = None) -> list[Tensor]:
+                background: Optional[tuple[int, float, bool]] = None,
+                move: Optional[tuple[float, float, bool]] = None, ran: Optional[list] = None) -> list[Tensor]:
     """The final latent per target prompt, re-running steps ``start ..`` of the inversion's schedule;
     ``callback`` after each step (``StepCallback``, with ``"target"``: the target's index), counting
     network calls from ``nfe``.
@@ -309,45 +321,58 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
     (``_outside_mask``; for an edit of the object where the model's row has ``paste_objects``,
     ``(..., "mask", margin)``: ``off_object_alpha``), or None.  ``notes`` (a list) receives one line per
     target that changed (almost) nothing inside its mask (``unchanged_note``).  ``background``:
-    ``(start, guidance)`` of an edit that changes the background (``_background_knobs``), None: as every
-    other edit.  ``move``: the
-    share of a local edit's first-step mask outside the object above which the edit moves it
-    (``moved_mask``; ``_move_share``), None: no edit moves the object.
+    ``(start, guidance, from source)`` of an edit that changes the background (``_background_knobs``), None:
+    as every other edit.  ``move``: ``(share, guidance, from source)``: the share of a local edit's first-step
+    mask outside the object above which the edit moves it (``moved_mask``), and the move's settings
+    (``_move_knobs``); None: no edit moves the object.  ``ran`` (a list) receives per target what ran: its kind
+    ("background", "move", "object"; "edit" without ``keep_object``), first re-run step, guidance, whether the
+    guidance contrasted with the source prompt and whether a mask held the rest.
     """
     pastes = [] if pastes is None else pastes
     notes = [] if notes is None else notes
+    ran = [] if ran is None else ran
     setup = inversion.setup
     traj = inversion.trajectory
-    if guide_from_source and negative_prompt is None:  # contrast with the prompt the image was inverted with
-        negative_prompt = inversion.settings["prompt"]
+    # a guidance "from the source" contrasts with the prompt the image was inverted with (an explicit
+    # negative prompt takes precedence)
+    source_negative = inversion.settings["prompt"] if negative_prompt is None else negative_prompt
+
+    def conditioning(target: str, scale: float, from_source: bool) -> Any:
+        return setup.adapter.conditioning(target, source_negative if from_source else negative_prompt, scale,
+                                          setup.size)
+
     latents = []
     decoded: dict = {}  # the reconstruction in pixels, decoded once for every target's masks and pastes
     for index, target in enumerate(targets):
-        cond = setup.adapter.conditioning(target, negative_prompt, guidance, setup.size)
+        cond = conditioning(target, guidance, guide_from_source)
+        kind, scale, contrast = ("object" if keep_object else "edit"), guidance, guide_from_source
+        # the background probe and the masks compare the target's prediction with the source's: made with a
+        # background edit's own settings where the row has them (a mask is scale-free, ``local_edit_mask``)
+        probe_cond = cond if background is None else conditioning(target, background[1], background[2])
         mask = paste = None
         memo: dict = {}  # the predictions the masks compare, one network call each
         begin = start
         object_edit = False  # known to leave the background (probed with keep_object)
         if keep_object:  # probed from the background edit's first step: its predictions serve the mask too
             probe = start if background is None else background[0]
-            object_edit = not changes_background(setup, traj, probe, cond, memo=memo)
+            object_edit = not changes_background(setup, traj, probe, probe_cond, memo=memo)
             if not object_edit:  # the object stays as it is
                 kept = _keep_object(setup, traj, decoded)
                 if kept is not None:
                     mask, alpha, recon = kept
                     paste = (alpha, recon, "object")
+                kind = "background"
                 if background is not None:  # the model's own settings of a background edit
-                    begin = background[0]
-                    cond = setup.adapter.conditioning(target, negative_prompt, background[1], setup.size)
+                    begin, cond, scale, contrast = background[0], probe_cond, background[1], background[2]
         if mask is None and mask_threshold is not None:
-            # the mask is scale-free (``local_edit_mask`` divides by the largest difference), so predictions
-            # made at another guidance serve it unchanged
             at = mask_step(len(setup.schedule), begin)
-            mask = local_edit_mask(setup, traj[at].float(), at, cond, mask_threshold, memo=memo)
+            mask = local_edit_mask(setup, traj[at].float(), at, probe_cond, mask_threshold, memo=memo)
             if move is not None:  # at the model's defaults: an edit that moves the object re-runs
-                moved = moved_mask(setup, traj, cond, mask_threshold, move, memo=memo, decoded=decoded)
-                if moved is not None:  # every step inside both masks
+                moved = moved_mask(setup, traj, probe_cond, mask_threshold, move[0], memo=memo, decoded=decoded)
+                if moved is not None:  # every step inside both masks, at the row's settings of a move
                     mask, begin = torch.maximum(mask, moved), 0
+                    kind, scale, contrast = "move", move[1], move[2]
+                    cond = conditioning(target, scale, contrast)
             if paste_outside:
                 paste = _outside_mask(setup, traj, mask, decoded)
                 margin = setup.adapter.defaults.paste_objects
@@ -355,6 +380,8 @@ def _regenerate(inversion: InversionResult, targets: Sequence[str], start: int, 
                     paste = paste + (int(margin),)  # reconstruction's away from both objects (``_images``)
         calls = len(memo)
         pastes.append(paste)
+        ran.append({"kind": kind, "start_step": begin, "edit_guidance_scale": scale, "guide_from_source": contrast,
+                    "masked": mask is not None})
         if inversion.corrections is not None:  # edit-friendly: the same solved noises, target prompt (reported
             from ..core.edit_friendly import edit_sample  # to the callback once, at the end)
 
@@ -498,8 +525,8 @@ def regenerate(inversion: InversionResult, target_prompts: Prompts, *, strength:
                           0, bool(keep_object), pastes, notes,
                           _mask_paste(inversion.setup.adapter, mask_paste),
                           _background_knobs(inversion.setup.adapter, len(inversion.setup.schedule), strength, guidance,
-                                            bool(keep_object)),
-                          _move_share(inversion.setup.adapter, strength, guidance))
+                                            bool(keep_object), bool(guide_from_source)),
+                          _move_knobs(inversion.setup.adapter, strength, guidance, bool(guide_from_source)))
     return latents, _images(inversion.setup, latents, output_type, pastes)
 
 
@@ -590,11 +617,12 @@ def edit(
     both (:data:`nrinv.core.inversion.StepCallback`).
 
     At the model's default strength and edit guidance, an edit that changes the background runs at the
-    model's ``background_edit_strength`` / ``background_edit_guidance`` where its row has them
-    (``builtin:shapes``: object edits at 0.6 / 1.5, background edits at 0.5 / 2; ``builtin:shapes-lcm``: 0.5 and
-    0.75 at guidance 8; measured per kind of edit);
-    where the row has a ``move_threshold``, a local edit whose mask read at the first step lies outside the
-    object (``moved_mask``: it moves the object) re-runs every step inside both masks.
+    model's ``background_edit_strength`` / ``background_edit_guidance`` / ``background_guide_from_source``
+    where its row has them (``builtin:shapes``: object edits at 0.6 / 3 against the empty prompt, background
+    edits at 0.5 / 2 against the source prompt; ``builtin:shapes-lcm``: 0.5 and 0.75 at guidance 8; measured per
+    kind of edit); where the row has a ``move_threshold``, a local edit whose mask read at the first step lies
+    outside the object (``moved_mask``: it moves the object) re-runs every step inside both masks, at the row's
+    ``move_edit_guidance`` / ``move_guide_from_source`` (``builtin:shapes``: 1.5 against the source).
     """
     check_output_type(output_type)
     resized = resolve_size(height, width)
@@ -648,10 +676,12 @@ def edit(
     start, rerun = start_step(len(setup.schedule), strength)
     t0 = time.perf_counter()
     pastes: list = []
-    background = _background_knobs(adapter, len(setup.schedule), strength, target_guidance, keep_object)
+    ran: list = []  # per target, the kind of edit and the settings it ran at
+    background = _background_knobs(adapter, len(setup.schedule), strength, target_guidance, keep_object,
+                                   guide_from_source)
     latents = _regenerate(inverted, targets, start, target_guidance, negative_prompt, progress, mask_threshold,
                           guide_from_source, callback, inverted.nfe, keep_object, pastes, notes, mask_paste, background,
-                          _move_share(adapter, strength, target_guidance))
+                          _move_knobs(adapter, strength, target_guidance, guide_from_source), ran)
     timings["regenerate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     images = _images(setup, latents, output_type, pastes)
@@ -671,7 +701,11 @@ def edit(
         "strength": strength,
         # a background edit at the model's default strength and guidance runs at the model's own settings
         "background_edit": (None if background is None else
-                            {"start_step": background[0], "edit_guidance_scale": background[1]}),
+                            {"start_step": background[0], "edit_guidance_scale": background[1],
+                             "guide_from_source": background[2]}),
+        # per target: its kind ("object", "background", "move"; "edit" without keep_object), the first re-run
+        # step, guidance and contrast it ran at, and whether a mask held the rest
+        "edits": ran,
         "start_step": start,
         "rerun_steps": rerun,
         "edit_guidance_scale": target_guidance,
