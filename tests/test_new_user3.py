@@ -470,3 +470,13 @@ def test_the_apps_edit_says_when_it_changed_almost_nothing(tmp_path):
     info = app.edit(caption, strength, guidance, state)[2]
     assert info.startswith("edited in ") and "; note: the edit toward" in info and "changed almost nothing" in info
     assert "note" not in app.edit(caption.replace("red", "green"), strength, guidance, state)[2]
+
+
+def test_the_progress_bar_counts_the_calls_so_far(tiny, astronaut32, capsys):
+    """The inversion's progress bar showed each step's own calls (``nfe=1`` at step 7 of 10, as `make demo` did)
+    where a user reads the count so far; it now shows the running count, the one the callback reports."""
+    import nrinv
+
+    res = nrinv.invert(tiny("sd"), astronaut32, PROMPT, num_inference_steps=4, max_iterations=2, progress=True)
+    err = capsys.readouterr().err
+    assert res.nfe > 4 and f"nfe={res.nfe}" in err, (res.nfe, err[-300:])

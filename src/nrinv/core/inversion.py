@@ -171,7 +171,7 @@ def _solve_steps(setup: Setup, encoded: Tensor, method: str, options: SolverOpti
         if callback is not None:
             _report(callback, step, len(steps) - 1 - n, z, res, nfe)
         if progress:
-            bar.set_postfix(status=res.status.value, nfe=res.nfe)
+            bar.set_postfix(status=res.status.value, nfe=nfe)  # the calls so far, as the callback counts them
         if res.status is Status.NONFINITE:
             break
     wall = time.perf_counter() - t0
