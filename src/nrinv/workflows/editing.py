@@ -52,7 +52,7 @@ def mask_step(num_steps: int, start: int) -> int:
 def _prediction(setup: Setup, step_index: int, z: Tensor, cond: Any, memo: Optional[dict]) -> Tensor:
     """The model's output at ``z`` on step ``step_index`` (``cond`` None: the source prompt's), kept in
     ``memo`` (keyed by step and conditioning) so that the masks of one edit share their network calls."""
-    key = (step_index, "source" if cond is None else id(cond))
+    key = (step_index, "source" if cond is None else id(cond))  # the conditionings outlive their memo
     if memo is not None and key in memo:
         return memo[key]
     with torch.no_grad():
