@@ -62,6 +62,12 @@ def _prediction(setup: Setup, step_index: int, z: Tensor, cond: Any, memo: Optio
     return out
 
 
+def _difference_floor(source: Tensor) -> Tensor:
+    """(B, 1, 1, 1): 1e-4 of a prediction's own RMS size, below which two predictions differ only by float
+    rounding (equal prompts)."""
+    return 1e-4 * source.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+
+
 def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, threshold: float,
                     memo: Optional[dict] = None) -> Tensor:
     """Where an edit may change the latent: the target and source predictions differ there.
@@ -77,10 +83,9 @@ def local_edit_mask(setup: Setup, z: Tensor, step_index: int, target_cond: Any, 
     source = _prediction(setup, step_index, z, None, memo)
     diff = _prediction(setup, step_index, z, target_cond, memo) - source
     d = torch.nn.functional.avg_pool2d(diff.abs().mean(1, keepdim=True), 3, 1, 1)
-    # scale by the largest difference, but never below 1e-4 of the prediction's own size: equal
-    # prompts (differences at float rounding) give an empty mask, not amplified noise
-    floor = 1e-4 * source.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-    d = d / torch.maximum(d.amax(dim=(2, 3), keepdim=True), floor).clamp_min(1e-12)
+    # scale by the largest difference, but never below the floor: equal prompts (differences at float
+    # rounding) give an empty mask, not amplified noise
+    d = d / torch.maximum(d.amax(dim=(2, 3), keepdim=True), _difference_floor(source)).clamp_min(1e-12)
     return torch.nn.functional.max_pool2d((d > threshold).float(), 3, 1, 1)
 
 
@@ -127,12 +132,16 @@ def changes_background(setup: Setup, trajectory: Sequence[Tensor], start: int, t
     if trajectory[start].dim() != 4:
         return False  # packed (Flux) latents: no image grid to read a border from
     picks = _probe_steps(len(setup.schedule), start, probes)
-    total = None
+    total, differs = None, False
     for j in picks:
         z = trajectory[j].float()
-        d = (_prediction(setup, j, z, target_cond, memo) - _prediction(setup, j, z, None, memo)).abs().mean(1, True)
+        source = _prediction(setup, j, z, None, memo)
+        d = (_prediction(setup, j, z, target_cond, memo) - source).abs().mean(1, True)
+        differs = differs or bool((d.amax(dim=(2, 3), keepdim=True) > _difference_floor(source)).any())
         d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         total = d if total is None else total + d
+    if not differs:  # equal prompts: nothing changes, the background least of all (Otsu would split noise)
+        return False
     d = torch.nn.functional.avg_pool2d(total / len(picks), 3, 1, 1, count_include_pad=False)
     high = (d > _otsu(d.flatten(1)).view(-1, 1, 1, 1)).float()[:, 0]
     border = torch.cat([high[:, 0], high[:, -1], high[:, :, 0], high[:, :, -1]], dim=1)
