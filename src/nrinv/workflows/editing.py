@@ -612,7 +612,7 @@ def edit(
     ``mask_paste`` (default: the model's): with a mask, the pixels outside it (widened by one latent
     pixel, feathered) are the reconstruction's: the VAE's decoder mixes neighbouring latents, so the
     kept latents alone come out tinted by the edit beside them.  Where the model's row has
-    ``paste_objects`` (``builtin:shapes-lcm``), an edit of the object also keeps the reconstruction's pixels
+    ``paste_objects`` (both built-in models), an edit of the object also keeps the reconstruction's pixels
     inside the mask wherever neither the reconstruction nor the edit has the object (``off_object_alpha``).
 
     ``keep_object`` (default: the model's; on for the built-in models): when the edit changes the
